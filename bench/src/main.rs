@@ -1,0 +1,3 @@
+//! Benchmark harness for Herald (filled in by the benchmark work).
+
+fn main() {}
