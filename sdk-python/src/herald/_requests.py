@@ -1,0 +1,146 @@
+"""Builds the herald.v1 request messages and reads the stream responses.
+
+Shared by the sync and asyncio clients so that both send exactly the same thing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from herald import payload
+from herald.errors import HeraldError, error_for_number
+from herald.models import PublishResult
+from herald.v1 import herald_pb2 as pb
+
+
+def _topics(topics: str | Iterable[str]) -> list[str]:
+    # A lone string is one topic, not a sequence of one-letter topics.
+    return [topics] if isinstance(topics, str) else list(topics)
+
+
+def publish(
+    topic: str,
+    data: payload.Payload,
+    *,
+    ttl: payload.TTL | None,
+    idempotency_key: str | None,
+    content_type: str | None,
+) -> pb.PublishRequest:
+    body, ctype = payload.encode(data, content_type)
+    return pb.PublishRequest(
+        topic=topic,
+        data=body,
+        content_type=ctype,
+        idempotency_key=idempotency_key,
+        ttl_ms=payload.ttl_ms(ttl),
+    )
+
+
+def broadcast(
+    topics: Iterable[str],
+    data: payload.Payload,
+    *,
+    ttl: payload.TTL | None,
+    idempotency_key: str | None,
+    content_type: str | None,
+) -> pb.BroadcastRequest:
+    body, ctype = payload.encode(data, content_type)
+    return pb.BroadcastRequest(
+        topics=_topics(topics),
+        data=body,
+        content_type=ctype,
+        idempotency_key=idempotency_key,
+        ttl_ms=payload.ttl_ms(ttl),
+    )
+
+
+def target(connection_id: str | None, user_id: str | None) -> pb.Target:
+    """A Target for exactly one of a connection id or a user id."""
+    if (connection_id is None) == (user_id is None):
+        raise ValueError("give exactly one of connection_id= or user_id=")
+    if connection_id is not None:
+        return pb.Target(connection_id=connection_id)
+    assert user_id is not None
+    return pb.Target(user_id=user_id)
+
+
+def subscribe(
+    topics: str | Iterable[str], connection_id: str | None, user_id: str | None
+) -> pb.SubscribeRequest:
+    return pb.SubscribeRequest(target=target(connection_id, user_id), topics=_topics(topics))
+
+
+def unsubscribe(
+    topics: str | Iterable[str], connection_id: str | None, user_id: str | None
+) -> pb.UnsubscribeRequest:
+    return pb.UnsubscribeRequest(target=target(connection_id, user_id), topics=_topics(topics))
+
+
+def disconnect(
+    connection_id: str | None, user_id: str | None, code: int, reason: str, reconnect: bool
+) -> pb.DisconnectRequest:
+    return pb.DisconnectRequest(
+        target=target(connection_id, user_id), code=code, reason=reason, reconnect=reconnect
+    )
+
+
+def watch(
+    topics: str | Iterable[str], include_snapshot: bool, include_connections: bool
+) -> pb.WatchPresenceRequest:
+    return pb.WatchPresenceRequest(
+        topics=_topics(topics),
+        include_snapshot=include_snapshot,
+        include_connections=include_connections,
+    )
+
+
+def broadcast_results(resp: pb.BroadcastResponse) -> list[PublishResult]:
+    return [PublishResult.from_pb(r) for r in resp.results]
+
+
+# --- stream responses: (id, result or error) --------------------------------------
+
+def publish_stream_request(client_seq: int, msg: pb.PublishRequest) -> pb.PublishStreamRequest:
+    return pb.PublishStreamRequest(client_seq=client_seq, message=msg)
+
+
+def publish_stream_result(
+    resp: pb.PublishStreamResponse,
+) -> tuple[int, PublishResult | HeraldError]:
+    which = resp.WhichOneof("result")
+    if which == "ack":
+        return resp.client_seq, PublishResult.from_pb(resp.ack)
+    if which == "error":
+        return resp.client_seq, error_for_number(resp.error.code, resp.error.message)
+    return resp.client_seq, HeraldError("publish stream response without a result")
+
+
+ControlCommand = pb.SubscribeRequest | pb.UnsubscribeRequest | pb.DisconnectRequest
+
+
+def control_request(request_id: int, command: ControlCommand) -> pb.ControlRequest:
+    if isinstance(command, pb.SubscribeRequest):
+        return pb.ControlRequest(request_id=request_id, subscribe=command)
+    if isinstance(command, pb.UnsubscribeRequest):
+        return pb.ControlRequest(request_id=request_id, unsubscribe=command)
+    return pb.ControlRequest(request_id=request_id, disconnect=command)
+
+
+def control_result(resp: pb.ControlResponse) -> tuple[int, int | HeraldError]:
+    """The number of connections a command reached, or its error."""
+    which = resp.WhichOneof("result")
+    if which == "subscribe":
+        return resp.request_id, resp.subscribe.connections
+    if which == "unsubscribe":
+        return resp.request_id, resp.unsubscribe.connections
+    if which == "disconnect":
+        return resp.request_id, resp.disconnect.connections
+    if which == "error":
+        return resp.request_id, error_for_number(resp.error.code, resp.error.message)
+    return resp.request_id, HeraldError("control response without a result")
+
+
+def page_size(limit: int) -> int:
+    if not 0 <= limit <= 10_000:
+        raise ValueError(f"page_size must be between 0 and 10000, got {limit}")
+    return limit

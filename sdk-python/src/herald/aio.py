@@ -1,0 +1,257 @@
+"""The asyncio client: the same calls as :class:`herald.Client`, awaitable."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Sequence
+from types import TracebackType
+from typing import TypeVar
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2
+
+from herald import _requests, payload
+from herald.client import HEALTH_CHECK_METHOD
+from herald.config import DEFAULT_TIMEOUT, RetryPolicy, Settings
+from herald.control import AsyncControlStream
+from herald.errors import from_rpc_error
+from herald.models import HealthStatus, Member, NodeInfo, PresenceStats, PublishResult
+from herald.presence import AsyncPresenceWatch
+from herald.publisher import AsyncPublisher
+from herald.v1 import herald_pb2 as pb
+from herald.v1 import herald_pb2_grpc
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+
+
+class AsyncClient:
+    """An asyncio client for one Herald engine node (built on ``grpc.aio``).
+
+    ::
+
+        async with herald.AsyncClient("127.0.0.1:50051") as client:
+            await client.publish("room:general", {"text": "hi"})
+
+    Takes the same arguments as :class:`herald.Client`. Create it inside the event
+    loop that uses it.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        api_key: str | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        credentials: grpc.ChannelCredentials | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        channel_options: Sequence[tuple[str, str | int]] = (),
+    ) -> None:
+        self._settings = Settings(
+            target,
+            api_key=api_key,
+            metadata=metadata,
+            credentials=credentials,
+            timeout=timeout,
+            retry=retry or RetryPolicy(),
+            channel_options=channel_options,
+        )
+        s = self._settings
+        if s.credentials is None:
+            self._channel = grpc.aio.insecure_channel(target, options=s.channel_options)
+        else:
+            self._channel = grpc.aio.secure_channel(
+                target, s.credentials, options=s.channel_options
+            )
+        self._stub = herald_pb2_grpc.HeraldStub(self._channel)
+        self._health = self._channel.unary_unary(
+            HEALTH_CHECK_METHOD,
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+
+    # --- plumbing -------------------------------------------------------------------
+
+    async def _unary(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[_Req, _Resp],
+        request: _Req,
+        *,
+        idempotent: bool,
+        timeout: float | None,
+    ) -> _Resp:
+        attempts = self._settings.attempts(idempotent, timeout)
+        while True:
+            try:
+                return await method(
+                    request, timeout=attempts.timeout(), metadata=self._settings.metadata
+                )
+            except grpc.RpcError as e:
+                err = from_rpc_error(e)
+                delay = attempts.next_delay(err)
+                if delay is None:
+                    raise err from e
+            await asyncio.sleep(delay)
+
+    async def close(self) -> None:
+        """Close the channel; calls in progress are cancelled."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- publishing -----------------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        data: payload.Payload,
+        *,
+        ttl: payload.TTL | None = None,
+        idempotency_key: str | None = None,
+        content_type: str | None = None,
+        timeout: float | None = None,
+    ) -> PublishResult:
+        """Publish one message to one topic (see :meth:`herald.Client.publish`)."""
+        req = _requests.publish(
+            topic, data, ttl=ttl, idempotency_key=idempotency_key, content_type=content_type
+        )
+        resp = await self._unary(
+            self._stub.Publish, req, idempotent=idempotency_key is not None, timeout=timeout
+        )
+        return PublishResult.from_pb(resp)
+
+    async def broadcast(
+        self,
+        topics: Iterable[str],
+        data: payload.Payload,
+        *,
+        ttl: payload.TTL | None = None,
+        idempotency_key: str | None = None,
+        content_type: str | None = None,
+        timeout: float | None = None,
+    ) -> list[PublishResult]:
+        """Publish one payload to many topics (see :meth:`herald.Client.broadcast`)."""
+        req = _requests.broadcast(
+            topics, data, ttl=ttl, idempotency_key=idempotency_key, content_type=content_type
+        )
+        resp = await self._unary(
+            self._stub.Broadcast, req, idempotent=idempotency_key is not None, timeout=timeout
+        )
+        return _requests.broadcast_results(resp)
+
+    def publisher(self, *, max_in_flight: int = 1024) -> AsyncPublisher:
+        """Open a PublishStream; see :class:`~herald.publisher.AsyncPublisher`."""
+        return AsyncPublisher(
+            self._stub.PublishStream(metadata=self._settings.metadata), max_in_flight
+        )
+
+    # --- subscribe-control ------------------------------------------------------------
+
+    async def subscribe(
+        self,
+        topics: str | Iterable[str],
+        *,
+        connection_id: str | None = None,
+        user_id: str | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Put a connection (or every connection of a user) into topics."""
+        req = _requests.subscribe(topics, connection_id, user_id)
+        resp = await self._unary(self._stub.Subscribe, req, idempotent=True, timeout=timeout)
+        return resp.connections
+
+    async def unsubscribe(
+        self,
+        topics: str | Iterable[str],
+        *,
+        connection_id: str | None = None,
+        user_id: str | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Take a connection (or every connection of a user) out of topics."""
+        req = _requests.unsubscribe(topics, connection_id, user_id)
+        resp = await self._unary(self._stub.Unsubscribe, req, idempotent=True, timeout=timeout)
+        return resp.connections
+
+    async def disconnect(
+        self,
+        *,
+        connection_id: str | None = None,
+        user_id: str | None = None,
+        code: int = 0,
+        reason: str = "",
+        reconnect: bool = False,
+        timeout: float | None = None,
+    ) -> int:
+        """Close a connection (or every connection of a user); returns how many."""
+        req = _requests.disconnect(connection_id, user_id, code, reason, reconnect)
+        resp = await self._unary(self._stub.Disconnect, req, idempotent=False, timeout=timeout)
+        return resp.connections
+
+    def control(self, *, max_in_flight: int = 1024) -> AsyncControlStream:
+        """Open a Control stream; see :class:`~herald.control.AsyncControlStream`."""
+        return AsyncControlStream(self._stub.Control(metadata=self._settings.metadata), max_in_flight)
+
+    # --- presence ---------------------------------------------------------------------
+
+    async def presence(
+        self, topic: str, *, page_size: int = 0, timeout: float | None = None
+    ) -> AsyncIterator[Member]:
+        """The members of a topic, fetching page after page as the iteration goes."""
+        req = pb.PresenceRequest(topic=topic, limit=_requests.page_size(page_size))
+        while True:
+            resp = await self._unary(self._stub.Presence, req, idempotent=True, timeout=timeout)
+            for m in resp.members:
+                yield Member.from_pb(m)
+            if not resp.next_cursor:
+                return
+            req.cursor = resp.next_cursor
+
+    async def presence_stats(self, topic: str, *, timeout: float | None = None) -> PresenceStats:
+        """Connections and distinct users in a topic."""
+        req = pb.PresenceStatsRequest(topic=topic)
+        return PresenceStats.from_pb(
+            await self._unary(self._stub.PresenceStats, req, idempotent=True, timeout=timeout)
+        )
+
+    def watch_presence(
+        self,
+        topics: str | Iterable[str],
+        *,
+        include_snapshot: bool = True,
+        include_connections: bool = False,
+        max_reconnects: int | None = None,
+    ) -> AsyncPresenceWatch:
+        """Follow joins and leaves (see :meth:`herald.Client.watch_presence`)."""
+        req = _requests.watch(topics, include_snapshot, include_connections)
+        return AsyncPresenceWatch(
+            lambda: self._stub.WatchPresence(req, metadata=self._settings.metadata),
+            self._settings.retry,
+            max_reconnects,
+        )
+
+    # --- node -------------------------------------------------------------------------
+
+    async def info(self, *, timeout: float | None = None) -> NodeInfo:
+        """Node identity, version, uptime and counters."""
+        resp = await self._unary(
+            self._stub.Info, pb.InfoRequest(), idempotent=True, timeout=timeout
+        )
+        return NodeInfo.from_pb(resp)
+
+    async def health(self, service: str = "", *, timeout: float | None = None) -> HealthStatus:
+        """The grpc.health.v1 status of ``service`` ("" for the whole server)."""
+        req = health_pb2.HealthCheckRequest(service=service)
+        resp = await self._unary(self._health, req, idempotent=True, timeout=timeout)
+        return HealthStatus(resp.status)

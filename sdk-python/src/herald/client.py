@@ -1,0 +1,292 @@
+"""The synchronous client."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from herald import _requests, payload
+from herald.config import DEFAULT_TIMEOUT, RetryPolicy, Settings
+from herald.control import ControlStream
+from herald.errors import from_rpc_error
+from herald.models import HealthStatus, Member, NodeInfo, PresenceStats, PublishResult
+from herald.presence import PresenceWatch
+from herald.publisher import Publisher
+from herald.v1 import herald_pb2 as pb
+from herald.v1 import herald_pb2_grpc
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+
+HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
+
+
+class Client:
+    """A blocking client for one Herald engine node.
+
+    ::
+
+        with herald.Client("127.0.0.1:50051") as client:
+            client.publish("room:general", {"text": "hi"})
+
+    Args:
+        target: the engine's gRPC address, ``host:port`` (any gRPC target works).
+        api_key: sent with every call as ``authorization: Bearer <api_key>``.
+        metadata: more ``(key, value)`` pairs sent with every call.
+        credentials: TLS credentials (for example ``grpc.ssl_channel_credentials()``);
+            None for a plaintext connection.
+        timeout: default deadline of a unary call in seconds, retries included
+            (None: no deadline). Every call also takes its own ``timeout=``.
+        retry: how calls that are safe to repeat are retried on UNAVAILABLE.
+        channel_options: extra gRPC channel options.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        api_key: str | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        credentials: grpc.ChannelCredentials | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        channel_options: Sequence[tuple[str, str | int]] = (),
+    ) -> None:
+        self._settings = Settings(
+            target,
+            api_key=api_key,
+            metadata=metadata,
+            credentials=credentials,
+            timeout=timeout,
+            retry=retry or RetryPolicy(),
+            channel_options=channel_options,
+        )
+        s = self._settings
+        if s.credentials is None:
+            self._channel = grpc.insecure_channel(target, options=s.channel_options)
+        else:
+            self._channel = grpc.secure_channel(target, s.credentials, options=s.channel_options)
+        self._stub = herald_pb2_grpc.HeraldStub(self._channel)
+        self._health = self._channel.unary_unary(
+            HEALTH_CHECK_METHOD,
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+
+    # --- plumbing -------------------------------------------------------------------
+
+    def _unary(
+        self,
+        method: grpc.UnaryUnaryMultiCallable[_Req, _Resp],
+        request: _Req,
+        *,
+        idempotent: bool,
+        timeout: float | None,
+    ) -> _Resp:
+        attempts = self._settings.attempts(idempotent, timeout)
+        while True:
+            try:
+                return method(request, timeout=attempts.timeout(), metadata=self._settings.metadata)
+            except grpc.RpcError as e:
+                err = from_rpc_error(e)
+                delay = attempts.next_delay(err)
+                if delay is None:
+                    raise err from e
+            time.sleep(delay)
+
+    def close(self) -> None:
+        """Close the channel; calls in progress are cancelled."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- publishing -----------------------------------------------------------------
+
+    def publish(
+        self,
+        topic: str,
+        data: payload.Payload,
+        *,
+        ttl: payload.TTL | None = None,
+        idempotency_key: str | None = None,
+        content_type: str | None = None,
+        timeout: float | None = None,
+    ) -> PublishResult:
+        """Publish one message to one topic.
+
+        ``data`` is bytes, str (sent as text) or a JSON-serialisable value (sent as
+        JSON); see :mod:`herald.payload`. ``ttl`` (seconds or a timedelta) drops the
+        message from connection queues once it is that old. With an
+        ``idempotency_key`` the call is retried on UNAVAILABLE, and a repeat is
+        answered with the original sequence and ``duplicate=True``.
+        """
+        req = _requests.publish(
+            topic, data, ttl=ttl, idempotency_key=idempotency_key, content_type=content_type
+        )
+        resp = self._unary(
+            self._stub.Publish, req, idempotent=idempotency_key is not None, timeout=timeout
+        )
+        return PublishResult.from_pb(resp)
+
+    def broadcast(
+        self,
+        topics: Iterable[str],
+        data: payload.Payload,
+        *,
+        ttl: payload.TTL | None = None,
+        idempotency_key: str | None = None,
+        content_type: str | None = None,
+        timeout: float | None = None,
+    ) -> list[PublishResult]:
+        """Publish one payload to many topics; one result per topic, in order.
+
+        All topics are checked first: one bad topic and nothing is published
+        (:class:`~herald.InvalidArgument`).
+        """
+        req = _requests.broadcast(
+            topics, data, ttl=ttl, idempotency_key=idempotency_key, content_type=content_type
+        )
+        resp = self._unary(
+            self._stub.Broadcast, req, idempotent=idempotency_key is not None, timeout=timeout
+        )
+        return _requests.broadcast_results(resp)
+
+    def publisher(self, *, max_in_flight: int = 1024) -> Publisher:
+        """Open a PublishStream; see :class:`~herald.publisher.Publisher`."""
+        return Publisher(
+            lambda requests: self._stub.PublishStream(requests, metadata=self._settings.metadata),
+            max_in_flight,
+        )
+
+    # --- subscribe-control ------------------------------------------------------------
+
+    def subscribe(
+        self,
+        topics: str | Iterable[str],
+        *,
+        connection_id: str | None = None,
+        user_id: str | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Put a connection (or every connection of a user) into topics.
+
+        Returns how many connections were reached; :class:`~herald.NotFound` for an
+        unknown connection or user.
+        """
+        req = _requests.subscribe(topics, connection_id, user_id)
+        return self._unary(self._stub.Subscribe, req, idempotent=True, timeout=timeout).connections
+
+    def unsubscribe(
+        self,
+        topics: str | Iterable[str],
+        *,
+        connection_id: str | None = None,
+        user_id: str | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Take a connection (or every connection of a user) out of topics."""
+        req = _requests.unsubscribe(topics, connection_id, user_id)
+        return self._unary(
+            self._stub.Unsubscribe, req, idempotent=True, timeout=timeout
+        ).connections
+
+    def disconnect(
+        self,
+        *,
+        connection_id: str | None = None,
+        user_id: str | None = None,
+        code: int = 0,
+        reason: str = "",
+        reconnect: bool = False,
+        timeout: float | None = None,
+    ) -> int:
+        """Close a connection (or every connection of a user); returns how many.
+
+        ``code`` is a WebSocket close code 4000-4999 (0: 4003 if ``reconnect``
+        else 4500); the client gets ``reason`` and ``reconnect`` before the close.
+        """
+        req = _requests.disconnect(connection_id, user_id, code, reason, reconnect)
+        return self._unary(
+            self._stub.Disconnect, req, idempotent=False, timeout=timeout
+        ).connections
+
+    def control(self, *, max_in_flight: int = 1024) -> ControlStream:
+        """Open a Control stream; see :class:`~herald.control.ControlStream`."""
+        return ControlStream(
+            lambda requests: self._stub.Control(requests, metadata=self._settings.metadata),
+            max_in_flight,
+        )
+
+    # --- presence ---------------------------------------------------------------------
+
+    def presence(
+        self, topic: str, *, page_size: int = 0, timeout: float | None = None
+    ) -> Iterator[Member]:
+        """The members of a topic, fetching page after page as the iteration goes.
+
+        ``page_size`` is the members per call (0: the engine's default, at most 10000).
+        """
+        req = pb.PresenceRequest(topic=topic, limit=_requests.page_size(page_size))
+        while True:
+            resp = self._unary(self._stub.Presence, req, idempotent=True, timeout=timeout)
+            for m in resp.members:
+                yield Member.from_pb(m)
+            if not resp.next_cursor:
+                return
+            req.cursor = resp.next_cursor
+
+    def presence_stats(self, topic: str, *, timeout: float | None = None) -> PresenceStats:
+        """Connections and distinct users in a topic."""
+        req = pb.PresenceStatsRequest(topic=topic)
+        return PresenceStats.from_pb(
+            self._unary(self._stub.PresenceStats, req, idempotent=True, timeout=timeout)
+        )
+
+    def watch_presence(
+        self,
+        topics: str | Iterable[str],
+        *,
+        include_snapshot: bool = True,
+        include_connections: bool = False,
+        max_reconnects: int | None = None,
+    ) -> PresenceWatch:
+        """Follow joins and leaves in topics and patterns (``room:*``, ``room:>``).
+
+        Returns an iterator of :class:`~herald.PresenceEvent` that reconnects by
+        itself and reports any gap as a ``RESYNC`` event; see :mod:`herald.presence`.
+        ``max_reconnects``: consecutive failed attempts before giving up (None: never).
+        """
+        req = _requests.watch(topics, include_snapshot, include_connections)
+        return PresenceWatch(
+            lambda: self._stub.WatchPresence(req, metadata=self._settings.metadata),
+            self._settings.retry,
+            max_reconnects,
+        )
+
+    # --- node -------------------------------------------------------------------------
+
+    def info(self, *, timeout: float | None = None) -> NodeInfo:
+        """Node identity, version, uptime and counters."""
+        resp = self._unary(self._stub.Info, pb.InfoRequest(), idempotent=True, timeout=timeout)
+        return NodeInfo.from_pb(resp)
+
+    def health(self, service: str = "", *, timeout: float | None = None) -> HealthStatus:
+        """The grpc.health.v1 status of ``service`` ("" for the whole server,
+        "herald.v1.Herald" for the API)."""
+        req = health_pb2.HealthCheckRequest(service=service)
+        resp = self._unary(self._health, req, idempotent=True, timeout=timeout)
+        return HealthStatus(resp.status)

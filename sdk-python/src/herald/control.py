@@ -1,0 +1,159 @@
+"""The Control stream: subscribe / unsubscribe / disconnect commands over one stream.
+
+Each command returns a future of the number of connections it reached; a failing
+command (for example :class:`~herald.NotFound` for an unknown connection) fails
+only its own future and the stream goes on::
+
+    with client.control() as ctl:
+        joined = ctl.subscribe(["room:vip"], user_id="alice")
+        kicked = ctl.disconnect(connection_id=conn_id, reason="bye")
+    print(joined.result(), kicked.result())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+
+import grpc.aio
+
+from herald import _requests
+from herald._streams import DEFAULT_MAX_IN_FLIGHT, AsyncStreamMux, StreamMux
+from herald.v1 import herald_pb2 as pb
+
+_Call = grpc.aio.StreamStreamCall[pb.ControlRequest, pb.ControlResponse]
+
+
+class ControlStream:
+    """A Control stream for the sync client; get one from ``Client.control()``."""
+
+    def __init__(
+        self,
+        open_stream: Callable[[Iterator[pb.ControlRequest]], Iterator[pb.ControlResponse]],
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+    ) -> None:
+        self._mux: StreamMux[pb.ControlRequest, pb.ControlResponse, int]
+        self._mux = StreamMux("control stream", open_stream, _requests.control_result, max_in_flight)
+
+    def _send(self, command: _requests.ControlCommand) -> concurrent.futures.Future[int]:
+        return self._mux.submit(lambda rid: _requests.control_request(rid, command))
+
+    def subscribe(
+        self,
+        topics: str | Iterable[str],
+        *,
+        connection_id: str | None = None,
+        user_id: str | None = None,
+    ) -> concurrent.futures.Future[int]:
+        """Put a connection, or every connection of a user, into topics."""
+        return self._send(_requests.subscribe(topics, connection_id, user_id))
+
+    def unsubscribe(
+        self,
+        topics: str | Iterable[str],
+        *,
+        connection_id: str | None = None,
+        user_id: str | None = None,
+    ) -> concurrent.futures.Future[int]:
+        """Take a connection, or every connection of a user, out of topics."""
+        return self._send(_requests.unsubscribe(topics, connection_id, user_id))
+
+    def disconnect(
+        self,
+        *,
+        connection_id: str | None = None,
+        user_id: str | None = None,
+        code: int = 0,
+        reason: str = "",
+        reconnect: bool = False,
+    ) -> concurrent.futures.Future[int]:
+        """Close a connection, or every connection of a user."""
+        return self._send(_requests.disconnect(connection_id, user_id, code, reason, reconnect))
+
+    def close(self, timeout: float | None = None) -> None:
+        """Wait for the results of everything sent, then end the stream."""
+        self._mux.close(timeout)
+
+    def cancel(self) -> None:
+        """End the stream now; unanswered futures fail with :class:`~herald.Cancelled`."""
+        self._mux.cancel()
+
+    def __enter__(self) -> ControlStream:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncControlStream:
+    """A Control stream for the asyncio client; get one from ``AsyncClient.control()``.
+
+    Each command returns, once written, an ``asyncio.Future`` of its result.
+    """
+
+    def __init__(self, call: _Call, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
+        self._mux: AsyncStreamMux[pb.ControlRequest, pb.ControlResponse, int]
+        self._mux = AsyncStreamMux("control stream", call, _requests.control_result, max_in_flight)
+
+    async def _send(self, command: _requests.ControlCommand) -> asyncio.Future[int]:
+        return await self._mux.submit(lambda rid: _requests.control_request(rid, command))
+
+    async def subscribe(
+        self,
+        topics: str | Iterable[str],
+        *,
+        connection_id: str | None = None,
+        user_id: str | None = None,
+    ) -> asyncio.Future[int]:
+        """Put a connection, or every connection of a user, into topics."""
+        return await self._send(_requests.subscribe(topics, connection_id, user_id))
+
+    async def unsubscribe(
+        self,
+        topics: str | Iterable[str],
+        *,
+        connection_id: str | None = None,
+        user_id: str | None = None,
+    ) -> asyncio.Future[int]:
+        """Take a connection, or every connection of a user, out of topics."""
+        return await self._send(_requests.unsubscribe(topics, connection_id, user_id))
+
+    async def disconnect(
+        self,
+        *,
+        connection_id: str | None = None,
+        user_id: str | None = None,
+        code: int = 0,
+        reason: str = "",
+        reconnect: bool = False,
+    ) -> asyncio.Future[int]:
+        """Close a connection, or every connection of a user."""
+        return await self._send(
+            _requests.disconnect(connection_id, user_id, code, reason, reconnect)
+        )
+
+    async def close(self) -> None:
+        """Wait for the results of everything sent, then end the stream."""
+        await self._mux.close()
+
+    async def cancel(self) -> None:
+        """End the stream now; unanswered futures fail with :class:`~herald.Cancelled`."""
+        await self._mux.cancel()
+
+    async def __aenter__(self) -> AsyncControlStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,141 @@
+"""Plain result types returned by the clients (converted from the herald.v1 messages)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from herald.v1 import herald_pb2 as pb
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    """The result of one accepted publish."""
+
+    #: The message's sequence number in its topic (1, 2, 3, ...).
+    sequence: int
+    #: True when the idempotency key matched an earlier publish: nothing was sent again.
+    duplicate: bool = False
+
+    @classmethod
+    def from_pb(cls, msg: pb.PublishResponse) -> PublishResult:
+        return cls(sequence=msg.sequence, duplicate=msg.duplicate)
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One connection in a topic."""
+
+    connection_id: str
+    #: Empty for an anonymous connection.
+    user_id: str
+    #: The client info given at connect time (JSON text), empty if none.
+    info: str
+
+    @classmethod
+    def from_pb(cls, msg: pb.Member) -> Member:
+        return cls(connection_id=msg.connection_id, user_id=msg.user_id, info=msg.info)
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceStats:
+    """Counts for one topic."""
+
+    connections: int
+    users: int
+
+    @classmethod
+    def from_pb(cls, msg: pb.PresenceStatsResponse) -> PresenceStats:
+        return cls(connections=msg.connections, users=msg.users)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """Node identity and counters since start (the ``Info`` RPC)."""
+
+    node_id: str
+    version: str
+    uptime_seconds: int
+    connections: int
+    topics: int
+    subscriptions: int
+    messages_published: int
+    messages_delivered: int
+    messages_dropped: int
+    slow_disconnects: int
+
+    @classmethod
+    def from_pb(cls, msg: pb.InfoResponse) -> NodeInfo:
+        return cls(
+            node_id=msg.node_id,
+            version=msg.version,
+            uptime_seconds=msg.uptime_seconds,
+            connections=msg.connections,
+            topics=msg.topics,
+            subscriptions=msg.subscriptions,
+            messages_published=msg.messages_published,
+            messages_delivered=msg.messages_delivered,
+            messages_dropped=msg.messages_dropped,
+            slow_disconnects=msg.slow_disconnects,
+        )
+
+
+class PresenceEventKind(enum.IntEnum):
+    """The kind of a presence event (mirrors ``herald.v1.PresenceEventKind``)."""
+
+    UNSPECIFIED = pb.PRESENCE_EVENT_KIND_UNSPECIFIED
+    SNAPSHOT = pb.PRESENCE_EVENT_KIND_SNAPSHOT
+    SNAPSHOT_END = pb.PRESENCE_EVENT_KIND_SNAPSHOT_END
+    JOIN = pb.PRESENCE_EVENT_KIND_JOIN
+    LEAVE = pb.PRESENCE_EVENT_KIND_LEAVE
+    CONNECT = pb.PRESENCE_EVENT_KIND_CONNECT
+    DISCONNECT = pb.PRESENCE_EVENT_KIND_DISCONNECT
+    RESYNC = pb.PRESENCE_EVENT_KIND_RESYNC
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceEvent:
+    """One presence event from ``watch_presence``.
+
+    A ``RESYNC`` event means the view built so far can no longer be trusted: drop
+    it. ``watch_presence`` then starts over by itself and, when a snapshot was
+    asked for, the current members follow again as ``SNAPSHOT`` events and one
+    ``SNAPSHOT_END``. ``local`` tells who decided: False when the engine sent the
+    RESYNC (the watcher fell behind), True when the SDK made it because the stream
+    dropped and had to be reopened (events in between may have been missed).
+    """
+
+    kind: PresenceEventKind
+    #: The topic, for SNAPSHOT, JOIN and LEAVE; empty otherwise.
+    topic: str = ""
+    #: The connection concerned; None for SNAPSHOT_END and RESYNC.
+    member: Member | None = None
+    #: The node that saw the event (empty for a local RESYNC).
+    node_id: str = ""
+    #: When the event happened, in milliseconds since the Unix epoch.
+    timestamp_ms: int = 0
+    #: True for a RESYNC made by the SDK after a reconnect (see above).
+    local: bool = False
+
+    @classmethod
+    def from_pb(cls, msg: pb.PresenceEvent) -> PresenceEvent:
+        try:
+            kind = PresenceEventKind(msg.kind)
+        except ValueError:
+            kind = PresenceEventKind.UNSPECIFIED
+        return cls(
+            kind=kind,
+            topic=msg.topic,
+            member=Member.from_pb(msg.member) if msg.HasField("member") else None,
+            node_id=msg.node_id,
+            timestamp_ms=msg.timestamp_ms,
+        )
+
+
+class HealthStatus(enum.IntEnum):
+    """The serving status reported by the standard grpc.health.v1 service."""
+
+    UNKNOWN = 0
+    SERVING = 1
+    NOT_SERVING = 2
+    SERVICE_UNKNOWN = 3

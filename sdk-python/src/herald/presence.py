@@ -1,0 +1,227 @@
+"""Watching presence (the WatchPresence RPC) without silently losing events.
+
+:class:`PresenceWatch` (sync iterator) and :class:`AsyncPresenceWatch` (async
+iterator) yield :class:`~herald.PresenceEvent` values. When the stream drops
+(engine restart, network failure) they reopen it with exponential backoff; when
+the engine says the watcher fell behind (a ``RESYNC`` event) they pass that event
+on and reopen the stream at once. Whenever events may have been missed the caller
+sees a ``RESYNC`` event first (``local=True`` when the SDK made it after a
+reconnect), then, if a snapshot was asked for, the current members again as
+``SNAPSHOT`` events and one ``SNAPSHOT_END``. A caller that drops its view on
+``RESYNC`` and rebuilds it from what follows is never silently wrong.
+
+Errors that retrying cannot fix (INVALID_ARGUMENT for a bad pattern,
+UNIMPLEMENTED, ...) end the iteration with the matching :class:`~herald.HeraldError`;
+so does running out of ``max_reconnects`` consecutive failed attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from types import TracebackType
+
+import grpc
+import grpc.aio
+
+from herald.config import RetryPolicy
+from herald.errors import HeraldError, Unavailable, from_rpc_error
+from herald.models import PresenceEvent, PresenceEventKind
+from herald.v1 import herald_pb2 as pb
+
+#: Codes after which the watch reopens the stream (besides a stream that just ends).
+RECONNECT_ON = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED})
+
+_LOCAL_RESYNC = PresenceEvent(kind=PresenceEventKind.RESYNC, local=True)
+
+
+class _Reconnects:
+    """Decides, after the stream was lost, whether and when to reopen it."""
+
+    def __init__(self, policy: RetryPolicy, max_reconnects: int | None) -> None:
+        self._policy = policy
+        self._max = max_reconnects
+        self._failures = 0
+        # Whether events were handed out since the last (re)start: only then can the
+        # caller's view be stale and a RESYNC be needed.
+        self.dirty = False
+
+    def on_event(self, ev: PresenceEvent) -> bool:
+        """Record an event; True when the stream must be reopened (engine RESYNC)."""
+        self._failures = 0
+        if ev.kind == PresenceEventKind.RESYNC:
+            self.dirty = False
+            return True
+        self.dirty = True
+        return False
+
+    def on_lost(self, err: HeraldError | None) -> tuple[float, bool]:
+        """The delay before reopening and whether to emit a local RESYNC first.
+
+        Raises ``err`` (or :class:`Unavailable`) when reopening is not worth it.
+        """
+        if err is not None and err.code not in RECONNECT_ON:
+            raise err
+        self._failures += 1
+        if self._max is not None and self._failures > self._max:
+            raise err or Unavailable("presence watch stream ended")
+        resync, self.dirty = self.dirty, False
+        return self._policy.backoff(self._failures - 1), resync
+
+
+class PresenceWatch:
+    """Sync iterator over presence events; get one from ``Client.watch_presence()``.
+
+    Use it in a ``for`` loop; ``close()`` (from any thread) or leaving a ``with``
+    block ends it.
+    """
+
+    def __init__(
+        self,
+        open_stream: Callable[[], Iterator[pb.PresenceEvent]],
+        policy: RetryPolicy,
+        max_reconnects: int | None,
+    ) -> None:
+        self._open = open_stream
+        self._reconnects = _Reconnects(policy, max_reconnects)
+        self._call: Iterator[pb.PresenceEvent] | None = None
+        self._queue: collections.deque[PresenceEvent] = collections.deque()
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> PresenceWatch:
+        return self
+
+    def __next__(self) -> PresenceEvent:
+        while True:
+            if self._closed.is_set():
+                raise StopIteration
+            if self._queue:
+                return self._queue.popleft()
+            call = self._ensure_call()
+            err: HeraldError | None = None
+            try:
+                ev = PresenceEvent.from_pb(next(call))
+            except StopIteration:
+                pass
+            except grpc.RpcError as e:
+                err = from_rpc_error(e)
+            else:
+                if self._reconnects.on_event(ev):
+                    self._drop_call()
+                return ev
+            self._drop_call()
+            if self._closed.is_set():
+                raise StopIteration
+            delay, resync = self._reconnects.on_lost(err)
+            if self._closed.wait(delay):
+                raise StopIteration
+            if resync:
+                self._queue.append(_LOCAL_RESYNC)
+
+    def _ensure_call(self) -> Iterator[pb.PresenceEvent]:
+        with self._lock:
+            if self._call is None:
+                self._call = self._open()
+            return self._call
+
+    def _drop_call(self) -> None:
+        with self._lock:
+            call, self._call = self._call, None
+        if isinstance(call, grpc.Future):
+            call.cancel()
+
+    def close(self) -> None:
+        """Stop watching; a blocked ``next()`` in another thread ends the iteration."""
+        self._closed.set()
+        self._drop_call()
+
+    def __enter__(self) -> PresenceWatch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncPresenceWatch:
+    """Async iterator over presence events; get one from ``AsyncClient.watch_presence()``.
+
+    Use it in an ``async for`` loop; ``close()`` or leaving an ``async with`` block
+    ends it.
+    """
+
+    def __init__(
+        self,
+        open_stream: Callable[[], grpc.aio.UnaryStreamCall[pb.WatchPresenceRequest, pb.PresenceEvent]],
+        policy: RetryPolicy,
+        max_reconnects: int | None,
+    ) -> None:
+        self._open = open_stream
+        self._reconnects = _Reconnects(policy, max_reconnects)
+        self._call: grpc.aio.UnaryStreamCall[pb.WatchPresenceRequest, pb.PresenceEvent] | None = None
+        self._events: AsyncIterator[pb.PresenceEvent] | None = None
+        self._queue: collections.deque[PresenceEvent] = collections.deque()
+        self._closed = False
+
+    def __aiter__(self) -> AsyncPresenceWatch:
+        return self
+
+    async def __anext__(self) -> PresenceEvent:
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._queue:
+                return self._queue.popleft()
+            if self._events is None:
+                self._call = self._open()
+                self._events = self._call.__aiter__()
+            err: HeraldError | None = None
+            try:
+                ev = PresenceEvent.from_pb(await self._events.__anext__())
+            except StopAsyncIteration:
+                pass
+            except asyncio.CancelledError:
+                if self._closed:  # close() cancelled the call under us
+                    raise StopAsyncIteration from None
+                raise
+            except grpc.RpcError as e:
+                err = from_rpc_error(e)
+            else:
+                if self._reconnects.on_event(ev):
+                    self._drop_call()
+                return ev
+            self._drop_call()
+            if self._closed:
+                raise StopAsyncIteration
+            delay, resync = self._reconnects.on_lost(err)
+            await asyncio.sleep(delay)
+            if resync:
+                self._queue.append(_LOCAL_RESYNC)
+
+    def _drop_call(self) -> None:
+        call, self._call, self._events = self._call, None, None
+        if call is not None:
+            call.cancel()
+
+    async def close(self) -> None:
+        """Stop watching."""
+        self._closed = True
+        self._drop_call()
+
+    async def __aenter__(self) -> AsyncPresenceWatch:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,1 @@
+"""Stubs generated from proto/herald/v1/herald.proto (see scripts/gen.sh)."""
