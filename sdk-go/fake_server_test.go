@@ -171,9 +171,10 @@ func (fe *fakeEngine) start() {
 		fe.t.Fatalf("listen: %v", err)
 	}
 	fe.addr = lis.Addr().String()
-	fe.srv = grpc.NewServer()
-	heraldv1.RegisterHeraldServer(fe.srv, fe.svc)
-	go func() { _ = fe.srv.Serve(lis) }()
+	srv := grpc.NewServer()
+	heraldv1.RegisterHeraldServer(srv, fe.svc)
+	fe.srv = srv
+	go func() { _ = srv.Serve(lis) }()
 }
 
 func (fe *fakeEngine) stop() {
