@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what the Python SDK needs into a virtualenv, then runs the generated-code
+# check, mypy --strict and pytest against a real engine.
+#
+# The engine is not built here: tests use $HERALD_BIN (default target/release/herald,
+# relative to the repository root); build it first with
+#   cargo build --release -p herald
+#
+# Environment:
+#   PYTHON      interpreter to make the virtualenv with (default python3)
+#   VENV        virtualenv directory (default sdk-python/.venv)
+#   HERALD_BIN  engine binary (see above)
+#   Extra arguments are passed to pytest.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$here"
+venv="${VENV:-$here/.venv}"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "virtualenv $venv"
+if [[ ! -x "$venv/bin/python" ]]; then
+    "${PYTHON:-python3}" -m venv "$venv"
+fi
+py="$venv/bin/python"
+"$py" -m pip install --quiet --disable-pip-version-check --upgrade pip
+"$py" -m pip install --quiet --disable-pip-version-check -e "$here[dev]"
+
+step "generated stubs are up to date"
+PYTHON="$py" "$here/scripts/check-gen.sh"
+
+step "mypy --strict"
+"$py" -m mypy --strict
+
+step "pytest"
+"$py" -m pytest -q "$@"
