@@ -1,0 +1,279 @@
+package herald_test
+
+// The real engine for the integration tests: TestMain starts one from
+// $HERALD_BIN (default: ../target/release/herald, built by
+// `cargo build --release -p herald` at the repository root) on free loopback
+// ports, waits until its health check reports SERVING, and stops it at the end.
+// HERALD_GO_UNIT_ONLY=1 runs only the tests that need no engine.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	herald "github.com/heraldrt/herald/sdk-go"
+)
+
+// sharedEngine is the engine started by TestMain; nil with HERALD_GO_UNIT_ONLY=1.
+var sharedEngine *engine
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	os.Exit(runTests(m))
+}
+
+func runTests(m *testing.M) int {
+	if os.Getenv("HERALD_GO_UNIT_ONLY") == "1" {
+		return m.Run()
+	}
+	bin, err := engineBinary()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "herald tests:", err)
+		return 1
+	}
+	e, err := startEngine(bin, "--shutdown-timeout", "5s")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "herald tests: starting the engine:", err)
+		return 1
+	}
+	sharedEngine = e
+	code := m.Run()
+	if err := e.stop(10 * time.Second); err != nil {
+		fmt.Fprintln(os.Stderr, "herald tests: stopping the engine:", err)
+		if code == 0 {
+			code = 1
+		}
+	}
+	if code != 0 {
+		fmt.Fprintf(os.Stderr, "--- engine log (last 4 KiB) ---\n%s\n", e.logTail(4096))
+	}
+	return code
+}
+
+// engineBinary finds the engine: $HERALD_BIN, or the repository's release build.
+func engineBinary() (string, error) {
+	bin := os.Getenv("HERALD_BIN")
+	if bin == "" {
+		// The tests run in the module directory, sdk-go/.
+		bin = filepath.Join("..", "target", "release", "herald")
+	}
+	abs, err := filepath.Abs(bin)
+	if err != nil {
+		return "", err
+	}
+	if st, err := os.Stat(abs); err != nil || st.IsDir() {
+		return "", fmt.Errorf("no engine binary at %s: build it with `cargo build --release -p herald` at the repository root, or set HERALD_BIN (HERALD_GO_UNIT_ONLY=1 runs the tests that need no engine)", abs)
+	}
+	return abs, nil
+}
+
+// needEngine returns the shared engine, or skips the test when the run was
+// explicitly limited to unit tests.
+func needEngine(t *testing.T) *engine {
+	t.Helper()
+	if sharedEngine == nil {
+		t.Skip("HERALD_GO_UNIT_ONLY=1: no engine")
+	}
+	return sharedEngine
+}
+
+// engine is one running engine process.
+type engine struct {
+	bin      string
+	args     []string
+	wsAddr   string
+	grpcAddr string
+	cmd      *exec.Cmd
+	log      *lockedBuffer
+	exited   chan struct{}
+	exitErr  error
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func freePort() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// startEngine starts the engine on fresh ports with extra flags and waits until
+// it is healthy. A start that fails (a port taken in between) is tried again.
+func startEngine(bin string, extra ...string) (*engine, error) {
+	var lastErr error
+	for range 3 {
+		wsAddr, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		grpcAddr, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		e := &engine{bin: bin, args: extra, wsAddr: wsAddr, grpcAddr: grpcAddr, log: &lockedBuffer{}}
+		if lastErr = e.start(); lastErr == nil {
+			return e, nil
+		}
+	}
+	return nil, lastErr
+}
+
+// start runs the engine on its addresses and waits for SERVING.
+func (e *engine) start() error {
+	args := append([]string{"--ws-addr", e.wsAddr, "--grpc-addr", e.grpcAddr, "--log-format", "text"}, e.args...)
+	e.cmd = exec.Command(e.bin, args...)
+	e.cmd.Stdout = e.log
+	e.cmd.Stderr = e.log
+	e.exited = make(chan struct{})
+	if err := e.cmd.Start(); err != nil {
+		return err
+	}
+	go func() {
+		e.exitErr = e.cmd.Wait()
+		close(e.exited)
+	}()
+	if err := e.waitServing(30 * time.Second); err != nil {
+		_ = e.kill()
+		return fmt.Errorf("%w\n%s", err, e.logTail(2048))
+	}
+	return nil
+}
+
+func (e *engine) waitServing(timeout time.Duration) error {
+	c, err := herald.NewClient(e.grpcAddr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	deadline := time.Now().Add(timeout)
+	var last error
+	for time.Now().Before(deadline) {
+		select {
+		case <-e.exited:
+			return fmt.Errorf("engine exited during start: %v", e.exitErr)
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		st, err := c.Health(ctx)
+		cancel()
+		if err == nil && st == herald.HealthServing {
+			return nil
+		}
+		last = err
+		if err == nil {
+			last = fmt.Errorf("health %v", st)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("engine not SERVING after %v: %v", timeout, last)
+}
+
+// signal sends SIGTERM (a graceful shutdown).
+func (e *engine) terminate() error { return e.cmd.Process.Signal(syscall.SIGTERM) }
+
+// kill ends the engine at once and waits for it.
+func (e *engine) kill() error {
+	_ = e.cmd.Process.Kill()
+	<-e.exited
+	return nil
+}
+
+// stop shuts the engine down with SIGTERM and waits up to timeout, then kills
+// it. It reports an engine that had to be killed.
+func (e *engine) stop(timeout time.Duration) error {
+	select {
+	case <-e.exited:
+		return nil
+	default:
+	}
+	if err := e.terminate(); err != nil {
+		return err
+	}
+	select {
+	case <-e.exited:
+		return nil
+	case <-time.After(timeout):
+		_ = e.kill()
+		return errors.New("engine still running after SIGTERM; killed")
+	}
+}
+
+func (e *engine) logTail(n int) string {
+	s := e.log.String()
+	if len(s) > n {
+		s = s[len(s)-n:]
+	}
+	return strings.TrimSpace(s)
+}
+
+// client returns an SDK client for the engine, closed at the end of the test.
+func (e *engine) client(t *testing.T, opts ...herald.Option) *herald.Client {
+	t.Helper()
+	c, err := herald.NewClient(e.grpcAddr, opts...)
+	if err != nil {
+		t.Fatalf("NewClient: %v", err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// ownEngine starts an engine for one test (for shutdown and restart tests) and
+// kills it at the end.
+func ownEngine(t *testing.T, extra ...string) *engine {
+	t.Helper()
+	shared := needEngine(t)
+	e, err := startEngine(shared.bin, extra...)
+	if err != nil {
+		t.Fatalf("starting an engine: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = e.kill()
+		if t.Failed() {
+			t.Logf("engine log:\n%s", e.logTail(4096))
+		}
+	})
+	return e
+}
+
+// uniqueTopic returns a topic no other test uses.
+func uniqueTopic(t *testing.T, prefix string) string {
+	t.Helper()
+	topicSeq.Lock()
+	defer topicSeq.Unlock()
+	topicSeq.n++
+	return fmt.Sprintf("%s:t%d-%d", prefix, os.Getpid(), topicSeq.n)
+}
+
+var topicSeq struct {
+	sync.Mutex
+	n int
+}
