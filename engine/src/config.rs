@@ -1,0 +1,279 @@
+//! Engine configuration: one field list gives the TOML file schema, the command-line
+//! flags and their `HERALD_*` environment variables, so they can never drift apart.
+//!
+//! Precedence, highest first: flag, environment variable, config file, built-in
+//! default. `herald --help` lists every option.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: toml::de::Error,
+    },
+    /// A value is out of its allowed range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// A duration written the human way: `250ms`, `25s`, `5m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl FromStr for Dur {
+    type Err = humantime::DurationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(s).map(Dur)
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        humantime::format_duration(self.0).fmt(f)
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// How logs are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+macro_rules! settings {
+    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, env $env:literal; )*) => {
+        /// The complete engine configuration, with every value resolved.
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct Config {
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Self { $( $name: $default, )* }
+            }
+        }
+
+        /// Values given on the command line or in the environment.
+        #[derive(Debug, Default, clap::Args)]
+        struct Overrides {
+            $( $(#[doc = $doc])* #[arg(long, env = $env)] $name: Option<$ty>, )*
+        }
+
+        impl Overrides {
+            fn apply(self, config: &mut Config) {
+                $( if let Some(v) = self.$name { config.$name = v; } )*
+            }
+        }
+    };
+}
+
+settings! {
+    /// WebSocket listen address [default: 0.0.0.0:8080]
+    ws_addr: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 8080)), env "HERALD_WS_ADDR";
+    /// HTTP path of the WebSocket endpoint [default: /ws]
+    ws_path: String = "/ws".to_owned(), env "HERALD_WS_PATH";
+    /// gRPC listen address [default: 0.0.0.0:50051]
+    grpc_addr: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 50051)), env "HERALD_GRPC_ADDR";
+    /// This node's id, reported by Info and presence [default: random]
+    node_id: String = String::new(), env "HERALD_NODE_ID";
+    /// Longest topic name in bytes [default: 255]
+    max_topic_len: usize = 255, env "HERALD_MAX_TOPIC_LEN";
+    /// Largest published payload in bytes [default: 65536]
+    max_payload_bytes: usize = 64 * 1024, env "HERALD_MAX_PAYLOAD_BYTES";
+    /// Largest WebSocket frame or message a client may send, in bytes [default: 65536]
+    max_frame_bytes: usize = 64 * 1024, env "HERALD_MAX_FRAME_BYTES";
+    /// Most topics one connection may be subscribed to [default: 256]
+    max_subscriptions: usize = 256, env "HERALD_MAX_SUBSCRIPTIONS";
+    /// Most topics named in one subscribe or unsubscribe command [default: 256]
+    max_topics_per_command: usize = 256, env "HERALD_MAX_TOPICS_PER_COMMAND";
+    /// Most topics in one Broadcast call [default: 1000]
+    max_broadcast_topics: usize = 1000, env "HERALD_MAX_BROADCAST_TOPICS";
+    /// Longest user id in bytes [default: 128]
+    max_user_id_len: usize = 128, env "HERALD_MAX_USER_ID_LEN";
+    /// Largest client info (JSON) in bytes [default: 1024]
+    max_info_bytes: usize = 1024, env "HERALD_MAX_INFO_BYTES";
+    /// Most messages waiting in one connection's outgoing queue before it is closed as a slow consumer (4001) [default: 1024]
+    queue_max_messages: usize = 1024, env "HERALD_QUEUE_MAX_MESSAGES";
+    /// Most bytes waiting in one connection's outgoing queue before it is closed as a slow consumer (4001) [default: 1048576]
+    queue_max_bytes: usize = 1024 * 1024, env "HERALD_QUEUE_MAX_BYTES";
+    /// Initial read buffer per connection in bytes; it grows for larger frames [default: 2048]
+    read_buffer_bytes: usize = 2048, env "HERALD_READ_BUFFER_BYTES";
+    /// Interval between server pings [default: 25s]
+    ping_interval: Dur = Dur(Duration::from_secs(25)), env "HERALD_PING_INTERVAL";
+    /// Close a connection (4002) when nothing was received from it for this long [default: 60s]
+    idle_timeout: Dur = Dur(Duration::from_secs(60)), env "HERALD_IDLE_TIMEOUT";
+    /// Close a connection whose socket accepts no data for this long [default: 10s]
+    write_timeout: Dur = Dur(Duration::from_secs(10)), env "HERALD_WRITE_TIMEOUT";
+    /// Time allowed for the WebSocket handshake [default: 10s]
+    handshake_timeout: Dur = Dur(Duration::from_secs(10)), env "HERALD_HANDSHAKE_TIMEOUT";
+    /// Time between reporting NOT_SERVING and closing connections, so load balancers stop routing first [default: 0s]
+    shutdown_delay: Dur = Dur(Duration::ZERO), env "HERALD_SHUTDOWN_DELAY";
+    /// Time allowed for a graceful shutdown before remaining connections are dropped [default: 10s]
+    shutdown_timeout: Dur = Dur(Duration::from_secs(10)), env "HERALD_SHUTDOWN_TIMEOUT";
+    /// How long a topic with no subscribers keeps its sequence and idempotency keys after its last activity [default: 5m]
+    topic_retention: Dur = Dur(Duration::from_secs(300)), env "HERALD_TOPIC_RETENTION";
+    /// How long an idempotency key is remembered [default: 5m]
+    idempotency_window: Dur = Dur(Duration::from_secs(300)), env "HERALD_IDEMPOTENCY_WINDOW";
+    /// Log format [default: text]
+    log_format: LogFormat = LogFormat::Text, env "HERALD_LOG_FORMAT";
+    /// Log filter, in RUST_LOG syntax [default: info]
+    log: String = "info".to_owned(), env "HERALD_LOG";
+}
+
+/// Command-line interface of the `herald` binary.
+#[derive(Debug, Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "Herald: real-time WebSocket fan-out driven over gRPC"
+)]
+struct Cli {
+    /// TOML config file; its keys are the long option names with '_' for '-'
+    #[arg(long, env = "HERALD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+impl Config {
+    /// Builds the configuration from the process's arguments and environment.
+    pub fn from_args() -> Result<Self, ConfigError> {
+        Self::from_cli(Cli::parse())
+    }
+
+    /// Builds the configuration from the given arguments (the first is the program
+    /// name) and the process environment; errors in the arguments are returned
+    /// as clap errors by exiting, like `from_args`.
+    pub fn from_arg_list<I, T>(args: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Self::from_cli(Cli::parse_from(args))
+    }
+
+    fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
+        let mut config = match &cli.config {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        cli.overrides.apply(&mut config);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads a TOML config file; missing keys take their defaults.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Checks ranges that would make the engine misbehave.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("max_topic_len", self.max_topic_len),
+            ("max_payload_bytes", self.max_payload_bytes),
+            ("max_frame_bytes", self.max_frame_bytes),
+            ("max_subscriptions", self.max_subscriptions),
+            ("max_topics_per_command", self.max_topics_per_command),
+            ("max_broadcast_topics", self.max_broadcast_topics),
+            ("queue_max_messages", self.queue_max_messages),
+            ("queue_max_bytes", self.queue_max_bytes),
+            ("read_buffer_bytes", self.read_buffer_bytes),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::Invalid(format!(
+                "{name} must be greater than 0"
+            )));
+        }
+        if !self.ws_path.starts_with('/') {
+            return Err(ConfigError::Invalid("ws_path must start with '/'".into()));
+        }
+        if self.ping_interval.0.is_zero() || self.idle_timeout.0 <= self.ping_interval.0 {
+            return Err(ConfigError::Invalid(
+                "ping_interval must be positive and shorter than idle_timeout".into(),
+            ));
+        }
+        if self.queue_max_messages > u32::MAX as usize || self.queue_max_bytes > u32::MAX as usize {
+            return Err(ConfigError::Invalid(
+                "queue limits must fit in 32 bits".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("herald-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok();
+        let file = dir.join("herald.toml");
+        std::fs::write(
+            &file,
+            "ws_addr = \"127.0.0.1:9000\"\nping_interval = \"5s\"\nqueue_max_messages = 7\n",
+        )
+        .ok();
+        let config = Config::from_arg_list([
+            "herald",
+            "--config",
+            file.to_str().unwrap_or_default(),
+            "--queue-max-messages",
+            "9",
+        ]);
+        let config = config.ok().unwrap_or_default();
+        assert_eq!(config.ws_addr, SocketAddr::from(([127, 0, 0, 1], 9000)));
+        assert_eq!(config.ping_interval, Dur(Duration::from_secs(5)));
+        assert_eq!(config.queue_max_messages, 9);
+        assert_eq!(config.grpc_addr.port(), 50051);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_ranges_are_refused() {
+        assert!(toml::from_str::<Config>("no_such_key = 1").is_err());
+        let config = Config {
+            idle_timeout: Dur(Duration::from_secs(1)),
+            ..Config::default()
+        };
+        assert!(config.validate().is_err());
+    }
+}

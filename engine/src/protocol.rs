@@ -1,0 +1,434 @@
+//! The WebSocket client protocol (docs/protocol.md): parsing client commands,
+//! encoding server frames, close codes, and how a payload's content type decides
+//! its representation in a `message` push.
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// Close codes the engine uses (docs/protocol.md, "Close codes").
+pub mod close {
+    /// A normal close (used when the connection is already going).
+    pub const NORMAL: u16 = 1000;
+    /// The server is shutting down; reconnect.
+    pub const GOING_AWAY: u16 = 1001;
+    /// The client broke the WebSocket protocol.
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    /// A text frame was not valid UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// A frame or message exceeded the size limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// The outgoing queue overflowed.
+    pub const SLOW_CONSUMER: u16 = 4001;
+    /// Nothing was received for longer than the idle timeout.
+    pub const IDLE_TIMEOUT: u16 = 4002;
+    /// Disconnected by a producer; reconnect allowed.
+    pub const DISCONNECT_RECONNECT: u16 = 4003;
+    /// Disconnected by a producer; do not reconnect.
+    pub const DISCONNECT_FINAL: u16 = 4500;
+
+    /// Whether a client receiving `code` should reconnect.
+    pub fn reconnect_hint(code: u16) -> bool {
+        matches!(code, GOING_AWAY | 4000..=4499)
+    }
+}
+
+/// A command sent by a client, as parsed from one text frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Join topics.
+    Subscribe {
+        /// The client's request id.
+        id: Option<u64>,
+        /// Topic names, not yet validated.
+        topics: Vec<String>,
+    },
+    /// Leave topics.
+    Unsubscribe {
+        /// The client's request id.
+        id: Option<u64>,
+        /// Topic names, not yet validated.
+        topics: Vec<String>,
+    },
+    /// Application-level round trip.
+    Ping {
+        /// The client's request id.
+        id: Option<u64>,
+    },
+}
+
+/// A frame that could not be turned into a [`Command`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CommandError {
+    /// The request id, when the frame had a readable one.
+    pub id: Option<u64>,
+    /// The documented error code.
+    pub code: &'static str,
+    /// What was wrong.
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+struct RawCommand {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    id: Option<u64>,
+    #[serde(default)]
+    topics: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct RawId {
+    #[serde(default)]
+    id: Option<u64>,
+}
+
+/// Parses one client text frame.
+pub fn parse_command(text: &str) -> Result<Command, CommandError> {
+    let raw: RawCommand = serde_json::from_str(text).map_err(|e| CommandError {
+        id: serde_json::from_str::<RawId>(text).ok().and_then(|r| r.id),
+        code: "bad_frame",
+        message: format!("frame is not a valid command object: {e}"),
+    })?;
+    let id = raw.id;
+    let topics = |topics: Option<Vec<String>>| {
+        topics.ok_or_else(|| CommandError {
+            id,
+            code: "bad_frame",
+            message: format!("{} needs a \"topics\" array", raw.kind),
+        })
+    };
+    match raw.kind.as_str() {
+        "subscribe" => Ok(Command::Subscribe {
+            id,
+            topics: topics(raw.topics)?,
+        }),
+        "unsubscribe" => Ok(Command::Unsubscribe {
+            id,
+            topics: topics(raw.topics)?,
+        }),
+        "ping" => Ok(Command::Ping { id }),
+        other => Err(CommandError {
+            id,
+            code: "unknown_type",
+            message: format!(
+                "unknown command type {other:?}; expected subscribe, unsubscribe or ping"
+            ),
+        }),
+    }
+}
+
+/// A server frame other than `message` (those are built by [`encode_message`]).
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Reply<'a> {
+    /// The first frame on every connection.
+    Connected {
+        /// The connection's id.
+        conn_id: &'a str,
+        /// How often the server pings.
+        ping_interval_ms: u64,
+        /// How long the server waits for any frame before closing.
+        idle_timeout_ms: u64,
+    },
+    /// Topics joined.
+    Subscribed {
+        /// The request id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The topics.
+        topics: &'a [String],
+        /// Set when a producer made the change.
+        #[serde(skip_serializing_if = "is_false")]
+        server: bool,
+    },
+    /// Topics left.
+    Unsubscribed {
+        /// The request id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The topics.
+        topics: &'a [String],
+        /// Set when a producer made the change.
+        #[serde(skip_serializing_if = "is_false")]
+        server: bool,
+    },
+    /// Answer to `ping`.
+    Pong {
+        /// The request id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    /// A command failed.
+    Error {
+        /// The request id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The documented error code.
+        code: &'a str,
+        /// What was wrong.
+        message: &'a str,
+    },
+    /// The server is about to close the connection.
+    Disconnect {
+        /// The close code that follows.
+        code: u16,
+        /// Why.
+        reason: &'a str,
+        /// Whether to reconnect.
+        reconnect: bool,
+    },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Reply<'_> {
+    /// Encodes the reply as one text frame.
+    pub fn encode(&self) -> Utf8Bytes {
+        // Serialising these plain structs cannot fail.
+        Utf8Bytes::from(serde_json::to_string(self).unwrap_or_default())
+    }
+}
+
+/// How a payload reaches WebSocket clients, decided by its content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadKind {
+    /// Embedded as a JSON value in `data`.
+    Json,
+    /// A JSON string in `text`.
+    Text,
+    /// Base64 in `b64`.
+    Binary,
+}
+
+impl PayloadKind {
+    /// Classifies a content type (`application/json; charset=utf-8`, `text/plain`, …).
+    pub fn of(content_type: &str) -> Self {
+        let essence = content_type.split(';').next().unwrap_or("").trim();
+        let is = |s: &str| essence.eq_ignore_ascii_case(s);
+        let ends_json = essence.len() >= 5
+            && essence
+                .get(essence.len() - 5..)
+                .is_some_and(|t| t.eq_ignore_ascii_case("+json"));
+        if is("application/json") || ends_json {
+            Self::Json
+        } else if essence
+            .get(..5)
+            .is_some_and(|p| p.eq_ignore_ascii_case("text/"))
+        {
+            Self::Text
+        } else {
+            Self::Binary
+        }
+    }
+}
+
+/// Why a payload cannot be published with its content type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    /// Over the size limit.
+    #[error("payload is {len} bytes; the limit is {max}")]
+    TooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Declared JSON but is not.
+    #[error("payload declared as {content_type:?} is not valid JSON: {detail}")]
+    NotJson {
+        /// The declared type.
+        content_type: String,
+        /// The parser's message.
+        detail: String,
+    },
+    /// Declared text but is not UTF-8.
+    #[error("payload declared as {0:?} is not valid UTF-8")]
+    NotUtf8(String),
+    /// A content type too long or with control characters.
+    #[error("content type is invalid (at most 255 printable ASCII characters)")]
+    BadContentType,
+}
+
+/// A payload checked against its content type, ready to be encoded into pushes.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    /// The bytes as published.
+    pub data: Bytes,
+    /// How they are represented to clients.
+    pub kind: PayloadKind,
+    /// The declared content type (kept for binary payloads).
+    pub content_type: String,
+}
+
+impl Payload {
+    /// Checks `data` against `content_type` and the size limit.
+    pub fn new(data: Bytes, content_type: String, max_len: usize) -> Result<Self, PayloadError> {
+        if data.len() > max_len {
+            return Err(PayloadError::TooLarge {
+                len: data.len(),
+                max: max_len,
+            });
+        }
+        if content_type.len() > 255 || content_type.bytes().any(|b| !(0x20..0x7f).contains(&b)) {
+            return Err(PayloadError::BadContentType);
+        }
+        let kind = PayloadKind::of(&content_type);
+        match kind {
+            PayloadKind::Json => {
+                serde_json::from_slice::<serde::de::IgnoredAny>(&data).map_err(|e| {
+                    PayloadError::NotJson {
+                        content_type: content_type.clone(),
+                        detail: e.to_string(),
+                    }
+                })?;
+            }
+            PayloadKind::Text => {
+                if std::str::from_utf8(&data).is_err() {
+                    return Err(PayloadError::NotUtf8(content_type));
+                }
+            }
+            PayloadKind::Binary => {}
+        }
+        Ok(Self {
+            data,
+            kind,
+            content_type,
+        })
+    }
+}
+
+/// Encodes the `message` push for one published message: done once per topic and
+/// shared (by reference count) with every subscriber.
+pub fn encode_message(topic: &str, seq: u64, payload: &Payload) -> Utf8Bytes {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(48 + topic.len() + payload.data.len() * 4 / 3 + 8);
+    // Topic names are restricted to characters that need no JSON escaping.
+    let _ = write!(out, r#"{{"type":"message","topic":"{topic}","seq":{seq},"#);
+    match payload.kind {
+        PayloadKind::Json => {
+            out.push_str(r#""data":"#);
+            // Checked to be valid JSON (hence UTF-8) when the payload was accepted.
+            out.push_str(std::str::from_utf8(&payload.data).unwrap_or("null").trim());
+        }
+        PayloadKind::Text => {
+            out.push_str(r#""text":"#);
+            let text = std::str::from_utf8(&payload.data).unwrap_or("");
+            out.push_str(&serde_json::to_string(text).unwrap_or_default());
+        }
+        PayloadKind::Binary => {
+            out.push_str(r#""b64":""#);
+            base64::engine::general_purpose::STANDARD.encode_string(&payload.data, &mut out);
+            out.push('"');
+            if !payload.content_type.is_empty() {
+                out.push_str(r#","content_type":"#);
+                out.push_str(&serde_json::to_string(&payload.content_type).unwrap_or_default());
+            }
+        }
+    }
+    out.push('}');
+    Utf8Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(data: &'static [u8], ct: &str) -> Payload {
+        Payload::new(Bytes::from_static(data), ct.to_owned(), 1024).unwrap_or(Payload {
+            data: Bytes::new(),
+            kind: PayloadKind::Binary,
+            content_type: "x".into(),
+        })
+    }
+
+    #[test]
+    fn json_is_embedded_as_a_value() {
+        let frame = encode_message(
+            "room:a",
+            7,
+            &payload(br#"{"price": 1.5}"#, "application/json"),
+        );
+        let v: serde_json::Value = serde_json::from_str(&frame).unwrap_or_default();
+        assert_eq!(v["type"], "message");
+        assert_eq!(v["topic"], "room:a");
+        assert_eq!(v["seq"], 7);
+        assert_eq!(v["data"]["price"], 1.5);
+    }
+
+    #[test]
+    fn text_and_binary_have_their_own_fields() {
+        let t: serde_json::Value = serde_json::from_str(&encode_message(
+            "t",
+            1,
+            &payload(b"he said \"hi\"\n", "text/plain; charset=utf-8"),
+        ))
+        .unwrap_or_default();
+        assert_eq!(t["text"], "he said \"hi\"\n");
+        let b: serde_json::Value =
+            serde_json::from_str(&encode_message("t", 2, &payload(b"\x00\xff", "image/png")))
+                .unwrap_or_default();
+        assert_eq!(b["b64"], "AP8=");
+        assert_eq!(b["content_type"], "image/png");
+        let e: serde_json::Value =
+            serde_json::from_str(&encode_message("t", 3, &payload(b"ab", ""))).unwrap_or_default();
+        assert_eq!(e["b64"], "YWI=");
+        assert!(e.get("content_type").is_none());
+    }
+
+    #[test]
+    fn payloads_are_checked_against_their_type() {
+        let bad_json = Payload::new(Bytes::from_static(b"{nope"), "application/json".into(), 100);
+        assert!(matches!(bad_json, Err(PayloadError::NotJson { .. })));
+        let bad_text = Payload::new(Bytes::from_static(b"\xff"), "text/plain".into(), 100);
+        assert!(matches!(bad_text, Err(PayloadError::NotUtf8(_))));
+        let big = Payload::new(Bytes::from_static(b"12345"), String::new(), 4);
+        assert!(matches!(
+            big,
+            Err(PayloadError::TooLarge { len: 5, max: 4 })
+        ));
+        assert_eq!(PayloadKind::of("application/vnd.x+JSON"), PayloadKind::Json);
+        assert_eq!(PayloadKind::of("TEXT/html"), PayloadKind::Text);
+        assert_eq!(PayloadKind::of(""), PayloadKind::Binary);
+    }
+
+    #[test]
+    fn commands_parse_and_errors_keep_the_id() {
+        assert_eq!(
+            parse_command(r#"{"type":"subscribe","id":4,"topics":["a"]}"#),
+            Ok(Command::Subscribe {
+                id: Some(4),
+                topics: vec!["a".into()]
+            })
+        );
+        assert_eq!(
+            parse_command(r#"{"type":"ping"}"#),
+            Ok(Command::Ping { id: None })
+        );
+        let e = parse_command(r#"{"type":"jump","id":9}"#).err();
+        assert_eq!(
+            e.as_ref().map(|e| (e.code, e.id)),
+            Some(("unknown_type", Some(9)))
+        );
+        let e = parse_command(r#"{"type":"subscribe","id":2}"#).err();
+        assert_eq!(e.map(|e| (e.code, e.id)), Some(("bad_frame", Some(2))));
+        let e = parse_command("not json").err();
+        assert_eq!(e.map(|e| e.code), Some("bad_frame"));
+        let e = parse_command(r#"{"type":"subscribe","id":3,"topics":"a"}"#).err();
+        assert_eq!(e.map(|e| (e.code, e.id)), Some(("bad_frame", Some(3))));
+    }
+
+    #[test]
+    fn reconnect_hint_follows_the_code_ranges() {
+        assert!(close::reconnect_hint(close::GOING_AWAY));
+        assert!(close::reconnect_hint(close::SLOW_CONSUMER));
+        assert!(close::reconnect_hint(4499));
+        assert!(!close::reconnect_hint(4500));
+        assert!(!close::reconnect_hint(close::TOO_BIG));
+    }
+}

@@ -1,0 +1,366 @@
+//! One topic: its subscriber set, published as an immutable snapshot for the
+//! fan-out path, and its publishing state (sequence numbers, idempotency keys).
+//!
+//! Two locks, never held by the same caller except the retention sweep:
+//! - `members` is taken by subscribe, unsubscribe and disconnect. It guards the
+//!   authoritative member map. Publishing never takes it.
+//! - `publishing` is taken by publishers only. It keeps sequence numbers and the
+//!   order of messages in the topic: a message is fanned out completely before the
+//!   next one starts, so every subscriber sees the topic in `seq` order.
+//!
+//! The fan-out path loads the current snapshot (one atomic reference-count
+//! increment) and walks it without locks. Snapshots are rebuilt from the member
+//! map after changes; small topics rebuild at once, large ones coalesce a burst of
+//! changes into one rebuild and are throttled so that rebuilding takes at most
+//! about a fifth of the time — 20,000 subscribes in a burst cost a few dozen
+//! rebuilds, not 20,000 copies. A subscriber waits until a snapshot that contains
+//! it is visible before it is told it is subscribed.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use tokio::{sync::Notify, time::Instant};
+
+use crate::{
+    conn::{Conn, ConnId},
+    protocol::{self, Payload, close},
+    queue::{Close, Item, PushError},
+};
+
+/// Topics with at most this many members rebuild their snapshot at once.
+const INLINE_REBUILD_MAX: usize = 64;
+/// A rebuild waits until this many times the previous rebuild's cost has passed.
+const REBUILD_THROTTLE: u32 = 4;
+/// Idempotency keys remembered per topic at most; the oldest go first.
+const MAX_KEYS_PER_TOPIC: usize = 10_000;
+
+/// The subscribers a publisher walks: immutable once published.
+pub type Snapshot = Vec<Arc<Conn>>;
+
+#[derive(Debug)]
+struct Members {
+    conns: BTreeMap<ConnId, Arc<Conn>>,
+    /// Connections per non-empty user id, for constant-time unique-user counts.
+    users: HashMap<Arc<str>, u32>,
+    /// Incremented on every change; the snapshot records which version it shows.
+    version: u64,
+    rebuild_scheduled: bool,
+    last_rebuild: Option<(Instant, Duration)>,
+    last_active: Instant,
+    /// Set when the topic left the registry: callers must look it up again.
+    removed: bool,
+}
+
+#[derive(Debug)]
+struct Publishing {
+    seq: u64,
+    keys: HashMap<Box<str>, u64>,
+    key_order: VecDeque<(Instant, Box<str>)>,
+    last_active: Instant,
+}
+
+/// A topic's subscriber set and publishing state.
+#[derive(Debug)]
+pub struct Topic {
+    name: Arc<str>,
+    snapshot: ArcSwap<Snapshot>,
+    /// The member-map version the current snapshot shows.
+    visible: AtomicU64,
+    rebuilt: Notify,
+    members: Mutex<Members>,
+    publishing: Mutex<Publishing>,
+    removed: AtomicBool,
+}
+
+/// What one publish did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// The message's sequence number in the topic.
+    pub seq: u64,
+    /// The idempotency key matched an earlier message: nothing was sent.
+    pub duplicate: bool,
+    /// Connections the message was queued to.
+    pub queued: u64,
+    /// Connections that were closed because their queue was full.
+    pub slow: u64,
+}
+
+/// A publish that arrived after the topic left the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removed;
+
+/// The outcome of adding or removing a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The member map changed; the snapshot will show it at this version.
+    Changed(u64),
+    /// Nothing to do (already a member, or not one).
+    Unchanged,
+    /// The topic has left the registry; look it up again.
+    Removed,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Each critical section leaves the state consistent before anything can
+    // panic, so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Topic {
+    /// A new, empty topic.
+    pub fn new(name: Arc<str>) -> Self {
+        let now = Instant::now();
+        Self {
+            name,
+            snapshot: ArcSwap::from_pointee(Vec::new()),
+            visible: AtomicU64::new(0),
+            rebuilt: Notify::new(),
+            members: Mutex::new(Members {
+                conns: BTreeMap::new(),
+                users: HashMap::new(),
+                version: 0,
+                rebuild_scheduled: false,
+                last_rebuild: None,
+                last_active: now,
+                removed: false,
+            }),
+            publishing: Mutex::new(Publishing {
+                seq: 0,
+                keys: HashMap::new(),
+                key_order: VecDeque::new(),
+                last_active: now,
+            }),
+            removed: AtomicBool::new(false),
+        }
+    }
+
+    /// The topic's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The topic's name, shared.
+    pub fn name_arc(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// Adds a connection. The caller holds the connection's subscription lock.
+    pub fn add(self: &Arc<Self>, conn: &Arc<Conn>) -> Change {
+        let mut m = lock(&self.members);
+        if m.removed {
+            return Change::Removed;
+        }
+        if m.conns.insert(conn.id(), Arc::clone(conn)).is_some() {
+            return Change::Unchanged;
+        }
+        if let Some(user) = conn.user() {
+            *m.users.entry(Arc::clone(user)).or_insert(0) += 1;
+        }
+        self.changed(&mut m)
+    }
+
+    /// Removes a connection. The caller holds the connection's subscription lock.
+    pub fn remove(self: &Arc<Self>, conn: &Conn) -> Change {
+        let mut m = lock(&self.members);
+        if m.conns.remove(&conn.id()).is_none() {
+            return Change::Unchanged;
+        }
+        if let Some(user) = conn.user()
+            && let Some(n) = m.users.get_mut(user)
+        {
+            *n -= 1;
+            if *n == 0 {
+                m.users.remove(user);
+            }
+        }
+        m.last_active = Instant::now();
+        self.changed(&mut m)
+    }
+
+    fn changed(self: &Arc<Self>, m: &mut Members) -> Change {
+        m.version += 1;
+        let version = m.version;
+        if m.conns.len() <= INLINE_REBUILD_MAX {
+            let old = self.rebuild(m);
+            drop(old);
+        } else if !m.rebuild_scheduled {
+            m.rebuild_scheduled = true;
+            let topic = Arc::clone(self);
+            tokio::spawn(async move { topic.rebuild_later().await });
+        }
+        Change::Changed(version)
+    }
+
+    /// Publishes a new snapshot from the member map; returns the old one so the
+    /// caller can drop it outside the lock.
+    fn rebuild(&self, m: &mut Members) -> Arc<Snapshot> {
+        let started = Instant::now();
+        let list: Snapshot = m.conns.values().cloned().collect();
+        let old = self.snapshot.swap(Arc::new(list));
+        self.visible.store(m.version, Ordering::Release);
+        m.last_rebuild = Some((started, started.elapsed()));
+        self.rebuilt.notify_waiters();
+        old
+    }
+
+    async fn rebuild_later(self: Arc<Self>) {
+        let wait = {
+            let m = lock(&self.members);
+            m.last_rebuild.map(|(at, cost)| {
+                (at + cost * (REBUILD_THROTTLE + 1)).saturating_duration_since(Instant::now())
+            })
+        };
+        match wait {
+            Some(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
+            _ => tokio::task::yield_now().await,
+        }
+        let old = {
+            let mut m = lock(&self.members);
+            m.rebuild_scheduled = false;
+            self.rebuild(&mut m)
+        };
+        drop(old);
+    }
+
+    /// Waits until the published snapshot shows member-map `version` or later.
+    pub async fn wait_visible(&self, version: u64) {
+        loop {
+            let notified = self.rebuilt.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.visible.load(Ordering::Acquire) >= version {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The current subscriber snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Number of member connections and of distinct users among them.
+    pub fn counts(&self) -> (usize, usize) {
+        let m = lock(&self.members);
+        (m.conns.len(), m.users.len())
+    }
+
+    /// Up to `limit` members with ids greater than `after`, in id order.
+    pub fn members_after(&self, after: Option<ConnId>, limit: usize) -> Vec<Arc<Conn>> {
+        let m = lock(&self.members);
+        let range = match after {
+            Some(id) => m
+                .conns
+                .range((std::ops::Bound::Excluded(id), std::ops::Bound::Unbounded)),
+            None => m.conns.range(..),
+        };
+        range.take(limit).map(|(_, c)| Arc::clone(c)).collect()
+    }
+
+    /// Assigns the next sequence number, encodes the message once and queues it to
+    /// every subscriber in the current snapshot. Never waits on a client: a full
+    /// queue closes that connection as a slow consumer.
+    pub fn publish(
+        &self,
+        payload: &Payload,
+        ttl: Option<Duration>,
+        idempotency_key: Option<&str>,
+        idempotency_window: Duration,
+    ) -> Result<Delivery, Removed> {
+        let mut p = lock(&self.publishing);
+        if self.removed.load(Ordering::Acquire) {
+            return Err(Removed);
+        }
+        let now = Instant::now();
+        p.last_active = now;
+        if let Some(key) = idempotency_key {
+            while let Some((at, _)) = p.key_order.front() {
+                if now.duration_since(*at) < idempotency_window
+                    && p.key_order.len() < MAX_KEYS_PER_TOPIC
+                {
+                    break;
+                }
+                if let Some((_, old)) = p.key_order.pop_front() {
+                    p.keys.remove(&old);
+                }
+            }
+            if let Some(&seq) = p.keys.get(key) {
+                return Ok(Delivery {
+                    seq,
+                    duplicate: true,
+                    ..Delivery::default()
+                });
+            }
+        }
+        p.seq += 1;
+        let seq = p.seq;
+        if let Some(key) = idempotency_key {
+            let key: Box<str> = key.into();
+            p.keys.insert(key.clone(), seq);
+            p.key_order.push_back((now, key));
+        }
+
+        let snapshot = self.snapshot.load_full();
+        if snapshot.is_empty() {
+            return Ok(Delivery {
+                seq,
+                ..Delivery::default()
+            });
+        }
+        let text = protocol::encode_message(&self.name, seq, payload);
+        let expires = ttl.filter(|t| !t.is_zero()).map(|t| now + t);
+        let mut delivery = Delivery {
+            seq,
+            ..Delivery::default()
+        };
+        for conn in snapshot.iter() {
+            match conn.queue.push(Item {
+                text: text.clone(),
+                expires,
+            }) {
+                Ok(()) => delivery.queued += 1,
+                Err(PushError::Closed) => {}
+                Err(PushError::Full) => {
+                    if conn.queue.close(Close {
+                        code: close::SLOW_CONSUMER,
+                        reason: "slow consumer".to_owned(),
+                        reconnect: true,
+                        drain: false,
+                    }) {
+                        delivery.slow += 1;
+                    }
+                }
+            }
+        }
+        Ok(delivery)
+    }
+
+    /// If the topic has had no members and no publishes for `retention`, marks it
+    /// removed and returns true. Takes both locks (publishing first).
+    pub fn retire_if_idle(&self, retention: Duration) -> bool {
+        let p = lock(&self.publishing);
+        let mut m = lock(&self.members);
+        let now = Instant::now();
+        let idle = m.conns.is_empty()
+            && now.duration_since(m.last_active) >= retention
+            && now.duration_since(p.last_active) >= retention;
+        if idle {
+            m.removed = true;
+            self.removed.store(true, Ordering::Release);
+        }
+        idle
+    }
+
+    /// The last sequence number assigned.
+    pub fn last_seq(&self) -> u64 {
+        lock(&self.publishing).seq
+    }
+}
