@@ -10,9 +10,8 @@ import (
 // Content types understood by the engine. They decide how WebSocket clients see
 // a payload: a JSON value in "data", a string in "text", or base64 in "b64".
 const (
-	ContentTypeJSON   = "application/json"
-	ContentTypeText   = "text/plain; charset=utf-8"
-	ContentTypeBinary = "application/octet-stream"
+	ContentTypeJSON = "application/json"
+	ContentTypeText = "text/plain; charset=utf-8"
 )
 
 // Payload is the body of a message and its content type.
@@ -25,10 +24,12 @@ type Payload struct {
 	ContentType string
 }
 
-// Bytes is an opaque binary payload; WebSocket clients receive it base64-encoded
-// in the "b64" field.
+// Bytes is an opaque binary payload with no content type (that is,
+// application/octet-stream); WebSocket clients receive it base64-encoded in the
+// "b64" field. For another binary type, set Payload.ContentType (for example
+// "application/x-protobuf"): clients then also get it in "content_type".
 func Bytes(data []byte) Payload {
-	return Payload{Data: data, ContentType: ContentTypeBinary}
+	return Payload{Data: data}
 }
 
 // Text is a UTF-8 text payload (text/plain; charset=utf-8); WebSocket clients
