@@ -1,0 +1,173 @@
+"""Runs the tests against a real Herald engine built from this repository.
+
+The engine binary is $HERALD_BIN (a relative path is taken from the repository
+root), by default target/release/herald. Build it first with
+``cargo build --release -p herald`` from the repository root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT = 30.0
+
+
+def herald_bin() -> Path:
+    path = Path(os.environ.get("HERALD_BIN", "target/release/herald"))
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _serving(target: str) -> bool:
+    with grpc.insecure_channel(target) as channel:
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        try:
+            for service in ("", "herald.v1.Herald"):
+                resp = check(health_pb2.HealthCheckRequest(service=service), timeout=1.0)
+                if resp.status != health_pb2.HealthCheckResponse.SERVING:
+                    return False
+            return True
+        except grpc.RpcError:
+            return False
+
+
+class Engine:
+    """One engine process on free loopback ports."""
+
+    def __init__(self, log_dir: Path, *extra_args: str) -> None:
+        self.binary = herald_bin()
+        if not self.binary.is_file():
+            pytest.fail(
+                f"engine binary {self.binary} not found: build it with "
+                "`cargo build --release -p herald` or point HERALD_BIN at it",
+                pytrace=False,
+            )
+        self.ws_port = free_port()
+        self.grpc_port = free_port()
+        self.extra_args = extra_args
+        self.log_path = log_dir / f"herald-{uuid.uuid4().hex[:8]}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def ws_url(self, user: str | None = None, info: dict[str, Any] | None = None) -> str:
+        from urllib.parse import urlencode
+
+        query = {}
+        if user is not None:
+            query["user"] = user
+        if info is not None:
+            query["info"] = json.dumps(info)
+        qs = f"?{urlencode(query)}" if query else ""
+        return f"ws://127.0.0.1:{self.ws_port}/ws{qs}"
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                str(self.binary),
+                "--ws-addr", f"127.0.0.1:{self.ws_port}",
+                "--grpc-addr", f"127.0.0.1:{self.grpc_port}",
+                "--shutdown-timeout", "5s",
+                "--log-format", "text",
+                *self.extra_args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"engine exited with {self.proc.returncode}:\n{self.log()}", pytrace=False)
+            if _serving(self.target):
+                return
+            time.sleep(0.05)
+        self.stop()
+        pytest.fail(f"engine not SERVING after {STARTUP_TIMEOUT}s:\n{self.log()}", pytrace=False)
+
+    def stop(self) -> int | None:
+        """SIGTERM, then wait (SIGKILL after 15 s); returns the exit code."""
+        if self.proc is None:
+            return None
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+
+@dataclass
+class EngineFactory:
+    log_dir: Path
+
+    def __call__(self, *extra_args: str) -> Engine:
+        return Engine(self.log_dir, *extra_args)
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
+    """The engine shared by the whole session."""
+    eng = Engine(tmp_path_factory.mktemp("engine"))
+    eng.start()
+    yield eng
+    eng.stop()
+
+
+@pytest.fixture
+def new_engine(tmp_path: Path) -> Iterator[EngineFactory]:
+    """Make engines of one's own (for tests that stop or restart them)."""
+    made: list[Engine] = []
+
+    class _Factory(EngineFactory):
+        def __call__(self, *extra_args: str) -> Engine:
+            eng = super().__call__(*extra_args)
+            made.append(eng)
+            return eng
+
+    yield _Factory(tmp_path)
+    for eng in made:
+        eng.stop()
+
+
+@pytest.fixture
+def topic() -> str:
+    """A topic no other test uses."""
+    return f"test:{uuid.uuid4().hex[:12]}"
