@@ -59,7 +59,7 @@ def _serving(target: str) -> bool:
 class Engine:
     """One engine process on free loopback ports."""
 
-    def __init__(self, log_dir: Path, *extra_args: str) -> None:
+    def __init__(self, log_dir: Path, *extra_args: str, shutdown_timeout: str = "5s") -> None:
         self.binary = herald_bin()
         if not self.binary.is_file():
             pytest.fail(
@@ -70,6 +70,7 @@ class Engine:
         self.ws_port = free_port()
         self.grpc_port = free_port()
         self.extra_args = extra_args
+        self.shutdown_timeout = shutdown_timeout
         self.log_path = log_dir / f"herald-{uuid.uuid4().hex[:8]}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -95,7 +96,7 @@ class Engine:
                 str(self.binary),
                 "--ws-addr", f"127.0.0.1:{self.ws_port}",
                 "--grpc-addr", f"127.0.0.1:{self.grpc_port}",
-                "--shutdown-timeout", "5s",
+                "--shutdown-timeout", self.shutdown_timeout,
                 "--log-format", "text",
                 *self.extra_args,
             ],
@@ -138,8 +139,8 @@ class Engine:
 class EngineFactory:
     log_dir: Path
 
-    def __call__(self, *extra_args: str) -> Engine:
-        return Engine(self.log_dir, *extra_args)
+    def __call__(self, *extra_args: str, shutdown_timeout: str = "5s") -> Engine:
+        return Engine(self.log_dir, *extra_args, shutdown_timeout=shutdown_timeout)
 
 
 @pytest.fixture(scope="session")
@@ -157,8 +158,8 @@ def new_engine(tmp_path: Path) -> Iterator[EngineFactory]:
     made: list[Engine] = []
 
     class _Factory(EngineFactory):
-        def __call__(self, *extra_args: str) -> Engine:
-            eng = super().__call__(*extra_args)
+        def __call__(self, *extra_args: str, shutdown_timeout: str = "5s") -> Engine:
+            eng = super().__call__(*extra_args, shutdown_timeout=shutdown_timeout)
             made.append(eng)
             return eng
 

@@ -62,3 +62,40 @@ async def test_async_plain_publish_is_not_retried() -> None:
         with pytest.raises(herald.Unavailable):
             await client.publish("room:a", "x")
         assert time.monotonic() - started < 1.0
+
+
+def test_publisher_fails_pending_and_later_messages_when_the_engine_stops(
+    new_engine: EngineFactory,
+) -> None:
+    engine = new_engine(shutdown_timeout="1s")
+    engine.start()
+    with herald.Client(engine.target) as client:
+        pub = client.publisher()
+        assert pub.publish("room:a", 1).result(timeout=5).sequence == 1
+        engine.stop()
+        # the stream's failure reaches the publisher: a message either fails or is refused
+        deadline = time.monotonic() + 10
+        with pytest.raises(herald.HeraldError):
+            while time.monotonic() < deadline:
+                pub.publish("room:a", 2).result(timeout=5)
+                time.sleep(0.05)
+        with pytest.raises(herald.HeraldError):
+            pub.publish("room:a", 3)
+        pub.close()
+
+
+async def test_async_publisher_fails_when_the_engine_stops(new_engine: EngineFactory) -> None:
+    engine = new_engine(shutdown_timeout="1s")
+    engine.start()
+    async with herald.AsyncClient(engine.target) as client:
+        pub = client.publisher()
+        assert (await (await pub.publish("room:a", 1))).sequence == 1
+        await asyncio.to_thread(engine.stop)
+        deadline = time.monotonic() + 10
+        with pytest.raises(herald.HeraldError):
+            while time.monotonic() < deadline:
+                await (await pub.publish("room:a", 2))
+                await asyncio.sleep(0.05)
+        with pytest.raises(herald.HeraldError):
+            await pub.publish("room:a", 3)
+        await pub.close()

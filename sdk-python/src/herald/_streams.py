@@ -106,6 +106,7 @@ class StreamMux(Generic[Req, Resp, Result]):
             if self._error is None and not self._closed:
                 self._error = err
             pending, self._pending = self._pending, {}
+        self._outbox.put(None)  # release the thread gRPC uses to send requests
         for fut in pending.values():
             if not fut.done():
                 fut.set_exception(err)
