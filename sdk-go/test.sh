@@ -5,7 +5,7 @@
 #      protoc-gen-go-grpc, grpc-health-probe) into sdk-go/.tools,
 #   2. checks that the committed generated code matches the proto,
 #   3. gofmt, go vet for the SDK and examples/go, and builds the examples,
-#   4. go test -race against a real engine.
+#   4. go test -race for the SDK and the examples against a real engine.
 #
 # It does not build the engine: set HERALD_BIN to the engine binary, or build
 # ../target/release/herald first (cargo build --release -p herald).
@@ -52,3 +52,5 @@ echo "using $HERALD_BIN"
 step "go test -race"
 # shellcheck disable=SC2086 # GO_TEST_FLAGS is a list of flags
 go test -race -count=1 -timeout 10m ${GO_TEST_FLAGS:-} ./...
+# shellcheck disable=SC2086
+(cd "$EXAMPLES_DIR" && go test -race -count=1 -timeout 5m ${GO_TEST_FLAGS:-} ./...)

@@ -2,7 +2,10 @@ module github.com/heraldrt/herald/examples/go
 
 go 1.26.0
 
-require github.com/heraldrt/herald/sdk-go v0.0.0
+require (
+	github.com/coder/websocket v1.8.15
+	github.com/heraldrt/herald/sdk-go v0.0.0
+)
 
 require (
 	golang.org/x/net v0.60.0 // indirect
