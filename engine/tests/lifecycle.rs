@@ -1,0 +1,240 @@
+//! Connection lifecycle end to end: slow consumers, idle timeouts, mass
+//! disconnects, health and graceful shutdown.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{sync::atomic::Ordering, time::Duration};
+
+use common::{Client, channel, config, eventually, grpc, publish_json, start};
+use futures_util::StreamExt;
+use herald::{config::Dur, proto::PublishRequest};
+use serde_json::json;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected_and_the_others_keep_receiving() {
+    let mut cfg = config();
+    cfg.queue_max_messages = 64;
+    let engine = start(cfg).await;
+    let mut producer = grpc(&engine).await;
+    let mut slow = Client::connect(&engine).await;
+    slow.subscribe(&["prices:x"]).await;
+    let mut healthy = Client::connect(&engine).await;
+    healthy.subscribe(&["prices:x"]).await;
+
+    // The healthy client reads everything concurrently; the slow one reads nothing.
+    let reader = tokio::spawn(async move {
+        let mut last = 0;
+        while last < 2000 {
+            let msg = healthy.next_message().await;
+            let seq = msg["seq"].as_u64().unwrap();
+            assert_eq!(seq, last + 1, "in order, nothing missing");
+            last = seq;
+        }
+        healthy
+    });
+    let padding = "x".repeat(16 * 1024);
+    for _ in 0..2000 {
+        let req = PublishRequest {
+            topic: "prices:x".into(),
+            data: serde_json::to_vec(&json!({ "pad": padding }))
+                .unwrap()
+                .into(),
+            content_type: "application/json".into(),
+            ..Default::default()
+        };
+        producer.publish(req).await.unwrap();
+    }
+    let mut healthy = reader.await.unwrap();
+    assert!(
+        engine
+            .registry()
+            .stats
+            .slow_disconnects
+            .load(Ordering::Relaxed)
+            >= 1
+    );
+
+    // Once the slow client reads again it finds the notice and the close code.
+    let (frames, close) = slow.read_until_close().await;
+    let notice = frames
+        .iter()
+        .find(|f| f["type"] == "disconnect")
+        .expect("a disconnect notice");
+    assert_eq!(notice["code"], 4001);
+    assert_eq!(notice["reconnect"], true);
+    assert_eq!(close.map(|c| u16::from(c.code)), Some(4001));
+
+    eventually("the slow client leaves the registry", || {
+        engine.registry().connection_count() == 1
+    })
+    .await;
+    publish_json(&mut producer, "prices:x", json!("still here")).await;
+    assert_eq!(healthy.next_message().await["data"], "still here");
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_after_the_idle_timeout() {
+    let mut cfg = config();
+    cfg.ping_interval = Dur(Duration::from_millis(100));
+    cfg.idle_timeout = Dur(Duration::from_millis(400));
+    let engine = start(cfg).await;
+    let mut silent = Client::connect(&engine).await;
+    let mut lively = Client::connect(&engine).await;
+
+    // `lively` keeps reading, so its WebSocket layer answers every ping with a pong.
+    let lively_task = tokio::spawn(async move {
+        lively.expect_silence(Duration::from_millis(1200)).await;
+        lively
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // `silent` read nothing, so it never sent a pong: it is gone.
+    let (frames, close) = silent.read_until_close().await;
+    assert!(
+        frames
+            .iter()
+            .any(|f| f["type"] == "disconnect" && f["code"] == 4002),
+        "{frames:?}"
+    );
+    assert_eq!(close.map(|c| u16::from(c.code)), Some(4002));
+    let mut lively = lively_task.await.unwrap();
+    let pong = lively.command(json!({"type": "ping"})).await;
+    assert_eq!(pong["type"], "pong");
+    eventually("only the lively client is left", || {
+        engine.registry().connection_count() == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_registry_is_empty_after_thousands_of_clients_drop() {
+    let mut cfg = config();
+    cfg.topic_retention = Dur(Duration::from_millis(200));
+    let engine = start(cfg).await;
+    let mut clients = Vec::new();
+    for n in 0..3000 {
+        let mut c = Client::connect_query(&engine, &format!("?user=u{}", n % 100)).await;
+        let own = format!("user:{n}");
+        c.subscribe(&["room:lobby", own.as_str()]).await;
+        clients.push(c);
+    }
+    let registry = engine.registry();
+    assert_eq!(registry.connection_count(), 3000);
+    assert_eq!(registry.stats.subscriptions.load(Ordering::Relaxed), 6000);
+    assert_eq!(
+        registry.topic("room:lobby").map(|t| t.counts()),
+        Some((3000, 100))
+    );
+
+    // Half close politely, half just vanish.
+    for (i, mut c) in clients.into_iter().enumerate() {
+        if i % 2 == 0 {
+            let _ = c.ws.close(None).await;
+        }
+        drop(c);
+    }
+    eventually("every connection has left", || {
+        registry.connection_count() == 0
+    })
+    .await;
+    assert_eq!(registry.stats.subscriptions.load(Ordering::Relaxed), 0);
+    assert!(registry.user_conns("u1").is_empty());
+    eventually("idle topics are dropped", || registry.topic_count() == 0).await;
+}
+
+#[tokio::test]
+async fn health_is_serving_then_not_serving_during_shutdown_and_clients_get_going_away() {
+    let mut cfg = config();
+    cfg.shutdown_delay = Dur(Duration::from_millis(500));
+    let engine = start(cfg).await;
+    let mut health = HealthClient::new(channel(&engine).await);
+    for service in ["", "herald.v1.Herald"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "service {service:?}");
+    }
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        let mut c = Client::connect(&engine).await;
+        c.subscribe(&["room:x"]).await;
+        clients.push(c);
+    }
+    let ws_addr = engine.ws_addr();
+    let shutdown = tokio::spawn(engine.shutdown());
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let status = health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::NotServing as i32);
+    assert!(
+        tokio_tungstenite::connect_async(format!("ws://{ws_addr}/ws"))
+            .await
+            .is_err(),
+        "no new connections"
+    );
+
+    for mut c in clients {
+        let (frames, close) = c.read_until_close().await;
+        let notice = frames
+            .iter()
+            .find(|f| f["type"] == "disconnect")
+            .expect("a disconnect notice");
+        assert_eq!(
+            (notice["code"].as_u64(), notice["reconnect"].as_bool()),
+            (Some(1001), Some(true))
+        );
+        assert_eq!(close.map(|c| u16::from(c.code)), Some(1001));
+    }
+    tokio::time::timeout(Duration::from_secs(5), shutdown)
+        .await
+        .expect("shutdown finishes")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_delivers_what_was_queued_before_the_close() {
+    let engine = start(config()).await;
+    let mut producer = grpc(&engine).await;
+    let mut c = Client::connect(&engine).await;
+    c.subscribe(&["room:x"]).await;
+    for n in 0..100 {
+        publish_json(&mut producer, "room:x", json!(n)).await;
+    }
+    engine.shutdown().await;
+    let (frames, close) = c.read_until_close().await;
+    let messages = frames.iter().filter(|f| f["type"] == "message").count();
+    assert_eq!(messages, 100);
+    assert_eq!(close.map(|c| u16::from(c.code)), Some(1001));
+}
+
+#[tokio::test]
+async fn server_pings_reach_the_client() {
+    let mut cfg = config();
+    cfg.ping_interval = Dur(Duration::from_millis(50));
+    cfg.idle_timeout = Dur(Duration::from_secs(5));
+    let engine = start(cfg).await;
+    let mut c = Client::connect(&engine).await;
+    let ping = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if let Some(Ok(tokio_tungstenite::tungstenite::Message::Ping(_))) = c.ws.next().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(ping.is_ok(), "a ping within 2 s");
+}
