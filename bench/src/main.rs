@@ -1,3 +1,88 @@
-//! Benchmark harness for Herald (filled in by the benchmark work).
+//! `herald-bench`: Herald's benchmark harness. One binary with a subcommand per
+//! scenario (each runs the floor, the naive baseline and Herald in turn and writes
+//! results under bench/results/), plus the internal roles it spawns: `worker`
+//! (load generator), `naive` (baseline broadcaster) and `floor-writer` (raw TCP).
+//! See docs/benchmarks.md.
 
-fn main() {}
+mod floor;
+mod naive;
+mod plot;
+mod pool;
+mod producer;
+mod proto;
+mod report;
+mod scenarios;
+mod servers;
+mod util;
+mod worker;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "herald-bench", about = "Benchmark harness for Herald")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Fan-out: C connections on one topic, R Hz for D s.
+    Fanout(scenarios::FanoutArgs),
+    /// Saturation: the highest deliveries/s with 100% delivered and p99 within the limit.
+    Saturate(scenarios::SaturateArgs),
+    /// Targeted: each connection on its own user topic; messages to random users.
+    Targeted(scenarios::TargetedArgs),
+    /// Ingest: acked msg/s through PublishStream, calls/s through unary Publish.
+    Ingest(scenarios::IngestArgs),
+    /// Join storm: time for C clients to connect and subscribe.
+    Join(scenarios::JoinArgs),
+    /// Idle memory: engine RSS per idle subscribed connection.
+    Idle(scenarios::IdleArgs),
+    /// Churn: fan-out while other clients connect, subscribe and disconnect.
+    Churn(scenarios::ChurnArgs),
+    /// Slow consumers: fan-out plus clients that stop reading.
+    Slow(scenarios::SlowArgs),
+    /// Redraw the latency chart from a saved fan-out result.
+    Plot(plot::PlotArgs),
+    /// (internal) a load-generator process.
+    Worker(worker::WorkerArgs),
+    /// (internal) the naive baseline broadcaster.
+    Naive(naive::NaiveArgs),
+    /// (internal) the raw-TCP floor writer.
+    FloorWriter(floor::FloorArgs),
+}
+
+fn coordinator<F: std::future::Future<Output = util::Result<()>>>(f: F) -> util::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Fanout(a) => coordinator(scenarios::fanout(a)),
+        Cmd::Saturate(a) => coordinator(scenarios::saturate(a)),
+        Cmd::Targeted(a) => coordinator(scenarios::targeted(a)),
+        Cmd::Ingest(a) => coordinator(scenarios::ingest(a)),
+        Cmd::Join(a) => coordinator(scenarios::join(a)),
+        Cmd::Idle(a) => coordinator(scenarios::idle(a)),
+        Cmd::Churn(a) => coordinator(scenarios::churn(a)),
+        Cmd::Slow(a) => coordinator(scenarios::slow(a)),
+        Cmd::Plot(a) => plot::run(a),
+        Cmd::Worker(a) => worker::run(a),
+        Cmd::Naive(a) => naive::run(a),
+        Cmd::FloorWriter(a) => floor::run(a),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

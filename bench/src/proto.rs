@@ -1,0 +1,5 @@
+//! The generated herald.v1 gRPC types, client and server (from proto/herald/v1).
+
+#![allow(missing_docs, clippy::all, clippy::unwrap_used, clippy::expect_used)]
+
+tonic::include_proto!("herald.v1");

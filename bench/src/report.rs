@@ -1,0 +1,210 @@
+//! Results: one row per measured (target, parameters) point, written as a JSON file
+//! under the results directory and, when asked, appended to a markdown file as a
+//! section with the exact command, the date, the core count and the load.
+
+use crate::util::{Lat, Result, loadavg, now_ns};
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// One measured point.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Row {
+    /// floor, naive or herald.
+    pub target: String,
+    /// What the row is (scenario phase or step).
+    pub phase: String,
+    /// Subscribed connections.
+    pub conns: u64,
+    /// Publish rate, messages per second.
+    pub rate_hz: f64,
+    /// Publishing time, seconds.
+    pub duration_s: f64,
+    /// Messages accepted by the engine (rounds for the floor).
+    pub published: u64,
+    /// Deliveries expected.
+    pub expected: u64,
+    /// Deliveries seen by the clients.
+    pub delivered: u64,
+    /// delivered / expected.
+    pub delivered_frac: f64,
+    /// Publish→receive latency.
+    pub lat: Lat,
+    /// Deliveries per second of publishing time.
+    pub deliveries_per_s: f64,
+    /// Engine CPU seconds (utime+stime) during the phase.
+    pub engine_cpu_s: f64,
+    /// Engine CPU seconds per million deliveries (= µs per delivery).
+    pub cpu_s_per_m: f64,
+    /// Engine peak RSS (VmHWM), MiB.
+    pub peak_rss_mib: f64,
+    /// Load-generator worker CPU seconds during the phase.
+    pub gen_cpu_s: f64,
+    /// Anything else worth a glance.
+    pub note: String,
+    /// Scenario-specific figures.
+    pub extra: serde_json::Map<String, serde_json::Value>,
+    /// A detail row: kept in the JSON, left out of the markdown table.
+    pub detail: bool,
+}
+
+impl Row {
+    /// Fills the derived fields from the raw ones.
+    pub fn finish(&mut self) {
+        self.delivered_frac = if self.expected > 0 {
+            self.delivered as f64 / self.expected as f64
+        } else {
+            0.0
+        };
+        if self.duration_s > 0.0 {
+            self.deliveries_per_s = self.delivered as f64 / self.duration_s;
+        }
+        if self.delivered > 0 {
+            self.cpu_s_per_m = self.engine_cpu_s * 1e6 / self.delivered as f64;
+        }
+    }
+}
+
+/// A whole run of one scenario command.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunDoc {
+    /// Scenario name.
+    pub scenario: String,
+    /// The exact command line.
+    pub command: String,
+    /// UTC date and time.
+    pub date: String,
+    /// Cores available.
+    pub cores: usize,
+    /// Load average when the run started.
+    pub load_start: String,
+    /// Load average when it ended.
+    pub load_end: String,
+    /// The measured points.
+    pub rows: Vec<Row>,
+    /// Comparisons against the targets, one sentence each.
+    pub summary: Vec<String>,
+}
+
+/// `YYYY-MM-DD HH:MM:SS` UTC for unix seconds.
+pub fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+impl RunDoc {
+    /// Starts a run record.
+    pub fn new(scenario: &str) -> Self {
+        let command = std::env::args()
+            .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
+            .collect::<Vec<_>>()
+            .join(" ");
+        RunDoc {
+            scenario: scenario.into(),
+            command,
+            date: utc(now_ns() / 1_000_000_000),
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0),
+            load_start: loadavg(),
+            load_end: String::new(),
+            rows: Vec::new(),
+            summary: Vec::new(),
+        }
+    }
+
+    /// Writes the JSON file (and the markdown section if `md` is set); returns the JSON path.
+    pub fn save(&mut self, out_dir: &Path, md: Option<&Path>) -> Result<PathBuf> {
+        self.load_end = loadavg();
+        std::fs::create_dir_all(out_dir)?;
+        let stamp = self.date.replace([' ', ':'], "-");
+        let path = out_dir.join(format!("{}-{stamp}.json", self.scenario));
+        std::fs::write(&path, serde_json::to_vec_pretty(self)?)?;
+        if let Some(md) = md {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(md)?;
+            f.write_all(self.markdown().as_bytes())?;
+        }
+        Ok(path)
+    }
+
+    /// The markdown section of this run.
+    pub fn markdown(&self) -> String {
+        let mut s = format!(
+            "\n### {} — {} UTC\n\n```\n{}\n```\n\n{} cores; load average {} at start, {} at end.\n\n",
+            self.scenario, self.date, self.command, self.cores, self.load_start, self.load_end
+        );
+        s.push_str("| target | phase | C | msg/s | delivered | p50 ms | p99 ms | p99.9 ms | max ms | deliveries/s | engine CPU s per M deliveries | engine peak RSS MiB | generator CPU s | notes |\n");
+        s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+        for r in self.rows.iter().filter(|r| !r.detail) {
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} | {:.1} | {:.2} | {} |\n",
+                r.target,
+                r.phase,
+                r.conns,
+                fmt_rate(r.rate_hz),
+                if r.expected > 0 {
+                    format!("{:.4}%", r.delivered_frac * 100.0)
+                } else {
+                    "–".into()
+                },
+                r.lat.p50_ms,
+                r.lat.p99_ms,
+                r.lat.p999_ms,
+                r.lat.max_ms,
+                r.deliveries_per_s,
+                r.cpu_s_per_m,
+                r.peak_rss_mib,
+                r.gen_cpu_s,
+                r.note.replace('|', "/"),
+            ));
+        }
+        if !self.summary.is_empty() {
+            s.push('\n');
+            for l in &self.summary {
+                s.push_str(&format!("- {l}\n"));
+            }
+        }
+        s
+    }
+}
+
+fn fmt_rate(r: f64) -> String {
+    if r == 0.0 {
+        "max".into()
+    } else if r >= 100.0 {
+        format!("{r:.0}")
+    } else {
+        format!("{r:.2}")
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::utc;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(1_764_073_800), "2025-11-25 12:30:00");
+    }
+}

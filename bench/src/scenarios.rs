@@ -1,0 +1,1015 @@
+//! The benchmark scenarios, one subcommand each: fan-out, saturation, targeted
+//! delivery, ingest, join storm, idle memory, churn and slow consumers. Each runs
+//! every requested target (floor, naive, Herald) in turn on the same machine, in
+//! one command, and records the rows and the comparisons against the targets.
+
+use crate::plot;
+use crate::pool::{MAX_PER_WORKER, Pool, Ready, Report, Spec};
+use crate::producer::{Producer, Topics};
+use crate::report::{Row, RunDoc};
+use crate::servers::{Server, Target};
+use crate::util::{BenchError, Lat, Result, err, now_ns, self_cpu_s};
+use crate::worker::Mode;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Options every scenario takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Common {
+    /// Systems to measure, in this order.
+    #[arg(long, value_delimiter = ',', default_value = "floor,naive,herald")]
+    pub targets: Vec<Target>,
+    /// Herald's binary.
+    #[arg(long, env = "HERALD_BIN", default_value = "target/release/herald")]
+    pub herald_bin: PathBuf,
+    /// An extra flag for Herald (repeatable), e.g. --herald-arg=--queue-max-messages=4096.
+    #[arg(long = "herald-arg", allow_hyphen_values = true)]
+    pub herald_args: Vec<String>,
+    /// Where result JSON files (and server logs) go.
+    #[arg(long, default_value = "bench/results")]
+    pub out_dir: PathBuf,
+    /// Append a markdown section with the results to this file.
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// Most connections per worker process.
+    #[arg(long, default_value_t = MAX_PER_WORKER)]
+    pub per_worker: u64,
+    /// Connects in flight per worker process.
+    #[arg(long, default_value_t = 128)]
+    pub concurrency: usize,
+    /// Fail (exit non-zero) when a delivery is missing or a connection fails.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+struct Setup {
+    server: Server,
+    pool: Pool,
+    producer: Option<Producer>,
+    ready: Ready,
+    t_spawn_ns: u64,
+}
+
+impl Setup {
+    async fn start(
+        c: &Common,
+        target: Target,
+        conns: u64,
+        topics: &[&str],
+        user_topics: bool,
+    ) -> Result<Setup> {
+        let server = Server::start(
+            target,
+            &c.herald_bin,
+            &c.herald_args,
+            &c.out_dir.join("logs"),
+        )
+        .await?;
+        let producer = match server.grpc_addr {
+            Some(a) => Some(Producer::connect(a).await?),
+            None => None,
+        };
+        let mode = if target == Target::Floor {
+            Mode::Tcp
+        } else {
+            Mode::Ws
+        };
+        let mut spec = Spec::readers(mode, server.ws_addr, conns, topics);
+        spec.user_topics = user_topics;
+        spec.concurrency = c.concurrency;
+        spec.per_worker = c.per_worker;
+        let t_spawn_ns = now_ns();
+        let mut pool = Pool::spawn(&spec)?;
+        let ready = pool.ready(Duration::from_secs(300)).await?;
+        let mut server = server;
+        if target == Target::Floor {
+            server.floor_wait_conns(ready.connected).await?;
+        }
+        eprintln!(
+            "[{}] {} connected, {} failed in {:.2} s",
+            target.name(),
+            ready.connected,
+            ready.failed,
+            ready.t_last_ns.saturating_sub(t_spawn_ns) as f64 / 1e9
+        );
+        if ready.failed > 0 {
+            eprintln!("[{}] connect errors: {:?}", target.name(), ready.errors);
+            if c.strict {
+                pool.quit().await;
+                server.stop().await;
+                return err(format!(
+                    "{}: {} connections failed",
+                    target.name(),
+                    ready.failed
+                ));
+            }
+        }
+        Ok(Setup {
+            server,
+            pool,
+            producer,
+            ready,
+            t_spawn_ns,
+        })
+    }
+
+    fn producer(&self) -> Result<&Producer> {
+        self.producer
+            .as_ref()
+            .ok_or_else(|| BenchError::Msg("this target has no producer API".into()))
+    }
+
+    async fn stop(mut self) -> Result<()> {
+        let alive = self.server.alive();
+        self.pool.quit().await;
+        let name = self.server.target.name();
+        self.server.stop().await;
+        if !alive {
+            return err(format!(
+                "{name} died during the run (see its log under the results dir)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Publishes at `rate` for `duration` s (floor: writes rounds), waits for the
+    /// deliveries and measures them. `per_msg` is the deliveries each message makes.
+    async fn measure(
+        &mut self,
+        topics: Topics,
+        rate: f64,
+        duration: f64,
+        payload: usize,
+        per_msg: u64,
+        drain: f64,
+    ) -> Result<Row> {
+        let base = self.pool.report().await?;
+        let cpu0 = self.server.cpu_s();
+        let pcpu0 = self_cpu_s();
+        let mut extra = serde_json::Map::new();
+        let mut note = Vec::new();
+        let published = if self.server.target == Target::Floor {
+            let v = self.server.floor_publish(rate, duration, payload).await?;
+            for k in [
+                "cpu_us_per_write",
+                "round_p50_ms",
+                "round_p99_ms",
+                "round_max_ms",
+                "writes",
+                "failed",
+            ] {
+                extra.insert(k.into(), v[k].clone());
+            }
+            note.push(format!(
+                "{:.2} µs CPU/write, round p50 {:.2} ms max {:.2} ms",
+                v["cpu_us_per_write"].as_f64().unwrap_or(0.0),
+                v["round_p50_ms"].as_f64().unwrap_or(0.0),
+                v["round_max_ms"].as_f64().unwrap_or(0.0)
+            ));
+            v["rounds"].as_u64().unwrap_or(0)
+        } else {
+            let st = self
+                .producer()?
+                .stream(topics, rate, duration, payload, 0)
+                .await?;
+            if st.errors > 0 || st.first_error.is_some() {
+                note.push(format!(
+                    "publish errors: {} ({:?})",
+                    st.errors, st.first_error
+                ));
+            }
+            st.acked
+        };
+        let per = if per_msg == 0 {
+            self.ready.connected
+        } else {
+            per_msg
+        };
+        let expected = published * per;
+        self.pool
+            .drain(expected, Duration::from_secs_f64(drain))
+            .await?;
+        let cpu1 = self.server.cpu_s();
+        let rep = self.pool.report().await?;
+        extra.insert("producer_cpu_s".into(), json!(self_cpu_s() - pcpu0));
+        Ok(self.row(
+            rate,
+            duration,
+            published,
+            expected,
+            &base,
+            rep,
+            cpu1 - cpu0,
+            extra,
+            note,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn row(
+        &self,
+        rate: f64,
+        duration: f64,
+        published: u64,
+        expected: u64,
+        base: &Report,
+        rep: Report,
+        engine_cpu_s: f64,
+        mut extra: serde_json::Map<String, Value>,
+        mut note: Vec<String>,
+    ) -> Row {
+        if !rep.close_codes.is_empty() {
+            note.push(format!("closed by server: {:?}", rep.close_codes));
+        }
+        if !rep.errors.is_empty() {
+            extra.insert("client_errors".into(), json!(rep.errors));
+        }
+        let (_, hwm) = self.server.rss();
+        let mut r = Row {
+            target: self.server.target.name().into(),
+            conns: self.ready.connected,
+            rate_hz: rate,
+            duration_s: duration,
+            published,
+            expected,
+            delivered: rep.received,
+            lat: Lat::of(&rep.hist),
+            engine_cpu_s,
+            peak_rss_mib: hwm as f64 / 1024.0,
+            gen_cpu_s: rep.cpu_s - base.cpu_s,
+            note: note.join("; "),
+            extra,
+            ..Row::default()
+        };
+        r.finish();
+        r
+    }
+}
+
+fn check_complete(c: &Common, r: &Row) -> Result<()> {
+    if c.strict && r.delivered < r.expected {
+        return err(format!(
+            "{} {}: delivered {} of {} ({:.4}%)",
+            r.target,
+            r.phase,
+            r.delivered,
+            r.expected,
+            r.delivered_frac * 100.0
+        ));
+    }
+    Ok(())
+}
+
+fn finish(c: &Common, mut doc: RunDoc) -> Result<()> {
+    let path = doc.save(&c.out_dir, c.markdown.as_deref())?;
+    println!("{}", doc.markdown());
+    eprintln!("results: {}", path.display());
+    Ok(())
+}
+
+fn find<'a>(doc: &'a RunDoc, target: &str, phase: &str, conns: u64) -> Option<&'a Row> {
+    doc.rows
+        .iter()
+        .find(|r| r.target == target && r.phase == phase && (conns == 0 || r.conns == conns))
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}×", a / b)
+    } else {
+        "n/a".into()
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+/// `fanout`: C connections on one topic, R Hz for D s.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Connection counts, one run each.
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000,19000")]
+    pub conns: Vec<u64>,
+    /// Publish rates (Hz) matching --conns (the last one repeats).
+    #[arg(long, value_delimiter = ',', default_value = "10,10,2")]
+    pub rates: Vec<f64>,
+    /// Seconds of publishing per run.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Most seconds to wait for the last deliveries.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain: f64,
+    /// Draw latency against connection count into this PNG.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+/// Runs `fanout`.
+pub async fn fanout(a: FanoutArgs) -> Result<()> {
+    let c = &a.common;
+    let mut doc = RunDoc::new("fanout");
+    for (i, &conns) in a.conns.iter().enumerate() {
+        let rate = a.rates.get(i).or(a.rates.last()).copied().unwrap_or(10.0);
+        for &t in &c.targets {
+            let mut s = Setup::start(c, t, conns, &["bench"], false).await?;
+            let mut row = s
+                .measure(
+                    Topics::One("bench".into()),
+                    rate,
+                    a.duration,
+                    c.payload,
+                    0,
+                    a.drain,
+                )
+                .await?;
+            row.phase = "fanout".into();
+            s.stop().await?;
+            eprintln!("{row:?}");
+            check_complete(c, &row)?;
+            doc.rows.push(row);
+        }
+        fanout_summary(&mut doc, conns);
+    }
+    if let Some(p) = &a.plot {
+        plot::latency_vs_connections(&doc.rows, p)?;
+        eprintln!("plot: {}", p.display());
+    }
+    finish(c, doc)
+}
+
+fn fanout_summary(doc: &mut RunDoc, conns: u64) {
+    let floor = find(doc, "floor", "fanout", conns).cloned();
+    let naive = find(doc, "naive", "fanout", conns).cloned();
+    let Some(h) = find(doc, "herald", "fanout", conns).cloned() else {
+        return;
+    };
+    let mut l = format!(
+        "C={}: Herald delivered {:.4}%, p99 {:.2} ms, {:.2} µs CPU per delivery",
+        h.conns,
+        h.delivered_frac * 100.0,
+        h.lat.p99_ms,
+        h.cpu_s_per_m
+    );
+    if let Some(f) = &floor {
+        let round = f
+            .extra
+            .get("round_p50_ms")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0);
+        let wr = f
+            .extra
+            .get("cpu_us_per_write")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0);
+        l.push_str(&format!(
+            "; CPU = {} the floor's {:.2} µs/write (target ≤ 1.3×); p99 = {} the floor's {:.2} ms round time (target ≤ 1.5×)",
+            ratio(h.cpu_s_per_m, wr),
+            wr,
+            ratio(h.lat.p99_ms, round),
+            round
+        ));
+    }
+    if let Some(n) = &naive {
+        l.push_str(&format!(
+            "; against naive: CPU {}, p99 {} (target ≤ 1×)",
+            ratio(h.cpu_s_per_m, n.cpu_s_per_m),
+            ratio(h.lat.p99_ms, n.lat.p99_ms)
+        ));
+    }
+    doc.summary.push(l);
+}
+
+// ---------------------------------------------------------------------------
+
+/// `saturate`: raise the publish rate step by step until deliveries stop being
+/// complete or p99 passes the limit.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SaturateArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Connection counts.
+    #[arg(long, value_delimiter = ',', default_value = "5000,19000")]
+    pub conns: Vec<u64>,
+    /// Deliveries per second of the first step.
+    #[arg(long, default_value_t = 20_000.0)]
+    pub start_deliveries: f64,
+    /// Rate factor between steps.
+    #[arg(long, default_value_t = 1.25)]
+    pub factor: f64,
+    /// Seconds per step.
+    #[arg(long, default_value_t = 5.0)]
+    pub step_duration: f64,
+    /// Most steps.
+    #[arg(long, default_value_t = 20)]
+    pub max_steps: u32,
+    /// p99 limit in ms.
+    #[arg(long, default_value_t = 100.0)]
+    pub p99_limit_ms: f64,
+}
+
+/// Runs `saturate`.
+pub async fn saturate(a: SaturateArgs) -> Result<()> {
+    let c = &a.common;
+    let mut doc = RunDoc::new("saturate");
+    for &conns in &a.conns {
+        let mut best: Vec<(String, f64)> = Vec::new();
+        for &t in &c.targets {
+            let mut s = Setup::start(c, t, conns, &["bench"], false).await?;
+            let mut rate = a.start_deliveries / conns.max(1) as f64;
+            let mut last_pass: Option<Row> = None;
+            for step in 0..a.max_steps {
+                let mut row = s
+                    .measure(
+                        Topics::One("bench".into()),
+                        rate,
+                        a.step_duration,
+                        c.payload,
+                        0,
+                        5.0,
+                    )
+                    .await?;
+                let pass = row.expected > 0
+                    && row.delivered >= row.expected
+                    && row.lat.p99_ms <= a.p99_limit_ms
+                    && s.server.alive();
+                row.phase = format!("step {step}: {}", if pass { "pass" } else { "FAIL" });
+                row.detail = true;
+                eprintln!(
+                    "[{}] C={conns} rate {rate:.1} Hz: {:.0} deliveries/s, {:.4}% delivered, p99 {:.1} ms -> {}",
+                    t.name(),
+                    row.deliveries_per_s,
+                    row.delivered_frac * 100.0,
+                    row.lat.p99_ms,
+                    if pass { "pass" } else { "fail" }
+                );
+                doc.rows.push(row.clone());
+                if !pass {
+                    let mut f = row;
+                    f.detail = false;
+                    f.phase = "first failing step".into();
+                    if let Some(mut p) = last_pass.take() {
+                        p.detail = false;
+                        p.phase = "highest passing step".into();
+                        best.push((t.name().into(), p.deliveries_per_s));
+                        doc.rows.push(p);
+                    } else {
+                        best.push((t.name().into(), 0.0));
+                    }
+                    doc.rows.push(f);
+                    break;
+                }
+                last_pass = Some(row);
+                rate *= a.factor;
+            }
+            if let Some(mut p) = last_pass {
+                p.detail = false;
+                p.phase = "highest passing step (step limit reached)".into();
+                best.push((t.name().into(), p.deliveries_per_s));
+                doc.rows.push(p);
+            }
+            s.stop().await?;
+        }
+        let get = |n: &str| best.iter().find(|(t, _)| t == n).map(|(_, v)| *v);
+        let mut l = format!("C={conns}: highest passing deliveries/s:");
+        for (t, v) in &best {
+            l.push_str(&format!(" {t} {v:.0};"));
+        }
+        if let (Some(h), Some(f)) = (get("herald"), get("floor")) {
+            l.push_str(&format!(
+                " Herald = {} the floor (target ≥ 0.80×)",
+                ratio(h, f)
+            ));
+        }
+        doc.summary.push(l);
+    }
+    finish(c, doc)
+}
+
+// ---------------------------------------------------------------------------
+
+/// `targeted`: each connection on its own `user:N` topic plus one shared topic;
+/// messages go to random users.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TargetedArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Connections.
+    #[arg(long, default_value_t = 5000)]
+    pub conns: u64,
+    /// Messages per second (each to one random user).
+    #[arg(long, default_value_t = 2000.0)]
+    pub rate: f64,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+}
+
+/// Runs `targeted`.
+pub async fn targeted(a: TargetedArgs) -> Result<()> {
+    let c = &a.common;
+    let mut doc = RunDoc::new("targeted");
+    for &t in c.targets.iter().filter(|t| **t != Target::Floor) {
+        let mut s = Setup::start(c, t, a.conns, &["bench:shared"], true).await?;
+        let mut row = s
+            .measure(
+                Topics::RandomUser(a.conns),
+                a.rate,
+                a.duration,
+                c.payload,
+                1,
+                10.0,
+            )
+            .await?;
+        row.phase = "targeted".into();
+        s.stop().await?;
+        check_complete(c, &row)?;
+        doc.rows.push(row);
+    }
+    if let (Some(h), Some(n)) = (
+        find(&doc, "herald", "targeted", 0),
+        find(&doc, "naive", "targeted", 0),
+    ) {
+        doc.summary.push(format!(
+            "Herald {:.2} µs CPU per delivery, p99 {:.2} ms; naive {:.2} µs, p99 {:.2} ms (the naive broadcaster walks every connection on each publish)",
+            h.cpu_s_per_m, h.lat.p99_ms, n.cpu_s_per_m, n.lat.p99_ms
+        ));
+    }
+    finish(c, doc)
+}
+
+// ---------------------------------------------------------------------------
+
+/// `ingest`: acked messages/s through PublishStream and calls/s through unary
+/// Publish, to a topic with one subscriber.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IngestArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Unacknowledged messages allowed on the stream.
+    #[arg(long, default_value_t = 2000)]
+    pub window: usize,
+    /// Concurrent unary calls.
+    #[arg(long, default_value_t = 64)]
+    pub unary_concurrency: usize,
+}
+
+/// Runs `ingest`.
+pub async fn ingest(a: IngestArgs) -> Result<()> {
+    let c = &a.common;
+    let mut doc = RunDoc::new("ingest");
+    for &t in c.targets.iter().filter(|t| **t != Target::Floor) {
+        let mut s = Setup::start(c, t, 1, &["bench:ingest"], false).await?;
+        for phase in ["stream", "unary"] {
+            let base = s.pool.report().await?;
+            let cpu0 = s.server.cpu_s();
+            let p = s.producer()?.clone();
+            let st = if phase == "stream" {
+                p.stream(
+                    Topics::One("bench:ingest".into()),
+                    0.0,
+                    a.duration,
+                    c.payload,
+                    a.window,
+                )
+                .await?
+            } else {
+                p.unary("bench:ingest", a.duration, c.payload, a.unary_concurrency)
+                    .await
+            };
+            s.pool.drain(st.acked, Duration::from_secs(10)).await?;
+            let cpu1 = s.server.cpu_s();
+            let rep = s.pool.report().await?;
+            let per_s = st.acked as f64 / st.elapsed_s.max(1e-9);
+            let mut extra = serde_json::Map::new();
+            extra.insert("acked_per_s".into(), json!(per_s));
+            extra.insert("publish".into(), json!(st));
+            let mut note = vec![format!("{per_s:.0} acked/s ({phase})")];
+            if st.errors > 0 {
+                note.push(format!("{} errors: {:?}", st.errors, st.first_error));
+            }
+            let mut row = s.row(
+                per_s,
+                st.elapsed_s,
+                st.acked,
+                st.acked,
+                &base,
+                rep,
+                cpu1 - cpu0,
+                extra,
+                note,
+            );
+            row.phase = phase.into();
+            doc.rows.push(row);
+        }
+        s.stop().await?;
+    }
+    for (t, target) in [("stream", 200_000.0), ("unary", 20_000.0)] {
+        if let Some(h) = find(&doc, "herald", t, 0) {
+            let naive = find(&doc, "naive", t, 0).map(|n| n.rate_hz).unwrap_or(0.0);
+            doc.summary.push(format!(
+                "{t}: Herald {:.0}/s (target ≥ {target:.0}/s), naive {naive:.0}/s; subscriber got {:.4}%",
+                h.rate_hz,
+                h.delivered_frac * 100.0
+            ));
+        }
+    }
+    finish(c, doc)
+}
+
+// ---------------------------------------------------------------------------
+
+/// `join`: time for C clients to connect and subscribe to one topic.
+#[derive(Debug, Clone, clap::Args)]
+pub struct JoinArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Connection counts.
+    #[arg(long, value_delimiter = ',', default_value = "5000,10000,19000")]
+    pub conns: Vec<u64>,
+}
+
+/// Runs `join`.
+pub async fn join(a: JoinArgs) -> Result<()> {
+    let c = &a.common;
+    let mut doc = RunDoc::new("join");
+    for &conns in &a.conns {
+        for &t in &c.targets {
+            let s = Setup::start(c, t, conns, &["bench"], false).await?;
+            let join_s = s.ready.t_last_ns.saturating_sub(s.t_spawn_ns) as f64 / 1e9;
+            let (_, hwm) = s.server.rss();
+            let mut row = Row {
+                target: t.name().into(),
+                phase: "join".into(),
+                conns: s.ready.connected,
+                duration_s: join_s,
+                engine_cpu_s: s.server.cpu_s(),
+                peak_rss_mib: hwm as f64 / 1024.0,
+                gen_cpu_s: s.ready.cpu_s,
+                note: format!(
+                    "{join_s:.3} s to connect{}; {:.0} joins/s; {} failed",
+                    if t == Target::Floor {
+                        ""
+                    } else {
+                        " and subscribe"
+                    },
+                    s.ready.connected as f64 / join_s.max(1e-9),
+                    s.ready.failed
+                ),
+                ..Row::default()
+            };
+            row.extra.insert("join_s".into(), json!(join_s));
+            row.extra.insert("failed".into(), json!(s.ready.failed));
+            row.extra.insert("errors".into(), json!(s.ready.errors));
+            s.stop().await?;
+            if c.strict && row.conns < conns {
+                return err(format!(
+                    "{}: only {} of {conns} joined",
+                    t.name(),
+                    row.conns
+                ));
+            }
+            doc.rows.push(row);
+        }
+    }
+    for &t in &c.targets {
+        let pts: Vec<(u64, f64)> = doc
+            .rows
+            .iter()
+            .filter(|r| r.target == t.name())
+            .map(|r| (r.conns, r.duration_s))
+            .collect();
+        if let Some(&(c0, s0)) = pts.first() {
+            let per0 = s0 / c0.max(1) as f64;
+            let growth: Vec<String> = pts
+                .iter()
+                .map(|&(cn, sn)| {
+                    format!(
+                        "C={cn}: {sn:.2} s ({:.2}× per connection)",
+                        (sn / cn.max(1) as f64) / per0.max(1e-12)
+                    )
+                })
+                .collect();
+            doc.summary.push(format!(
+                "{}: {} (near-linear = about 1×; Herald target at 19k ≤ 3 s)",
+                t.name(),
+                growth.join(", ")
+            ));
+        }
+    }
+    finish(c, doc)
+}
+
+// ---------------------------------------------------------------------------
+
+/// `idle`: engine RSS per idle subscribed connection.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Connections.
+    #[arg(long, default_value_t = 19_000)]
+    pub conns: u64,
+    /// Seconds to wait after the last subscribe before reading RSS.
+    #[arg(long, default_value_t = 3.0)]
+    pub settle: f64,
+}
+
+/// Runs `idle`.
+pub async fn idle(a: IdleArgs) -> Result<()> {
+    let c = &a.common;
+    let mut doc = RunDoc::new("idle");
+    for &t in c.targets.iter().filter(|t| **t != Target::Floor) {
+        // Start the server alone first to read its baseline.
+        let server =
+            Server::start(t, &c.herald_bin, &c.herald_args, &c.out_dir.join("logs")).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (rss0, _) = server.rss();
+        let mut spec = Spec::readers(Mode::Ws, server.ws_addr, a.conns, &["bench"]);
+        spec.concurrency = c.concurrency;
+        spec.per_worker = c.per_worker;
+        let mut pool = Pool::spawn(&spec)?;
+        let ready = pool.ready(Duration::from_secs(300)).await?;
+        tokio::time::sleep(Duration::from_secs_f64(a.settle)).await;
+        let (rss1, hwm) = server.rss();
+        let per_conn = (rss1.saturating_sub(rss0) * 1024) as f64 / ready.connected.max(1) as f64;
+        let mut row = Row {
+            target: t.name().into(),
+            phase: "idle".into(),
+            conns: ready.connected,
+            peak_rss_mib: hwm as f64 / 1024.0,
+            gen_cpu_s: ready.cpu_s,
+            note: format!(
+                "RSS {:.1} MiB → {:.1} MiB: {:.0} bytes ({:.2} KiB) per connection",
+                rss0 as f64 / 1024.0,
+                rss1 as f64 / 1024.0,
+                per_conn,
+                per_conn / 1024.0
+            ),
+            ..Row::default()
+        };
+        row.extra.insert("rss_before_kib".into(), json!(rss0));
+        row.extra.insert("rss_after_kib".into(), json!(rss1));
+        row.extra.insert("bytes_per_conn".into(), json!(per_conn));
+        let s = Setup {
+            server,
+            pool,
+            producer: None,
+            ready,
+            t_spawn_ns: 0,
+        };
+        s.stop().await?;
+        doc.summary.push(format!(
+            "{}: {:.2} KiB RSS per idle subscribed connection at C={} (Herald target ≤ 8 KiB)",
+            t.name(),
+            per_conn / 1024.0,
+            row.conns
+        ));
+        doc.rows.push(row);
+    }
+    finish(c, doc)
+}
+
+// ---------------------------------------------------------------------------
+
+/// `churn`: fan-out while other clients connect, subscribe and disconnect.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChurnArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Steady subscribed connections.
+    #[arg(long, default_value_t = 5000)]
+    pub conns: u64,
+    /// Publish rate, Hz.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// Churning clients per second.
+    #[arg(long, default_value_t = 500.0)]
+    pub churn_rate: f64,
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+}
+
+/// Runs `churn`.
+pub async fn churn(a: ChurnArgs) -> Result<()> {
+    let c = &a.common;
+    let mut doc = RunDoc::new("churn");
+    for &t in c.targets.iter().filter(|t| **t != Target::Floor) {
+        let mut s = Setup::start(c, t, a.conns, &["bench"], false).await?;
+        let mut steady = s
+            .measure(
+                Topics::One("bench".into()),
+                a.rate,
+                a.duration,
+                c.payload,
+                0,
+                10.0,
+            )
+            .await?;
+        steady.phase = "steady".into();
+        let spec = Spec {
+            mode: Mode::Churn,
+            target: s.server.ws_addr,
+            conns: 0,
+            topics: vec!["bench".into()],
+            user_topics: false,
+            churn: Some((a.churn_rate, a.duration)),
+            concurrency: c.concurrency,
+            per_worker: c.per_worker,
+        };
+        let mut churners = Pool::spawn(&spec)?;
+        churners.ready(Duration::from_secs(30)).await?;
+        churners.start().await?;
+        let mut with = s
+            .measure(
+                Topics::One("bench".into()),
+                a.rate,
+                a.duration,
+                c.payload,
+                0,
+                10.0,
+            )
+            .await?;
+        with.phase = format!("with {} joins/s", a.churn_rate);
+        let done = churners
+            .churn_done(Duration::from_secs_f64(a.duration + 120.0))
+            .await?;
+        churners.quit().await;
+        let cycles: u64 = done.iter().map(|v| v["cycles"].as_u64().unwrap_or(0)).sum();
+        let failed: u64 = done.iter().map(|v| v["failed"].as_u64().unwrap_or(0)).sum();
+        let mut h = crate::util::new_hist()?;
+        for v in &done {
+            let d: crate::util::HistDump = serde_json::from_value(v["cycle_hist"].clone())?;
+            d.add_to(&mut h)?;
+        }
+        let cyc = Lat::of(&h);
+        let churn_cpu: f64 = done
+            .iter()
+            .map(|v| v["cpu_s"].as_f64().unwrap_or(0.0))
+            .sum();
+        with.gen_cpu_s += churn_cpu;
+        with.note = format!(
+            "{cycles} connect+subscribe+close cycles ({failed} failed), cycle p50 {:.1} ms p99 {:.1} ms{}{}",
+            cyc.p50_ms,
+            cyc.p99_ms,
+            if with.note.is_empty() { "" } else { "; " },
+            with.note
+        );
+        with.extra.insert("churn".into(), json!(done));
+        s.stop().await?;
+        check_complete(c, &steady)?;
+        check_complete(c, &with)?;
+        if c.strict && failed > 0 {
+            return err(format!("{}: {failed} churn cycles failed", t.name()));
+        }
+        doc.summary.push(format!(
+            "{}: p99 {:.2} ms steady, {:.2} ms with churn = {} (Herald target ≤ 1.2×)",
+            t.name(),
+            steady.lat.p99_ms,
+            with.lat.p99_ms,
+            ratio(with.lat.p99_ms, steady.lat.p99_ms)
+        ));
+        doc.rows.push(steady);
+        doc.rows.push(with);
+    }
+    finish(c, doc)
+}
+
+// ---------------------------------------------------------------------------
+
+/// `slow`: fan-out plus clients that stop reading.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SlowArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Normal subscribed connections.
+    #[arg(long, default_value_t = 5000)]
+    pub conns: u64,
+    /// Publish rate on the shared topic, Hz.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Clients that stop reading.
+    #[arg(long, default_value_t = 20)]
+    pub slow: u64,
+    /// Payload of the bulk topic only the slow clients are on, bytes.
+    #[arg(long, default_value_t = 16_384)]
+    pub slow_payload: usize,
+    /// Publish rate of the bulk topic, Hz.
+    #[arg(long, default_value_t = 50.0)]
+    pub slow_rate: f64,
+}
+
+/// Runs `slow`.
+pub async fn slow(a: SlowArgs) -> Result<()> {
+    let c = &a.common;
+    let mut doc = RunDoc::new("slow");
+    for &t in c.targets.iter().filter(|t| **t != Target::Floor) {
+        let mut s = Setup::start(c, t, a.conns, &["bench"], false).await?;
+        let mut steady = s
+            .measure(
+                Topics::One("bench".into()),
+                a.rate,
+                a.duration,
+                c.payload,
+                0,
+                10.0,
+            )
+            .await?;
+        steady.phase = "steady".into();
+        let (rss_steady, _) = s.server.rss();
+        let spec = Spec {
+            mode: Mode::Slow,
+            target: s.server.ws_addr,
+            conns: a.slow,
+            topics: vec!["bench".into(), "bench:bulk".into()],
+            user_topics: false,
+            churn: None,
+            concurrency: c.concurrency,
+            per_worker: c.per_worker,
+        };
+        let mut slow_pool = Pool::spawn(&spec)?;
+        slow_pool.ready(Duration::from_secs(60)).await?;
+        let producer = s.producer()?.clone();
+        let pid = s.server.pid;
+        let bulk = producer.stream(
+            Topics::One("bench:bulk".into()),
+            a.slow_rate,
+            a.duration,
+            a.slow_payload,
+            0,
+        );
+        let sampler = async {
+            let mut samples = Vec::new();
+            let t0 = tokio::time::Instant::now();
+            while t0.elapsed().as_secs_f64() < a.duration + 2.0 {
+                let (rss, _) = crate::util::rss_kib(pid).unwrap_or((0, 0));
+                samples.push((t0.elapsed().as_secs_f64(), rss));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            samples
+        };
+        let main = s.measure(
+            Topics::One("bench".into()),
+            a.rate,
+            a.duration,
+            c.payload,
+            0,
+            10.0,
+        );
+        let (with, bulk, samples) = tokio::join!(main, bulk, sampler);
+        let mut with = with?;
+        let bulk = bulk?;
+        let info = producer.info().await;
+        slow_pool.quit().await;
+        let max_rss = samples.iter().map(|s| s.1).max().unwrap_or(0);
+        let last_rss = samples.last().map(|s| s.1).unwrap_or(0);
+        with.phase = format!("with {} slow clients", a.slow);
+        with.note = format!(
+            "RSS {:.1} MiB before, max {:.1} MiB, end {:.1} MiB; bulk {} msgs of {} B{}{}",
+            rss_steady as f64 / 1024.0,
+            max_rss as f64 / 1024.0,
+            last_rss as f64 / 1024.0,
+            bulk.acked,
+            a.slow_payload,
+            info.as_ref()
+                .map(|i| format!(
+                    "; engine: {} slow disconnects, {} dropped",
+                    i.slow_disconnects, i.messages_dropped
+                ))
+                .unwrap_or_default(),
+            if with.note.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", with.note)
+            }
+        );
+        with.extra.insert("rss_samples_kib".into(), json!(samples));
+        with.extra.insert("bulk".into(), json!(bulk));
+        s.stop().await?;
+        check_complete(c, &steady)?;
+        check_complete(c, &with)?;
+        doc.summary.push(format!(
+            "{}: others' p99 {:.2} ms steady, {:.2} ms with slow clients = {} (Herald target < 1.10×); RSS max {:.1} MiB vs {:.1} MiB before",
+            t.name(),
+            steady.lat.p99_ms,
+            with.lat.p99_ms,
+            ratio(with.lat.p99_ms, steady.lat.p99_ms),
+            max_rss as f64 / 1024.0,
+            rss_steady as f64 / 1024.0
+        ));
+        doc.rows.push(steady);
+        doc.rows.push(with);
+    }
+    finish(c, doc)
+}

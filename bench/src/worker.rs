@@ -1,0 +1,441 @@
+//! The load-generator worker process (`herald-bench worker`): holds its share of the
+//! client connections on a single-threaded runtime, records publish→receive latency
+//! of every stamped message in an HDR histogram, and talks to the coordinator with
+//! JSON lines (events on stdout, commands on stdin: `report`, `count`, `start`, `quit`).
+//!
+//! Modes: `ws` (subscribed WebSocket readers), `slow` (WebSocket clients that stop
+//! reading once subscribed), `tcp` (plain TCP readers of the floor writer) and
+//! `churn` (connect, subscribe, close, at a fixed rate).
+
+use crate::util::{BenchError, HistDump, Result, err, new_hist, now_ns, parse_stamp, self_cpu_s};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// What the worker's connections do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Subscribed WebSocket readers.
+    Ws,
+    /// WebSocket clients that subscribe and then never read again.
+    Slow,
+    /// Plain TCP readers of the floor writer.
+    Tcp,
+    /// Connect, subscribe and close, `rate` times a second for `duration` seconds.
+    Churn,
+}
+
+/// Arguments of `herald-bench worker`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// Connection mode.
+    #[arg(long, value_enum)]
+    pub mode: Mode,
+    /// Server address (host:port).
+    #[arg(long)]
+    pub target: SocketAddr,
+    /// WebSocket path.
+    #[arg(long, default_value = "/ws")]
+    pub path: String,
+    /// Source addresses to bind, used round-robin.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub src_ips: Vec<IpAddr>,
+    /// Number of connections (ws, slow, tcp).
+    #[arg(long, default_value_t = 0)]
+    pub conns: u64,
+    /// Global index of the first connection (for `user:N` topics).
+    #[arg(long, default_value_t = 0)]
+    pub first: u64,
+    /// Topics every connection subscribes to.
+    #[arg(long, value_delimiter = ',')]
+    pub topics: Vec<String>,
+    /// Also subscribe each connection to `user:<index>`.
+    #[arg(long)]
+    pub user_topics: bool,
+    /// Connects in flight at once.
+    #[arg(long, default_value_t = 128)]
+    pub concurrency: usize,
+    /// Churn: connect/subscribe/close cycles per second.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Churn: seconds to churn for.
+    #[arg(long, default_value_t = 0.0)]
+    pub duration: f64,
+    /// Receive buffer (SO_RCVBUF) for slow clients, bytes.
+    #[arg(long, default_value_t = 4096)]
+    pub slow_rcvbuf: u32,
+}
+
+#[derive(Default)]
+struct Shared {
+    received: AtomicU64,
+    connected: AtomicU64,
+    failed: AtomicU64,
+    closed: AtomicU64,
+    t_first: AtomicU64,
+    t_last: AtomicU64,
+    hist: Mutex<Option<Histogram<u64>>>,
+    close_codes: Mutex<BTreeMap<u16, u64>>,
+    errors: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    fn record(&self, frame: &[u8]) {
+        if let Some(t) = parse_stamp(frame) {
+            let lat_us = now_ns().saturating_sub(t) / 1000;
+            self.received.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut g) = self.hist.lock()
+                && let Some(h) = g.as_mut()
+            {
+                h.saturating_record(lat_us.max(1));
+            }
+        }
+    }
+
+    fn error(&self, e: String) {
+        if let Ok(mut g) = self.errors.lock()
+            && g.len() < 8
+        {
+            g.push(e);
+        }
+    }
+
+    fn close_code(&self, code: u16) {
+        if let Ok(mut g) = self.close_codes.lock() {
+            *g.entry(code).or_default() += 1;
+        }
+    }
+
+    fn take_hist(&self) -> HistDump {
+        match self.hist.lock() {
+            Ok(mut g) => match g.as_mut() {
+                Some(h) => {
+                    let d = HistDump::from_hist(h);
+                    h.reset();
+                    d
+                }
+                None => HistDump::default(),
+            },
+            Err(_) => HistDump::default(),
+        }
+    }
+}
+
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(1 << 20))
+        .max_frame_size(Some(1 << 20))
+}
+
+/// Opens a TCP connection from `src` (port chosen by the kernel) to `dst`.
+pub async fn tcp_connect(src: IpAddr, dst: SocketAddr, rcvbuf: Option<u32>) -> Result<TcpStream> {
+    let sock = TcpSocket::new_v4()?;
+    sock.set_reuseaddr(true)?;
+    if let Some(b) = rcvbuf {
+        sock.set_recv_buffer_size(b)?;
+    }
+    sock.bind(SocketAddr::new(src, 0))?;
+    let s = sock.connect(dst).await?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// Connects a WebSocket client and subscribes it; returns once `subscribed` arrived.
+pub async fn ws_connect_subscribe(
+    src: IpAddr,
+    dst: SocketAddr,
+    path: &str,
+    topics: &[String],
+    rcvbuf: Option<u32>,
+) -> Result<WebSocketStream<TcpStream>> {
+    let tcp = tcp_connect(src, dst, rcvbuf).await?;
+    let url = format!("ws://{dst}{path}");
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config())).await?;
+    let sub = json!({"type": "subscribe", "id": 1, "topics": topics}).to_string();
+    ws.send(Message::text(sub)).await?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                let s = t.as_str();
+                if s.contains("\"type\":\"subscribed\"") {
+                    return Ok(ws);
+                }
+                if s.contains("\"type\":\"error\"") {
+                    return err(format!("subscribe refused: {s}"));
+                }
+            }
+            Some(Ok(Message::Close(f))) => return err(format!("closed while subscribing: {f:?}")),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => return err("eof while subscribing"),
+        }
+    }
+}
+
+async fn ws_read_loop(sh: &Shared, mut ws: WebSocketStream<TcpStream>) {
+    while let Some(m) = ws.next().await {
+        match m {
+            Ok(Message::Text(t)) => sh.record(t.as_bytes()),
+            Ok(Message::Close(f)) => {
+                sh.close_code(f.map(|f| u16::from(f.code)).unwrap_or(1005));
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                sh.error(format!("read: {e}"));
+                break;
+            }
+        }
+    }
+    sh.closed.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Reads unmasked WebSocket frames written by the floor writer straight onto TCP.
+async fn tcp_read_loop(sh: &Shared, mut s: TcpStream) {
+    let mut buf = vec![0u8; 8192];
+    let mut filled = 0usize;
+    loop {
+        if filled == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        let n = match s.read(&mut buf[filled..]).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                sh.error(format!("tcp read: {e}"));
+                break;
+            }
+        };
+        filled += n;
+        let mut pos = 0;
+        while filled - pos >= 2 {
+            let b1 = buf[pos + 1] & 0x7f;
+            let (hdr, len) = match b1 {
+                126 if filled - pos >= 4 => (
+                    4,
+                    usize::from(u16::from_be_bytes([buf[pos + 2], buf[pos + 3]])),
+                ),
+                126 | 127 => break,
+                l => (2, usize::from(l)),
+            };
+            if filled - pos < hdr + len {
+                break;
+            }
+            sh.record(&buf[pos + hdr..pos + hdr + len]);
+            pos += hdr + len;
+        }
+        buf.copy_within(pos..filled, 0);
+        filled -= pos;
+    }
+    sh.closed.fetch_add(1, Ordering::Relaxed);
+}
+
+fn emit(v: serde_json::Value) {
+    println!("{v}");
+}
+
+fn mark_done(sh: &Shared, ok: bool) {
+    let now = now_ns();
+    if ok {
+        sh.connected.fetch_add(1, Ordering::Relaxed);
+    } else {
+        sh.failed.fetch_add(1, Ordering::Relaxed);
+    }
+    sh.t_last.fetch_max(now, Ordering::Relaxed);
+}
+
+async fn hold_connection(sh: Arc<Shared>, a: Arc<WorkerArgs>, sem: Arc<Semaphore>, idx: u64) {
+    let src = a.src_ips[(idx as usize) % a.src_ips.len()];
+    let mut topics = a.topics.clone();
+    if a.user_topics {
+        topics.push(format!("user:{}", a.first + idx));
+    }
+    let rcvbuf = (a.mode == Mode::Slow).then_some(a.slow_rcvbuf);
+    let permit = sem.acquire().await;
+    let res = match a.mode {
+        Mode::Tcp => tcp_connect(src, a.target, None).await.map(either_tcp),
+        _ => tokio::time::timeout(
+            Duration::from_secs(60),
+            ws_connect_subscribe(src, a.target, &a.path, &topics, rcvbuf),
+        )
+        .await
+        .map_err(|_| BenchError::Msg("connect+subscribe timed out".into()))
+        .and_then(|r| r.map(either_ws)),
+    };
+    drop(permit);
+    match res {
+        Ok(conn) => {
+            mark_done(&sh, true);
+            match conn {
+                Conn::Tcp(s) => tcp_read_loop(&sh, s).await,
+                Conn::Ws(ws) if a.mode == Mode::Slow => {
+                    // Never read again; keep the socket open until the process ends.
+                    let _keep = ws;
+                    std::future::pending::<()>().await;
+                }
+                Conn::Ws(ws) => ws_read_loop(&sh, *ws).await,
+            }
+        }
+        Err(e) => {
+            sh.error(format!("connect: {e}"));
+            mark_done(&sh, false);
+        }
+    }
+}
+
+enum Conn {
+    Tcp(TcpStream),
+    Ws(Box<WebSocketStream<TcpStream>>),
+}
+
+fn either_tcp(s: TcpStream) -> Conn {
+    Conn::Tcp(s)
+}
+
+fn either_ws(s: WebSocketStream<TcpStream>) -> Conn {
+    Conn::Ws(Box::new(s))
+}
+
+/// One churn cycle: connect, subscribe, close.
+async fn churn_cycle(sh: Arc<Shared>, a: Arc<WorkerArgs>, idx: u64) {
+    let src = a.src_ips[(idx as usize) % a.src_ips.len()];
+    let t0 = now_ns();
+    let r = tokio::time::timeout(
+        Duration::from_secs(30),
+        ws_connect_subscribe(src, a.target, &a.path, &a.topics, None),
+    )
+    .await;
+    match r {
+        Ok(Ok(mut ws)) => {
+            let cycle_us = (now_ns().saturating_sub(t0) / 1000).max(1);
+            if let Ok(mut g) = sh.hist.lock()
+                && let Some(h) = g.as_mut()
+            {
+                h.saturating_record(cycle_us);
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), ws.close(None)).await;
+            sh.connected.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Err(e)) => {
+            sh.error(format!("churn: {e}"));
+            sh.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(_) => {
+            sh.error("churn: timed out".into());
+            sh.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn churn(sh: Arc<Shared>, a: Arc<WorkerArgs>) {
+    let total = (a.rate * a.duration).round() as u64;
+    let start = tokio::time::Instant::now();
+    let t0 = now_ns();
+    let mut tasks = Vec::with_capacity(total as usize);
+    let mut started = 0u64;
+    while started < total {
+        let due = ((start.elapsed().as_secs_f64() * a.rate) as u64 + 1).min(total);
+        while started < due {
+            tasks.push(tokio::spawn(churn_cycle(sh.clone(), a.clone(), started)));
+            started += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let errors = sh.errors.lock().map(|g| g.clone()).unwrap_or_default();
+    emit(json!({
+        "event": "churn_done",
+        "cycles": sh.connected.load(Ordering::Relaxed),
+        "failed": sh.failed.load(Ordering::Relaxed),
+        "elapsed_s": (now_ns() - t0) as f64 / 1e9,
+        "cycle_hist": sh.take_hist(),
+        "errors": errors,
+        "cpu_s": self_cpu_s(),
+    }));
+}
+
+/// Runs the worker process until `quit` or end of stdin.
+pub fn run(args: WorkerArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let a = Arc::new(args);
+        let sh = Arc::new(Shared::default());
+        if let Ok(mut g) = sh.hist.lock() {
+            *g = Some(new_hist()?);
+        }
+        let n = a.conns;
+        let sem = Arc::new(Semaphore::new(a.concurrency.max(1)));
+        let t_first = now_ns();
+        sh.t_first.store(t_first, Ordering::Relaxed);
+        if a.mode != Mode::Churn {
+            for i in 0..n {
+                tokio::spawn(hold_connection(sh.clone(), a.clone(), sem.clone(), i));
+            }
+            // Wait until every connection is up (or failed).
+            loop {
+                let done = sh.connected.load(Ordering::Relaxed) + sh.failed.load(Ordering::Relaxed);
+                if done >= n {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let errors = sh.errors.lock().map(|g| g.clone()).unwrap_or_default();
+        emit(json!({
+            "event": "ready",
+            "connected": sh.connected.load(Ordering::Relaxed),
+            "failed": sh.failed.load(Ordering::Relaxed),
+            "t_first_ns": t_first,
+            "t_last_ns": sh.t_last.load(Ordering::Relaxed).max(t_first),
+            "errors": errors,
+            "cpu_s": self_cpu_s(),
+        }));
+        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        while let Some(line) = lines.next_line().await? {
+            match line.trim() {
+                "count" => emit(json!({
+                    "event": "count",
+                    "received": sh.received.load(Ordering::Relaxed),
+                })),
+                "report" => {
+                    let hist = sh.take_hist();
+                    let codes = sh.close_codes.lock().map(|g| g.clone()).unwrap_or_default();
+                    let errors = sh.errors.lock().map(|g| g.clone()).unwrap_or_default();
+                    emit(json!({
+                        "event": "report",
+                        "received": sh.received.swap(0, Ordering::Relaxed),
+                        "hist": hist,
+                        "closed": sh.closed.load(Ordering::Relaxed),
+                        "close_codes": codes,
+                        "errors": errors,
+                        "cpu_s": self_cpu_s(),
+                    }));
+                }
+                "start" if a.mode == Mode::Churn => {
+                    tokio::spawn(churn(sh.clone(), a.clone()));
+                }
+                "quit" => break,
+                other => eprintln!("worker: unknown command {other:?}"),
+            }
+        }
+        Ok(())
+    })
+}
