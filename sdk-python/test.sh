@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the Python SDK needs into a virtualenv, then runs the generated-code
-# check, mypy --strict and pytest against a real engine.
+# check, ruff, mypy --strict and pytest against a real engine.
 #
 # The engine is not built here: tests use $HERALD_BIN (default target/release/herald,
 # relative to the repository root); build it first with
@@ -29,6 +29,10 @@ py="$venv/bin/python"
 
 step "generated stubs are up to date"
 PYTHON="$py" "$here/scripts/check-gen.sh"
+
+step "ruff"
+"$py" -m ruff check . ../examples/python
+"$py" -m ruff format --check . ../examples/python
 
 step "mypy --strict"
 "$py" -m mypy --strict

@@ -94,10 +94,14 @@ class Engine:
         self.proc = subprocess.Popen(
             [
                 str(self.binary),
-                "--ws-addr", f"127.0.0.1:{self.ws_port}",
-                "--grpc-addr", f"127.0.0.1:{self.grpc_port}",
-                "--shutdown-timeout", self.shutdown_timeout,
-                "--log-format", "text",
+                "--ws-addr",
+                f"127.0.0.1:{self.ws_port}",
+                "--grpc-addr",
+                f"127.0.0.1:{self.grpc_port}",
+                "--shutdown-timeout",
+                self.shutdown_timeout,
+                "--log-format",
+                "text",
                 *self.extra_args,
             ],
             stdout=log,
@@ -107,7 +111,9 @@ class Engine:
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                pytest.fail(f"engine exited with {self.proc.returncode}:\n{self.log()}", pytrace=False)
+                pytest.fail(
+                    f"engine exited with {self.proc.returncode}:\n{self.log()}", pytrace=False
+                )
             if _serving(self.target):
                 return
             time.sleep(0.05)

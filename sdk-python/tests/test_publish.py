@@ -35,7 +35,9 @@ def test_health(client: herald.Client) -> None:
     assert e.value.code == grpc.StatusCode.NOT_FOUND
 
 
-def test_publish_json_arrives_as_json_value(client: herald.Client, ws: WsClient, topic: str) -> None:
+def test_publish_json_arrives_as_json_value(
+    client: herald.Client, ws: WsClient, topic: str
+) -> None:
     ws.subscribe(topic)
     value = {"text": "héllo", "n": [1, 2.5, None, True]}
     res = client.publish(topic, value)
@@ -120,7 +122,11 @@ def test_broadcast(client: herald.Client, topic: str, engine: Engine) -> None:
         w1.subscribe(t1)
         w2.subscribe(t2, t3)
         results = client.broadcast([t1, t2, t3], {"alert": "all"})
-        assert results == [herald.PublishResult(1), herald.PublishResult(1), herald.PublishResult(1)]
+        assert results == [
+            herald.PublishResult(1),
+            herald.PublishResult(1),
+            herald.PublishResult(1),
+        ]
         m1 = w1.message()
         assert (m1["topic"], m1["seq"], m1["data"]) == (t1, 1, {"alert": "all"})
         got = {w2.message()["topic"], w2.message()["topic"]}

@@ -123,8 +123,15 @@ def test_settings_metadata() -> None:
 def test_retry_policy() -> None:
     policy = RetryPolicy(max_attempts=3, initial_backoff=0.1, max_backoff=0.3, jitter=0)
     assert [policy.backoff(i) for i in range(4)] == [0.1, 0.2, 0.3, 0.3]
-    s = Settings("x", api_key=None, metadata=(), credentials=None, timeout=None,
-                 retry=policy, channel_options=())
+    s = Settings(
+        "x",
+        api_key=None,
+        metadata=(),
+        credentials=None,
+        timeout=None,
+        retry=policy,
+        channel_options=(),
+    )
     unavailable = herald.Unavailable("down")
     attempts = s.attempts(idempotent=True, timeout=None)
     assert attempts.next_delay(unavailable) == 0.1

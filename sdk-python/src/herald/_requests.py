@@ -100,6 +100,7 @@ def broadcast_results(resp: pb.BroadcastResponse) -> list[PublishResult]:
 
 # --- stream responses: (id, result or error) --------------------------------------
 
+
 def publish_stream_request(client_seq: int, msg: pb.PublishRequest) -> pb.PublishStreamRequest:
     return pb.PublishStreamRequest(client_seq=client_seq, message=msg)
 

@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2
 
 from herald import _requests, payload
 from herald.client import HEALTH_CHECK_METHOD
-from herald.config import DEFAULT_TIMEOUT, RetryPolicy, Settings
+from herald.config import DEFAULT_TIMEOUT, RetryPolicy, Settings, log
 from herald.control import AsyncControlStream
 from herald.errors import from_rpc_error
 from herald.models import HealthStatus, Member, NodeInfo, PresenceStats, PublishResult
@@ -93,6 +93,7 @@ class AsyncClient:
                 delay = attempts.next_delay(err)
                 if delay is None:
                     raise err from e
+                log.debug("retrying in %.2fs after %s", delay, err)
             await asyncio.sleep(delay)
 
     async def close(self) -> None:
@@ -201,7 +202,9 @@ class AsyncClient:
 
     def control(self, *, max_in_flight: int = 1024) -> AsyncControlStream:
         """Open a Control stream; see :class:`~herald.control.AsyncControlStream`."""
-        return AsyncControlStream(self._stub.Control(metadata=self._settings.metadata), max_in_flight)
+        return AsyncControlStream(
+            self._stub.Control(metadata=self._settings.metadata), max_in_flight
+        )
 
     # --- presence ---------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from herald import _requests, payload
-from herald.config import DEFAULT_TIMEOUT, RetryPolicy, Settings
+from herald.config import DEFAULT_TIMEOUT, RetryPolicy, Settings, log
 from herald.control import ControlStream
 from herald.errors import from_rpc_error
 from herald.models import HealthStatus, Member, NodeInfo, PresenceStats, PublishResult
@@ -97,6 +97,7 @@ class Client:
                 delay = attempts.next_delay(err)
                 if delay is None:
                     raise err from e
+                log.debug("retrying in %.2fs after %s", delay, err)
             time.sleep(delay)
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Sequence
@@ -12,6 +13,9 @@ import grpc
 from herald.errors import HeraldError
 
 __version__ = "0.1.0"
+
+#: The SDK logs retries (DEBUG) and presence-watch reconnects (WARNING) here.
+log = logging.getLogger("herald")
 
 #: The header that carries the API key, as ``authorization: Bearer <key>``.
 AUTHORIZATION_HEADER = "authorization"

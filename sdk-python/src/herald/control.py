@@ -35,7 +35,9 @@ class ControlStream:
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
         self._mux: StreamMux[pb.ControlRequest, pb.ControlResponse, int]
-        self._mux = StreamMux("control stream", open_stream, _requests.control_result, max_in_flight)
+        self._mux = StreamMux(
+            "control stream", open_stream, _requests.control_result, max_in_flight
+        )
 
     def _send(self, command: _requests.ControlCommand) -> concurrent.futures.Future[int]:
         return self._mux.submit(lambda rid: _requests.control_request(rid, command))

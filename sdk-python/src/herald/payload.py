@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 JSON_CONTENT_TYPE = "application/json"
 
-#: What ``publish``/``broadcast`` accept as data.
-Payload: TypeAlias = Any
+#: What ``publish``/``broadcast`` accept as data: bytes, str, or any value that
+#: ``json.dumps`` accepts (checked when the message is built).
+Payload: TypeAlias = object
 #: A time to live: seconds as a number, or a ``timedelta``.
 TTL: TypeAlias = "float | timedelta"
 
@@ -42,7 +43,9 @@ def encode(data: Payload, content_type: str | None = None) -> tuple[bytes, str]:
     try:
         text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as e:
-        raise TypeError(f"payload of type {type(data).__name__} is not JSON-serialisable: {e}") from e
+        raise TypeError(
+            f"payload of type {type(data).__name__} is not JSON-serialisable: {e}"
+        ) from e
     return text.encode("utf-8"), content_type if content_type is not None else JSON_CONTENT_TYPE
 
 

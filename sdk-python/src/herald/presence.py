@@ -26,7 +26,7 @@ from types import TracebackType
 import grpc
 import grpc.aio
 
-from herald.config import RetryPolicy
+from herald.config import RetryPolicy, log
 from herald.errors import HeraldError, Unavailable, from_rpc_error
 from herald.models import PresenceEvent, PresenceEventKind
 from herald.v1 import herald_pb2 as pb
@@ -52,6 +52,7 @@ class _Reconnects:
         """Record an event; True when the stream must be reopened (engine RESYNC)."""
         self._failures = 0
         if ev.kind == PresenceEventKind.RESYNC:
+            log.warning("presence watcher fell behind (RESYNC from %s); starting over", ev.node_id)
             self.dirty = False
             return True
         self.dirty = True
@@ -68,7 +69,14 @@ class _Reconnects:
         if self._max is not None and self._failures > self._max:
             raise err or Unavailable("presence watch stream ended")
         resync, self.dirty = self.dirty, False
-        return self._policy.backoff(self._failures - 1), resync
+        delay = self._policy.backoff(self._failures - 1)
+        log.warning(
+            "presence watch stream lost (%s); reopening in %.2fs (attempt %d)",
+            err or "stream ended",
+            delay,
+            self._failures,
+        )
+        return delay, resync
 
 
 class PresenceWatch:
@@ -123,6 +131,8 @@ class PresenceWatch:
 
     def _ensure_call(self) -> Iterator[pb.PresenceEvent]:
         with self._lock:
+            if self._closed.is_set():  # close() won the race: open nothing
+                raise StopIteration
             if self._call is None:
                 self._call = self._open()
             return self._call
@@ -159,13 +169,17 @@ class AsyncPresenceWatch:
 
     def __init__(
         self,
-        open_stream: Callable[[], grpc.aio.UnaryStreamCall[pb.WatchPresenceRequest, pb.PresenceEvent]],
+        open_stream: Callable[
+            [], grpc.aio.UnaryStreamCall[pb.WatchPresenceRequest, pb.PresenceEvent]
+        ],
         policy: RetryPolicy,
         max_reconnects: int | None,
     ) -> None:
         self._open = open_stream
         self._reconnects = _Reconnects(policy, max_reconnects)
-        self._call: grpc.aio.UnaryStreamCall[pb.WatchPresenceRequest, pb.PresenceEvent] | None = None
+        self._call: grpc.aio.UnaryStreamCall[pb.WatchPresenceRequest, pb.PresenceEvent] | None = (
+            None
+        )
         self._events: AsyncIterator[pb.PresenceEvent] | None = None
         self._queue: collections.deque[PresenceEvent] = collections.deque()
         self._closed = False

@@ -97,7 +97,9 @@ class AsyncPublisher:
 
     def __init__(self, call: _Call, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
         self._mux: AsyncStreamMux[pb.PublishStreamRequest, pb.PublishStreamResponse, PublishResult]
-        self._mux = AsyncStreamMux("publisher", call, _requests.publish_stream_result, max_in_flight)
+        self._mux = AsyncStreamMux(
+            "publisher", call, _requests.publish_stream_result, max_in_flight
+        )
 
     async def publish(
         self,
