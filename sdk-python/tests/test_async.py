@@ -110,3 +110,16 @@ async def test_publisher_after_close_raises(client: herald.AsyncClient, topic: s
     await pub.close()
     with pytest.raises(herald.Cancelled):
         await pub.publish(topic, 2)
+
+
+def test_client_made_outside_the_event_loop(engine: Engine, topic: str) -> None:
+    client = herald.AsyncClient(engine.target)
+
+    async def use() -> herald.PublishResult:
+        try:
+            assert await client.health() == herald.HealthStatus.SERVING
+            return await client.publish(topic, "x")
+        finally:
+            await client.close()
+
+    assert asyncio.run(use()).sequence == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterable, Sequence
 from types import TracebackType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 import grpc
 import grpc.aio
@@ -22,6 +22,12 @@ from herald.publisher import AsyncPublisher
 from herald.v1 import herald_pb2 as pb
 from herald.v1 import herald_pb2_grpc
 
+if TYPE_CHECKING:
+    from herald.v1.herald_pb2_grpc import HeraldAsyncStub
+
+_HealthCheck: TypeAlias = grpc.aio.UnaryUnaryMultiCallable[
+    health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+]
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 
@@ -34,8 +40,8 @@ class AsyncClient:
         async with herald.AsyncClient("127.0.0.1:50051") as client:
             await client.publish("room:general", {"text": "hi"})
 
-    Takes the same arguments as :class:`herald.Client`. Create it inside the event
-    loop that uses it.
+    Takes the same arguments as :class:`herald.Client`. Its gRPC channel is opened
+    on the first call, in the running event loop; use one client per event loop.
     """
 
     def __init__(
@@ -58,19 +64,37 @@ class AsyncClient:
             retry=retry or RetryPolicy(),
             channel_options=channel_options,
         )
-        s = self._settings
-        if s.credentials is None:
-            self._channel = grpc.aio.insecure_channel(target, options=s.channel_options)
-        else:
-            self._channel = grpc.aio.secure_channel(
-                target, s.credentials, options=s.channel_options
+        # The channel is made on first use, so that it belongs to the event loop
+        # that runs the calls (the client itself may be made outside any loop).
+        self._channel: grpc.aio.Channel | None = None
+        self._stub_: HeraldAsyncStub | None = None
+        self._health_: _HealthCheck | None = None
+
+    def _connect(self) -> tuple[HeraldAsyncStub, _HealthCheck]:
+        if self._stub_ is None or self._health_ is None:
+            s = self._settings
+            if s.credentials is None:
+                channel = grpc.aio.insecure_channel(s.target, options=s.channel_options)
+            else:
+                channel = grpc.aio.secure_channel(
+                    s.target, s.credentials, options=s.channel_options
+                )
+            self._channel = channel
+            self._stub_ = herald_pb2_grpc.HeraldStub(channel)
+            self._health_ = channel.unary_unary(
+                HEALTH_CHECK_METHOD,
+                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb2.HealthCheckResponse.FromString,
             )
-        self._stub = herald_pb2_grpc.HeraldStub(self._channel)
-        self._health = self._channel.unary_unary(
-            HEALTH_CHECK_METHOD,
-            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-            response_deserializer=health_pb2.HealthCheckResponse.FromString,
-        )
+        return self._stub_, self._health_
+
+    @property
+    def _stub(self) -> HeraldAsyncStub:
+        return self._connect()[0]
+
+    @property
+    def _health(self) -> _HealthCheck:
+        return self._connect()[1]
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -98,7 +122,9 @@ class AsyncClient:
 
     async def close(self) -> None:
         """Close the channel; calls in progress are cancelled."""
-        await self._channel.close()
+        channel, self._channel, self._stub_, self._health_ = self._channel, None, None, None
+        if channel is not None:
+            await channel.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self
