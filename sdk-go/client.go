@@ -21,6 +21,7 @@ type Client struct {
 	conn   *grpc.ClientConn
 	rpc    heraldv1.HeraldClient
 	health healthpb.HealthClient
+	retry  RetryPolicy
 }
 
 // NewClient creates a client for the engine's gRPC address, for example
@@ -38,7 +39,15 @@ func NewClient(target string, opts ...Option) (*Client, error) {
 	if o.creds == nil {
 		return nil, errors.New("herald: nil transport credentials")
 	}
+	o.retry = o.retry.withDefaults()
 	dial := []grpc.DialOption{grpc.WithTransportCredentials(o.creds)}
+	if o.retry.MaxAttempts > 1 {
+		serviceConfig, err := o.retry.serviceConfig()
+		if err != nil {
+			return nil, fmt.Errorf("herald: %w", err)
+		}
+		dial = append(dial, grpc.WithDefaultServiceConfig(serviceConfig))
+	}
 	if o.apiKey != "" {
 		secure := o.creds.Info().SecurityProtocol != "insecure"
 		dial = append(dial, grpc.WithPerRPCCredentials(newAPIKeyCreds(o.apiKey, secure)))
@@ -52,6 +61,7 @@ func NewClient(target string, opts ...Option) (*Client, error) {
 		conn:   conn,
 		rpc:    heraldv1.NewHeraldClient(conn),
 		health: healthpb.NewHealthClient(conn),
+		retry:  o.retry,
 	}, nil
 }
 
@@ -70,26 +80,46 @@ func (c *Client) Conn() *grpc.ClientConn { return c.conn }
 
 // Publish publishes one message to one topic and returns its sequence number in
 // that topic. A bad topic, an oversize payload, or a JSON payload that is not
-// valid JSON is INVALID_ARGUMENT ([IsInvalidArgument]).
+// valid JSON is INVALID_ARGUMENT ([IsInvalidArgument]). With an idempotency key
+// the call is retried while the engine is UNAVAILABLE (see [RetryPolicy]).
 func (c *Client) Publish(ctx context.Context, topic string, payload Payload, opts ...PublishOption) (PublishResult, error) {
-	resp, err := c.rpc.Publish(ctx, newPublishRequest(topic, payload, opts))
+	req := newPublishRequest(topic, payload, opts)
+	var resp *heraldv1.PublishResponse
+	err := c.maybeRetry(ctx, req.IdempotencyKey != nil, func() (err error) {
+		resp, err = c.rpc.Publish(ctx, req)
+		return err
+	})
 	if err != nil {
 		return PublishResult{}, err
 	}
 	return publishResultFromProto(resp), nil
 }
 
+// maybeRetry runs call once, or with retries on UNAVAILABLE when retry is set.
+func (c *Client) maybeRetry(ctx context.Context, retry bool, call func() error) error {
+	if !retry {
+		return call()
+	}
+	return retryUnavailable(ctx, c.retry, call)
+}
+
 // Broadcast publishes one payload to many topics in one call and returns one
 // result per topic, in the order given. All topics are checked first: if any is
-// bad, nothing is published and the error is INVALID_ARGUMENT.
+// bad, nothing is published and the error is INVALID_ARGUMENT. With an
+// idempotency key the call is retried while the engine is UNAVAILABLE.
 func (c *Client) Broadcast(ctx context.Context, topics []string, payload Payload, opts ...PublishOption) ([]PublishResult, error) {
 	o := buildPublishOptions(opts)
-	resp, err := c.rpc.Broadcast(ctx, &heraldv1.BroadcastRequest{
+	req := &heraldv1.BroadcastRequest{
 		Topics:         topics,
 		Data:           payload.Data,
 		ContentType:    payload.ContentType,
 		IdempotencyKey: o.idempotencyKey,
 		TtlMs:          o.ttlMs,
+	}
+	var resp *heraldv1.BroadcastResponse
+	err := c.maybeRetry(ctx, req.IdempotencyKey != nil, func() (err error) {
+		resp, err = c.rpc.Broadcast(ctx, req)
+		return err
 	})
 	if err != nil {
 		return nil, err

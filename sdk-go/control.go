@@ -68,7 +68,8 @@ func disconnectRequest(t Target, o DisconnectOptions) *heraldv1.DisconnectReques
 // Subscribe puts the target's connections into topics and returns how many
 // connections it reached. Each client is told with a server-initiated
 // "subscribed" push. NOT_FOUND ([IsNotFound]) for an unknown connection or user,
-// INVALID_ARGUMENT for a bad topic.
+// INVALID_ARGUMENT for a bad topic. Retried while the engine is UNAVAILABLE
+// (subscribing twice is harmless).
 func (c *Client) Subscribe(ctx context.Context, target Target, topics ...string) (int, error) {
 	r, err := c.rpc.Subscribe(ctx, subscribeRequest(target, topics))
 	if err != nil {
@@ -78,7 +79,8 @@ func (c *Client) Subscribe(ctx context.Context, target Target, topics ...string)
 }
 
 // Unsubscribe takes the target's connections out of topics and returns how many
-// connections it reached. Topics a connection is not in are ignored.
+// connections it reached. Topics a connection is not in are ignored. Retried
+// while the engine is UNAVAILABLE.
 func (c *Client) Unsubscribe(ctx context.Context, target Target, topics ...string) (int, error) {
 	r, err := c.rpc.Unsubscribe(ctx, unsubscribeRequest(target, topics))
 	if err != nil {
@@ -89,7 +91,7 @@ func (c *Client) Unsubscribe(ctx context.Context, target Target, topics ...strin
 
 // Disconnect closes the target's connections and returns how many it closed.
 // Each client receives a "disconnect" frame with the code, reason and reconnect
-// hint, then a close frame.
+// hint, then a close frame. Never retried.
 func (c *Client) Disconnect(ctx context.Context, target Target, opts DisconnectOptions) (int, error) {
 	r, err := c.rpc.Disconnect(ctx, disconnectRequest(target, opts))
 	if err != nil {

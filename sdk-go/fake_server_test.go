@@ -26,6 +26,8 @@ type fakeHerald struct {
 	heraldv1.UnimplementedHeraldServer
 
 	mu       sync.Mutex
+	fail     map[string]int // method -> how many more calls answer UNAVAILABLE
+	calls    map[string]int // method -> calls so far
 	seqs     map[string]uint64
 	lastMD   metadata.MD
 	members  []*heraldv1.Member
@@ -33,7 +35,34 @@ type fakeHerald struct {
 	watchFns []func(*heraldv1.WatchPresenceRequest, grpc.ServerStreamingServer[heraldv1.PresenceEvent]) error
 }
 
-func newFakeHerald() *fakeHerald { return &fakeHerald{seqs: map[string]uint64{}} }
+func newFakeHerald() *fakeHerald {
+	return &fakeHerald{seqs: map[string]uint64{}, fail: map[string]int{}, calls: map[string]int{}}
+}
+
+// called counts a call and reports the injected failure, if any is left.
+func (f *fakeHerald) called(method string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls[method]++
+	if f.fail[method] > 0 {
+		f.fail[method]--
+		return status.Error(codes.Unavailable, "injected failure")
+	}
+	return nil
+}
+
+func (f *fakeHerald) callCount(method string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls[method]
+}
+
+func (f *fakeHerald) Info(context.Context, *heraldv1.InfoRequest) (*heraldv1.InfoResponse, error) {
+	if err := f.called("Info"); err != nil {
+		return nil, err
+	}
+	return &heraldv1.InfoResponse{NodeId: "fake", Version: "0.0.0", UptimeSeconds: 3}, nil
+}
 
 func badTopic(topic string) bool {
 	return topic == "" || strings.Contains(topic, "::") || strings.ContainsAny(topic, " .*>")
@@ -50,6 +79,9 @@ func (f *fakeHerald) publish(req *heraldv1.PublishRequest) (*heraldv1.PublishRes
 }
 
 func (f *fakeHerald) Publish(ctx context.Context, req *heraldv1.PublishRequest) (*heraldv1.PublishResponse, error) {
+	if err := f.called("Publish"); err != nil {
+		return nil, err
+	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	f.mu.Lock()
 	f.lastMD = md

@@ -15,11 +15,12 @@ type Option func(*clientOptions)
 type clientOptions struct {
 	apiKey      string
 	creds       credentials.TransportCredentials
+	retry       RetryPolicy
 	dialOptions []grpc.DialOption
 }
 
 func defaultClientOptions() clientOptions {
-	return clientOptions{creds: insecure.NewCredentials()}
+	return clientOptions{creds: insecure.NewCredentials(), retry: DefaultRetryPolicy}
 }
 
 // WithAPIKey sends key with every call, as the gRPC metadata entry
