@@ -8,6 +8,7 @@ import (
 
 	heraldv1 "github.com/heraldrt/herald/sdk-go/gen/herald/v1"
 	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
@@ -30,7 +31,8 @@ type Client struct {
 // the first call and re-made as needed, so NewClient fails only on bad options.
 //
 // Without [WithTLSConfig] or [WithTransportCredentials] the connection is plain
-// text.
+// text. After a failure the connection is re-made with backoff capped at 5s
+// (override with WithDialOptions(grpc.WithConnectParams(...))).
 func NewClient(target string, opts ...Option) (*Client, error) {
 	o := defaultClientOptions()
 	for _, opt := range opts {
@@ -40,7 +42,15 @@ func NewClient(target string, opts ...Option) (*Client, error) {
 		return nil, errors.New("herald: nil transport credentials")
 	}
 	o.retry = o.retry.withDefaults()
-	dial := []grpc.DialOption{grpc.WithTransportCredentials(o.creds)}
+	dial := []grpc.DialOption{
+		grpc.WithTransportCredentials(o.creds),
+		// Reconnect within seconds once an engine is back, rather than
+		// gRPC's default of up to two minutes after a long outage.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           grpcbackoff.Config{BaseDelay: 200 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		}),
+	}
 	if o.retry.MaxAttempts > 1 {
 		serviceConfig, err := o.retry.serviceConfig()
 		if err != nil {

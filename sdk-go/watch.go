@@ -108,7 +108,7 @@ type WatchOptions struct {
 // EventResync whose Cause is the error, then reconnects with exponential
 // backoff and jitter; when the engine itself sends RESYNC (the watcher fell
 // behind), that event is yielded with a nil Cause and the watch reconnects at
-// once. Either way the caller must drop its view: with IncludeSnapshot, a fresh
+// once (with backoff if the engine keeps sending RESYNC). Either way the caller must drop its view: with IncludeSnapshot, a fresh
 // snapshot follows on the new stream, ending with EventSnapshotEnd.
 //
 // Errors that retrying cannot fix (INVALID_ARGUMENT for a bad topic or pattern,
@@ -147,14 +147,24 @@ func (c *Client) WatchPresence(ctx context.Context, opts WatchOptions) iter.Seq2
 	return func(yield func(PresenceEvent, error) bool) {
 		w := watcher{c: c, req: req, yield: yield}
 		attempt := 0
+		var lastResync time.Time
 		for {
 			established, err := w.run(ctx)
 			if ctx.Err() != nil || w.stopped {
 				return
 			}
 			if err == nil {
-				// The engine sent RESYNC: start over at once.
-				attempt = 0
+				// The engine sent RESYNC: start over at once, unless it
+				// keeps doing so.
+				if time.Since(lastResync) < maxB {
+					if !sleepCtx(ctx, backoff(attempt, minB, maxB)) {
+						return
+					}
+					attempt++
+				} else {
+					attempt = 0
+				}
+				lastResync = time.Now()
 				continue
 			}
 			if !retryable(err) {
