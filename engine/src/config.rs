@@ -9,6 +9,8 @@ use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::topic_name::TopicPattern;
+
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -143,6 +145,10 @@ settings! {
     topic_retention: Dur = Dur(Duration::from_secs(300)), env "HERALD_TOPIC_RETENTION";
     /// How long an idempotency key is remembered [default: 5m]
     idempotency_window: Dur = Dur(Duration::from_secs(300)), env "HERALD_IDEMPOTENCY_WINDOW";
+    /// Topics whose joins and leaves produce presence events, as comma-separated topics or patterns ("room:*", "room:>", ">" for all) [default: >]
+    presence_topics: String = ">".to_owned(), env "HERALD_PRESENCE_TOPICS";
+    /// Events one WatchPresence stream may have waiting before it is told to resync [default: 4096]
+    presence_watch_buffer: usize = 4096, env "HERALD_PRESENCE_WATCH_BUFFER";
     /// Log format [default: text]
     log_format: LogFormat = LogFormat::Text, env "HERALD_LOG_FORMAT";
     /// Log filter, in RUST_LOG syntax [default: info]
@@ -215,6 +221,7 @@ impl Config {
             ("queue_max_messages", self.queue_max_messages),
             ("queue_max_bytes", self.queue_max_bytes),
             ("read_buffer_bytes", self.read_buffer_bytes),
+            ("presence_watch_buffer", self.presence_watch_buffer),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!(
@@ -234,7 +241,21 @@ impl Config {
                 "queue limits must fit in 32 bits".into(),
             ));
         }
+        self.presence_patterns()?;
         Ok(())
+    }
+
+    /// The parsed `presence_topics` patterns.
+    pub fn presence_patterns(&self) -> Result<Vec<TopicPattern>, ConfigError> {
+        self.presence_topics
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                TopicPattern::parse(p, self.max_topic_len)
+                    .map_err(|e| ConfigError::Invalid(format!("presence_topics: {e}")))
+            })
+            .collect()
     }
 }
 

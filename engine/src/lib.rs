@@ -14,8 +14,8 @@
 //!
 //! Around it: [`grpc`] (the producer API), [`broker`] (the seam where a
 //! multi-node broker plugs in), [`protocol`] (the client wire format),
-//! [`topic_name`] (the topic rule), [`conn`] (per-connection shared state) and
-//! [`config`].
+//! [`topic_name`] (the topic rule), [`conn`] (per-connection shared state),
+//! [`presence`] (presence events and their watchers) and [`config`].
 
 #![deny(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
@@ -25,6 +25,7 @@ pub mod broker;
 pub mod config;
 pub mod conn;
 pub mod grpc;
+pub mod presence;
 pub mod protocol;
 pub mod queue;
 pub mod registry;

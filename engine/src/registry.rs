@@ -19,6 +19,7 @@ use slab::Slab;
 
 use crate::{
     conn::{Conn, ConnId},
+    presence::{EventKind, PresenceHub},
     protocol::Payload,
     queue::{Close, Queue},
     topic::{Change, Delivery, Topic},
@@ -76,6 +77,22 @@ pub enum SubscribeError {
     Closed(ConnId),
 }
 
+/// Membership changes already made, waiting to become visible to publishers.
+#[derive(Debug, Default)]
+#[must_use = "a subscription change is only guaranteed visible once `visible` resolves"]
+pub struct Pending {
+    waits: Vec<(Arc<Topic>, u64)>,
+}
+
+impl Pending {
+    /// Resolves once every change is in its topic's published snapshot.
+    pub async fn visible(self) {
+        for (topic, version) in self.waits {
+            topic.wait_visible(version).await;
+        }
+    }
+}
+
 /// All connections and topics of this node.
 #[derive(Debug)]
 pub struct Registry {
@@ -83,6 +100,7 @@ pub struct Registry {
     generation: AtomicU32,
     users: Mutex<HashMap<Arc<str>, Vec<Arc<Conn>>>>,
     topics: papaya::HashMap<Arc<str>, Arc<Topic>>,
+    presence: Arc<PresenceHub>,
     limits: Limits,
     /// Counters.
     pub stats: Stats,
@@ -95,16 +113,27 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Registry {
-    /// An empty registry.
-    pub fn new(limits: Limits) -> Self {
+    /// An empty registry whose membership changes feed `presence`.
+    pub fn new(limits: Limits, presence: Arc<PresenceHub>) -> Self {
         Self {
             conns: Mutex::new(Slab::new()),
             generation: AtomicU32::new(1),
             users: Mutex::new(HashMap::new()),
             topics: papaya::HashMap::new(),
+            presence,
             limits,
             stats: Stats::default(),
         }
+    }
+
+    /// The presence event source.
+    pub fn presence(&self) -> &Arc<PresenceHub> {
+        &self.presence
+    }
+
+    /// Every topic this node holds.
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        self.topics.pin().values().cloned().collect()
     }
 
     /// The registry's limits.
@@ -135,6 +164,7 @@ impl Registry {
                 .or_default()
                 .push(Arc::clone(&conn));
         }
+        self.presence.connection_changed(EventKind::Connect, &conn);
         conn
     }
 
@@ -149,7 +179,7 @@ impl Registry {
             subs.closed = true;
             let topics = std::mem::take(&mut subs.topics);
             for topic in &topics {
-                topic.remove(conn);
+                topic.remove(conn, &self.presence);
             }
             topics
         };
@@ -172,6 +202,8 @@ impl Registry {
                 }
             }
         }
+        self.presence
+            .connection_changed(EventKind::Disconnect, conn);
     }
 
     /// The live connection with this id.
@@ -216,7 +248,10 @@ impl Registry {
             return Arc::clone(topic);
         }
         let name: Arc<str> = Arc::from(name);
-        Arc::clone(topics.get_or_insert_with(Arc::clone(&name), || Arc::new(Topic::new(name))))
+        let tracked = self.presence.tracks(&name);
+        Arc::clone(
+            topics.get_or_insert_with(Arc::clone(&name), || Arc::new(Topic::new(name, tracked))),
+        )
     }
 
     fn forget_topic(&self, topic: &Arc<Topic>) {
@@ -226,47 +261,42 @@ impl Registry {
             .remove_if(topic.name(), |_, v| Arc::ptr_eq(v, topic));
     }
 
-    /// Adds `conn` to `names` (all validated first; all or nothing). Returns once
-    /// every new subscription is visible to publishers. Topics already subscribed
-    /// are left as they are.
-    pub async fn subscribe(
-        &self,
-        conn: &Arc<Conn>,
-        names: &[String],
-    ) -> Result<(), SubscribeError> {
+    /// Adds `conn` to `names` (all validated first; all or nothing). The change
+    /// is made at once, in call order; the returned [`Pending`] resolves once every
+    /// new subscription is visible to publishers. Topics already subscribed are
+    /// left as they are.
+    pub fn subscribe(&self, conn: &Arc<Conn>, names: &[String]) -> Result<Pending, SubscribeError> {
         for name in names {
             self.validate_topic(name)?;
         }
         let mut waits = Vec::new();
-        {
-            let mut subs = conn.subscriptions();
-            if subs.closed {
-                return Err(SubscribeError::Closed(conn.id()));
-            }
-            let mut fresh: Vec<&String> = names.iter().filter(|n| !subs.contains(n)).collect();
-            fresh.sort_unstable();
-            fresh.dedup();
-            let would_be = subs.topics.len() + fresh.len();
-            if would_be > self.limits.max_subscriptions {
-                return Err(SubscribeError::TooMany {
-                    would_be,
-                    max: self.limits.max_subscriptions,
-                });
-            }
-            for name in fresh {
-                loop {
-                    let topic = self.topic_or_create(name);
-                    match topic.add(conn) {
-                        Change::Removed => self.forget_topic(&topic),
-                        Change::Changed(version) => {
-                            waits.push((Arc::clone(&topic), version));
-                            subs.topics.push(topic);
-                            break;
-                        }
-                        Change::Unchanged => {
-                            subs.topics.push(topic);
-                            break;
-                        }
+        let mut subs = conn.subscriptions();
+        if subs.closed {
+            return Err(SubscribeError::Closed(conn.id()));
+        }
+        let mut fresh: Vec<&String> = names.iter().filter(|n| !subs.contains(n)).collect();
+        fresh.sort_unstable();
+        fresh.dedup();
+        let would_be = subs.topics.len() + fresh.len();
+        if would_be > self.limits.max_subscriptions {
+            return Err(SubscribeError::TooMany {
+                would_be,
+                max: self.limits.max_subscriptions,
+            });
+        }
+        for name in fresh {
+            loop {
+                let topic = self.topic_or_create(name);
+                match topic.add(conn, &self.presence) {
+                    Change::Removed => self.forget_topic(&topic),
+                    Change::Changed(version) => {
+                        waits.push((Arc::clone(&topic), version));
+                        subs.topics.push(topic);
+                        break;
+                    }
+                    Change::Unchanged => {
+                        subs.topics.push(topic);
+                        break;
                     }
                 }
             }
@@ -274,46 +304,39 @@ impl Registry {
         self.stats
             .subscriptions
             .fetch_add(waits.len() as u64, Ordering::Relaxed);
-        for (topic, version) in waits {
-            topic.wait_visible(version).await;
-        }
-        Ok(())
+        Ok(Pending { waits })
     }
 
-    /// Removes `conn` from `names` (names it is not in are ignored). Returns once
-    /// publishers no longer see it in those topics. Invalid names are refused.
-    pub async fn unsubscribe(
+    /// Removes `conn` from `names` (names it is not in are ignored). The change is
+    /// made at once; the returned [`Pending`] resolves once publishers no longer
+    /// see it in those topics. Invalid names are refused.
+    pub fn unsubscribe(
         &self,
         conn: &Arc<Conn>,
         names: &[String],
-    ) -> Result<(), SubscribeError> {
+    ) -> Result<Pending, SubscribeError> {
         for name in names {
             self.validate_topic(name)?;
         }
         let mut waits = Vec::new();
-        {
-            let mut subs = conn.subscriptions();
-            let mut left = Vec::new();
-            subs.topics.retain(|t| {
-                let leave = names.iter().any(|n| n.as_str() == t.name());
-                if leave {
-                    left.push(Arc::clone(t));
-                }
-                !leave
-            });
-            for topic in left {
-                if let Change::Changed(version) = topic.remove(conn) {
-                    waits.push((topic, version));
-                }
+        let mut subs = conn.subscriptions();
+        let mut left = Vec::new();
+        subs.topics.retain(|t| {
+            let leave = names.iter().any(|n| n.as_str() == t.name());
+            if leave {
+                left.push(Arc::clone(t));
+            }
+            !leave
+        });
+        for topic in left {
+            if let Change::Changed(version) = topic.remove(conn, &self.presence) {
+                waits.push((topic, version));
             }
         }
         self.stats
             .subscriptions
             .fetch_sub(waits.len() as u64, Ordering::Relaxed);
-        for (topic, version) in waits {
-            topic.wait_visible(version).await;
-        }
-        Ok(())
+        Ok(Pending { waits })
     }
 
     /// Publishes one message to one topic on this node (the caller validated the

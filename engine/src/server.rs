@@ -15,6 +15,7 @@ use crate::{
     broker::{Broker, InProcess},
     config::Config,
     grpc::HeraldService,
+    presence::PresenceHub,
     proto::{self, herald_server::HeraldServer},
     protocol::close,
     queue::Close,
@@ -86,14 +87,25 @@ impl Engine {
                 source,
             })?;
 
-        let registry = Arc::new(Registry::new(Limits {
-            max_topic_len: config.max_topic_len,
-            max_subscriptions: config.max_subscriptions,
-            queue_max_messages: config.queue_max_messages,
-            queue_max_bytes: config.queue_max_bytes,
-            idempotency_window: config.idempotency_window.0,
-            topic_retention: config.topic_retention.0,
-        }));
+        let node_id: Arc<str> = if config.node_id.is_empty() {
+            Arc::from(random_node_id())
+        } else {
+            Arc::from(config.node_id.as_str())
+        };
+        // Checked by Config::validate; an unparsable list tracks nothing.
+        let tracked = config.presence_patterns().unwrap_or_default();
+        let presence = Arc::new(PresenceHub::new(tracked));
+        let registry = Arc::new(Registry::new(
+            Limits {
+                max_topic_len: config.max_topic_len,
+                max_subscriptions: config.max_subscriptions,
+                queue_max_messages: config.queue_max_messages,
+                queue_max_bytes: config.queue_max_bytes,
+                idempotency_window: config.idempotency_window.0,
+                topic_retention: config.topic_retention.0,
+            },
+            presence,
+        ));
         let broker: Arc<dyn Broker> = Arc::new(InProcess::new(Arc::clone(&registry)));
 
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -106,7 +118,12 @@ impl Engine {
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .build_v1()?;
-        let service = HeraldService::new(Arc::clone(&config), Arc::clone(&registry), broker);
+        let service = HeraldService::new(
+            Arc::clone(&config),
+            Arc::clone(&registry),
+            broker,
+            Arc::clone(&node_id),
+        );
 
         let (stop_grpc, grpc_stopped) = oneshot::channel::<()>();
         let grpc_server = tonic::transport::Server::builder()
@@ -137,7 +154,7 @@ impl Engine {
         health
             .set_service_status(SERVICE, ServingStatus::Serving)
             .await;
-        tracing::info!(%ws_addr, ws_path = %config.ws_path, %grpc_addr, "herald is serving");
+        tracing::info!(node_id = %node_id, %ws_addr, ws_path = %config.ws_path, %grpc_addr, "herald is serving");
         Ok(Self {
             config,
             registry,
@@ -266,6 +283,20 @@ async fn sweep_loop(registry: Arc<Registry>) {
             tracing::debug!(dropped, "dropped idle topics");
         }
     }
+}
+
+/// A random 12-hex-digit node id.
+fn random_node_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    hasher.write_u32(std::process::id());
+    format!("{:012x}", hasher.finish() & 0xffff_ffff_ffff)
 }
 
 async fn wait_for_signal() {

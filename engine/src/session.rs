@@ -168,26 +168,32 @@ async fn handle_message(conn: &Arc<Conn>, registry: &Registry, config: &Config, 
             );
             send_error(conn, id, "too_many_topics", &message);
         }
-        Command::Subscribe { id, topics } => match registry.subscribe(conn, &topics).await {
-            Ok(()) => send(
-                conn,
-                Reply::Subscribed {
-                    id,
-                    topics: &topics,
-                    server: false,
-                },
-            ),
+        Command::Subscribe { id, topics } => match registry.subscribe(conn, &topics) {
+            Ok(pending) => {
+                pending.visible().await;
+                send(
+                    conn,
+                    Reply::Subscribed {
+                        id,
+                        topics: &topics,
+                        server: false,
+                    },
+                );
+            }
             Err(e) => send_error(conn, id, subscribe_error_code(&e), &e.to_string()),
         },
-        Command::Unsubscribe { id, topics } => match registry.unsubscribe(conn, &topics).await {
-            Ok(()) => send(
-                conn,
-                Reply::Unsubscribed {
-                    id,
-                    topics: &topics,
-                    server: false,
-                },
-            ),
+        Command::Unsubscribe { id, topics } => match registry.unsubscribe(conn, &topics) {
+            Ok(pending) => {
+                pending.visible().await;
+                send(
+                    conn,
+                    Reply::Unsubscribed {
+                        id,
+                        topics: &topics,
+                        server: false,
+                    },
+                );
+            }
             Err(e) => send_error(conn, id, subscribe_error_code(&e), &e.to_string()),
         },
     }
@@ -203,7 +209,7 @@ fn subscribe_error_code(e: &SubscribeError) -> &'static str {
 
 /// Queues a reply to the client. A reply that does not fit in the queue makes the
 /// connection a slow consumer like any other frame.
-fn send(conn: &Conn, reply: Reply<'_>) {
+pub(crate) fn send(conn: &Conn, reply: Reply<'_>) {
     if let Err(crate::queue::PushError::Full) = conn.queue.push(Item {
         text: reply.encode(),
         expires: None,

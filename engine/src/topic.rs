@@ -30,6 +30,7 @@ use tokio::{sync::Notify, time::Instant};
 
 use crate::{
     conn::{Conn, ConnId},
+    presence::{EventKind, PresenceHub},
     protocol::{self, Payload, close},
     queue::{Close, Item, PushError},
 };
@@ -77,6 +78,8 @@ pub struct Topic {
     members: Mutex<Members>,
     publishing: Mutex<Publishing>,
     removed: AtomicBool,
+    /// Whether join/leave events are produced for this topic.
+    tracked: bool,
 }
 
 /// What one publish did.
@@ -114,8 +117,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Topic {
-    /// A new, empty topic.
-    pub fn new(name: Arc<str>) -> Self {
+    /// A new, empty topic; `tracked` switches join/leave events on.
+    pub fn new(name: Arc<str>, tracked: bool) -> Self {
         let now = Instant::now();
         Self {
             name,
@@ -138,6 +141,7 @@ impl Topic {
                 last_active: now,
             }),
             removed: AtomicBool::new(false),
+            tracked,
         }
     }
 
@@ -152,7 +156,7 @@ impl Topic {
     }
 
     /// Adds a connection. The caller holds the connection's subscription lock.
-    pub fn add(self: &Arc<Self>, conn: &Arc<Conn>) -> Change {
+    pub fn add(self: &Arc<Self>, conn: &Arc<Conn>, hub: &PresenceHub) -> Change {
         let mut m = lock(&self.members);
         if m.removed {
             return Change::Removed;
@@ -163,11 +167,14 @@ impl Topic {
         if let Some(user) = conn.user() {
             *m.users.entry(Arc::clone(user)).or_insert(0) += 1;
         }
+        if self.tracked {
+            hub.member_changed(EventKind::Join, &self.name, conn);
+        }
         self.changed(&mut m)
     }
 
     /// Removes a connection. The caller holds the connection's subscription lock.
-    pub fn remove(self: &Arc<Self>, conn: &Conn) -> Change {
+    pub fn remove(self: &Arc<Self>, conn: &Arc<Conn>, hub: &PresenceHub) -> Change {
         let mut m = lock(&self.members);
         if m.conns.remove(&conn.id()).is_none() {
             return Change::Unchanged;
@@ -181,6 +188,9 @@ impl Topic {
             }
         }
         m.last_active = Instant::now();
+        if self.tracked {
+            hub.member_changed(EventKind::Leave, &self.name, conn);
+        }
         self.changed(&mut m)
     }
 
@@ -251,6 +261,18 @@ impl Topic {
     pub fn counts(&self) -> (usize, usize) {
         let m = lock(&self.members);
         (m.conns.len(), m.users.len())
+    }
+
+    /// Whether join/leave events are produced for this topic.
+    pub fn tracked(&self) -> bool {
+        self.tracked
+    }
+
+    /// Every member, with the presence sequence number that separates the events
+    /// already reflected in this list from later ones.
+    pub fn presence_snapshot(&self, hub: &PresenceHub) -> (Vec<Arc<Conn>>, u64) {
+        let m = lock(&self.members);
+        (m.conns.values().cloned().collect(), hub.current_seq())
     }
 
     /// Up to `limit` members with ids greater than `after`, in id order.

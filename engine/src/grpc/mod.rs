@@ -1,11 +1,14 @@
-//! The `herald.v1.Herald` gRPC service: validates producer requests and hands
-//! publications to the broker. RPCs whose feature has not landed yet answer
-//! UNIMPLEMENTED.
+//! The `herald.v1.Herald` gRPC service: validates producer requests, hands
+//! publications to the broker, steers connections ([`control`]) and answers
+//! presence questions ([`presence`]).
+
+mod control;
+mod presence;
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, time::Instant};
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -29,16 +32,31 @@ pub struct HeraldService {
     config: Arc<Config>,
     registry: Arc<Registry>,
     broker: Arc<dyn Broker>,
+    node_id: Arc<str>,
+    started: Instant,
 }
 
 impl HeraldService {
     /// A service over this node's registry, publishing through `broker`.
-    pub fn new(config: Arc<Config>, registry: Arc<Registry>, broker: Arc<dyn Broker>) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        registry: Arc<Registry>,
+        broker: Arc<dyn Broker>,
+        node_id: Arc<str>,
+    ) -> Self {
         Self {
             config,
             registry,
             broker,
+            node_id,
+            started: Instant::now(),
         }
+    }
+
+    fn check_topic(&self, topic: &str) -> Result<(), Status> {
+        self.registry
+            .validate_topic(topic)
+            .map_err(|e| Status::invalid_argument(e.to_string()))
     }
 
     /// Validates a publish request into a publication for `topic`.
@@ -50,9 +68,19 @@ impl HeraldService {
         idempotency_key: Option<String>,
         ttl_ms: Option<u32>,
     ) -> Result<Publication, Status> {
-        self.registry
-            .validate_topic(&topic)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.check_topic(&topic)?;
+        self.message(topic, data, content_type, idempotency_key, ttl_ms)
+    }
+
+    /// Validates everything of a publication but its topic.
+    fn message(
+        &self,
+        topic: String,
+        data: Bytes,
+        content_type: String,
+        idempotency_key: Option<String>,
+        ttl_ms: Option<u32>,
+    ) -> Result<Publication, Status> {
         let payload = Payload::new(data, content_type, self.config.max_payload_bytes)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if let Some(key) = &idempotency_key
@@ -101,10 +129,12 @@ fn broker_status(e: BrokerError) -> Status {
     }
 }
 
-fn unimplemented<T>(what: &str) -> Result<T, Status> {
-    Err(Status::unimplemented(format!(
-        "{what} is not implemented by this engine version yet"
-    )))
+/// A per-item error inside a stream, from a status.
+fn item_error(status: &Status) -> proto::Error {
+    proto::Error {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+    }
 }
 
 #[tonic::async_trait]
@@ -144,16 +174,12 @@ impl Herald for HeraldService {
                 };
                 let result = Some(match result {
                     Ok(ack) => proto::publish_stream_response::Result::Ack(ack),
-                    Err(status) => proto::publish_stream_response::Result::Error(proto::Error {
-                        code: status.code() as i32,
-                        message: status.message().to_owned(),
-                    }),
+                    Err(status) => {
+                        proto::publish_stream_response::Result::Error(item_error(&status))
+                    }
                 });
-                if tx
-                    .send(Ok(proto::PublishStreamResponse { client_seq, result }))
-                    .await
-                    .is_err()
-                {
+                let response = proto::PublishStreamResponse { client_seq, result };
+                if tx.send(Ok(response)).await.is_err() {
                     break;
                 }
             }
@@ -177,29 +203,21 @@ impl Herald for HeraldService {
             )));
         }
         for topic in &req.topics {
-            self.registry
-                .validate_topic(topic)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            self.check_topic(topic)?;
         }
-        let mut topics = req.topics.into_iter();
-        let first = topics.next().unwrap_or_default();
-        let template = self.publication(
-            first,
+        let template = self.message(
+            String::new(),
             req.data,
             req.content_type,
             req.idempotency_key,
             req.ttl_ms,
         )?;
-        let mut publications = Vec::with_capacity(topics.len() + 1);
-        for topic in topics {
-            publications.push(Publication {
+        let mut results = Vec::with_capacity(req.topics.len());
+        for topic in req.topics {
+            let p = Publication {
                 topic,
                 ..template.clone()
-            });
-        }
-        publications.insert(0, template);
-        let mut results = Vec::with_capacity(publications.len());
-        for p in publications {
+            };
             results.push(response(
                 self.broker.publish(p).await.map_err(broker_status)?,
             ));
@@ -209,61 +227,89 @@ impl Herald for HeraldService {
 
     async fn subscribe(
         &self,
-        _: Request<proto::SubscribeRequest>,
+        request: Request<proto::SubscribeRequest>,
     ) -> Result<Response<proto::SubscribeResponse>, Status> {
-        unimplemented("Subscribe")
+        let done = self.subscribe_now(request.into_inner())?;
+        Ok(Response::new(done.await))
     }
 
     async fn unsubscribe(
         &self,
-        _: Request<proto::UnsubscribeRequest>,
+        request: Request<proto::UnsubscribeRequest>,
     ) -> Result<Response<proto::UnsubscribeResponse>, Status> {
-        unimplemented("Unsubscribe")
+        let done = self.unsubscribe_now(request.into_inner())?;
+        Ok(Response::new(done.await))
     }
 
     async fn disconnect(
         &self,
-        _: Request<proto::DisconnectRequest>,
+        request: Request<proto::DisconnectRequest>,
     ) -> Result<Response<proto::DisconnectResponse>, Status> {
-        unimplemented("Disconnect")
+        self.disconnect_now(request.into_inner()).map(Response::new)
     }
 
     type ControlStream = ResponseStream<proto::ControlResponse>;
 
     async fn control(
         &self,
-        _: Request<Streaming<proto::ControlRequest>>,
+        request: Request<Streaming<proto::ControlRequest>>,
     ) -> Result<Response<Self::ControlStream>, Status> {
-        unimplemented("Control")
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(control::run(self.clone(), request.into_inner(), tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn presence(
         &self,
-        _: Request<proto::PresenceRequest>,
+        request: Request<proto::PresenceRequest>,
     ) -> Result<Response<proto::PresenceResponse>, Status> {
-        unimplemented("Presence")
+        self.presence_page(request.into_inner()).map(Response::new)
     }
 
     async fn presence_stats(
         &self,
-        _: Request<proto::PresenceStatsRequest>,
+        request: Request<proto::PresenceStatsRequest>,
     ) -> Result<Response<proto::PresenceStatsResponse>, Status> {
-        unimplemented("PresenceStats")
+        let req = request.into_inner();
+        self.check_topic(&req.topic)?;
+        let (connections, users) = self
+            .registry
+            .topic(&req.topic)
+            .map(|t| t.counts())
+            .unwrap_or((0, 0));
+        Ok(Response::new(proto::PresenceStatsResponse {
+            connections: connections as u64,
+            users: users as u64,
+        }))
     }
 
     type WatchPresenceStream = ResponseStream<proto::PresenceEvent>;
 
     async fn watch_presence(
         &self,
-        _: Request<proto::WatchPresenceRequest>,
+        request: Request<proto::WatchPresenceRequest>,
     ) -> Result<Response<Self::WatchPresenceStream>, Status> {
-        unimplemented("WatchPresence")
+        self.watch(request.into_inner()).map(Response::new)
     }
 
     async fn info(
         &self,
         _: Request<proto::InfoRequest>,
     ) -> Result<Response<proto::InfoResponse>, Status> {
-        unimplemented("Info")
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let stats = &self.registry.stats;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Ok(Response::new(proto::InfoResponse {
+            node_id: self.node_id.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            connections: self.registry.connection_count() as u64,
+            topics: self.registry.topic_count() as u64,
+            subscriptions: load(&stats.subscriptions),
+            messages_published: load(&stats.published),
+            messages_delivered: load(&stats.delivered),
+            messages_dropped: load(&stats.dropped),
+            slow_disconnects: load(&stats.slow_disconnects),
+        }))
     }
 }
