@@ -32,7 +32,7 @@ fn text(area: &Area<'_>, x: i32, y: i32, s: &str, scale: i32, color: &RGBColor) 
                     let px = x0 + col * scale;
                     let py = y + row as i32 * scale;
                     area.draw(&Rectangle::new(
-                        [(px, py), (px + scale - 1, py + scale - 1)],
+                        [(px, py), (px + scale, py + scale)],
                         color.filled(),
                     ))
                     .map_err(perr)?;
@@ -77,8 +77,8 @@ pub fn latency_vs_connections(rows: &[Row], path: &Path) -> Result<()> {
     root.fill(&WHITE).map_err(perr)?;
     let mut chart = ChartBuilder::on(&root)
         .margin_left(90)
-        .margin_right(260)
-        .margin_top(56)
+        .margin_right(320)
+        .margin_top(76)
         .margin_bottom(70)
         .build_cartesian_2d(0f64..xmax, (ylo..yhi).log_scale())
         .map_err(perr)?;
@@ -219,8 +219,8 @@ pub fn latency_vs_connections(rows: &[Row], path: &Path) -> Result<()> {
         &black,
     )?;
     text(&root, 400, 640 - 28, "subscribed connections", 2, &axis)?;
-    text(&root, 8, 36, "ms (log)", 2, &axis)?;
-    let lx = 1100 - 250;
+    text(&root, 8, 44, "latency, ms (log scale)", 2, &axis)?;
+    let lx = 1100 - 300;
     for (i, (label, color, width)) in legend.iter().enumerate() {
         let y = 70 + i as i32 * 24;
         root.draw(&PathElement::new(
@@ -271,4 +271,22 @@ fn row_from_json(v: &serde_json::Value) -> Option<Row> {
         extra: v["extra"].as_object().cloned().unwrap_or_default(),
         ..Row::default()
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_text() {
+        let path = std::env::temp_dir().join("herald-bench-text.png");
+        {
+            let root: Area<'_> = BitMapBackend::new(&path, (300, 60)).into_drawing_area();
+            root.fill(&WHITE).unwrap();
+            text(&root, 4, 4, "Ab9 p99", 5, &RGBColor(0, 0, 0)).unwrap();
+            root.present().unwrap();
+        }
+        assert!(std::fs::metadata(&path).unwrap().len() > 0);
+    }
 }

@@ -81,7 +81,13 @@ impl Producer {
     /// The engine's Info counters, if it serves them.
     pub async fn info(&self) -> Option<InfoResponse> {
         let mut c = self.client.clone();
-        c.info(InfoRequest {}).await.ok().map(|r| r.into_inner())
+        match c.info(InfoRequest {}).await {
+            Ok(r) => Some(r.into_inner()),
+            Err(e) => {
+                eprintln!("Info: {e}");
+                None
+            }
+        }
     }
 
     /// Streams messages at `rate` per second for `duration` seconds (`window` caps the

@@ -566,8 +566,10 @@ pub async fn ingest(a: IngestArgs) -> Result<()> {
     let c = &a.common;
     let mut doc = RunDoc::new("ingest");
     for &t in c.targets.iter().filter(|t| **t != Target::Floor) {
-        let mut s = Setup::start(c, t, 1, &["bench:ingest"], false).await?;
         for phase in ["stream", "unary"] {
+            // A fresh engine and subscriber per phase: a subscriber closed as a slow
+            // consumer in the first phase must not hide the second one's deliveries.
+            let mut s = Setup::start(c, t, 1, &["bench:ingest"], false).await?;
             let base = s.pool.report().await?;
             let cpu0 = s.server.cpu_s();
             let p = s.producer()?.clone();
@@ -608,8 +610,8 @@ pub async fn ingest(a: IngestArgs) -> Result<()> {
             );
             row.phase = phase.into();
             doc.rows.push(row);
+            s.stop().await?;
         }
-        s.stop().await?;
     }
     for (t, target) in [("stream", 200_000.0), ("unary", 20_000.0)] {
         if let Some(h) = find(&doc, "herald", t, 0) {
@@ -906,7 +908,7 @@ pub struct SlowArgs {
     #[arg(long, default_value_t = 16_384)]
     pub slow_payload: usize,
     /// Publish rate of the bulk topic, Hz.
-    #[arg(long, default_value_t = 50.0)]
+    #[arg(long, default_value_t = 100.0)]
     pub slow_rate: f64,
 }
 

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Smoke run of every benchmark scenario against Herald, the floor and the naive
+# baseline: a few seconds and a few hundred connections each. Exits non-zero if a
+# scenario fails (crash, failed connection, missing delivery where one is owed).
+# Expects `cargo build --release --workspace` to have run. Results go to
+# bench/results/smoke/ (never to docs/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BENCH=${BENCH_BIN:-target/release/herald-bench}
+export HERALD_BIN=${HERALD_BIN:-target/release/herald}
+OUT=bench/results/smoke
+mkdir -p "$OUT"
+for bin in "$BENCH" "$HERALD_BIN"; do
+  [[ -x $bin ]] || { echo "smoke: $bin not built (run cargo build --release --workspace)" >&2; exit 1; }
+done
+COMMON=(--out-dir "$OUT" --strict)
+run() {
+  local name=$1; shift
+  local t0=$SECONDS
+  if "$BENCH" "$@" >"$OUT/$name.out" 2>"$OUT/$name.err"; then
+    echo "smoke: $name ok ($((SECONDS - t0)) s)"
+  else
+    echo "smoke: $name FAILED ($((SECONDS - t0)) s); last lines of its log:" >&2
+    tail -n 20 "$OUT/$name.err" >&2
+    exit 1
+  fi
+}
+run fanout    fanout    "${COMMON[@]}" --conns 200,400 --rates 10 --duration 2 --drain 5 --plot "$OUT/latency-vs-connections.png"
+run saturate  saturate  --out-dir "$OUT" --conns 300 --start-deliveries 3000 --factor 2 --step-duration 1 --max-steps 2
+run targeted  targeted  "${COMMON[@]}" --conns 300 --rate 100 --duration 2
+run ingest    ingest    --out-dir "$OUT" --duration 1 --unary-concurrency 16
+run join      join      "${COMMON[@]}" --conns 200,400
+run idle      idle      "${COMMON[@]}" --conns 500 --settle 1
+run churn     churn     "${COMMON[@]}" --conns 200 --churn-rate 100 --duration 2
+run slow      slow      "${COMMON[@]}" --conns 200 --duration 2 --slow 5 --slow-rate 20
+[[ -s $OUT/latency-vs-connections.png ]] || { echo "smoke: no plot written" >&2; exit 1; }
+echo "smoke: all scenarios ran; results in $OUT"
