@@ -119,6 +119,10 @@ settings! {
     max_topics_per_command: usize = 256, env "HERALD_MAX_TOPICS_PER_COMMAND";
     /// Most topics in one Broadcast call [default: 1000]
     max_broadcast_topics: usize = 1000, env "HERALD_MAX_BROADCAST_TOPICS";
+    /// Most gRPC calls served at once; further calls wait (streams count while they are being opened) [default: 4096]
+    grpc_max_concurrent_calls: usize = 4096, env "HERALD_GRPC_MAX_CONCURRENT_CALLS";
+    /// Most concurrent HTTP/2 streams one gRPC connection may open [default: 1024]
+    grpc_max_streams_per_connection: u32 = 1024, env "HERALD_GRPC_MAX_STREAMS_PER_CONNECTION";
     /// Longest user id in bytes [default: 128]
     max_user_id_len: usize = 128, env "HERALD_MAX_USER_ID_LEN";
     /// Largest client info (JSON) in bytes [default: 1024]
@@ -222,6 +226,11 @@ impl Config {
             ("queue_max_bytes", self.queue_max_bytes),
             ("read_buffer_bytes", self.read_buffer_bytes),
             ("presence_watch_buffer", self.presence_watch_buffer),
+            ("grpc_max_concurrent_calls", self.grpc_max_concurrent_calls),
+            (
+                "grpc_max_streams_per_connection",
+                self.grpc_max_streams_per_connection as usize,
+            ),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!(

@@ -10,6 +10,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle, time::Instant};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::{ServingStatus, server::HealthReporter};
+use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::{
     broker::{Broker, InProcess},
@@ -127,6 +128,10 @@ impl Engine {
 
         let (stop_grpc, grpc_stopped) = oneshot::channel::<()>();
         let grpc_server = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(config.grpc_max_streams_per_connection))
+            .layer(GlobalConcurrencyLimitLayer::new(
+                config.grpc_max_concurrent_calls,
+            ))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(
