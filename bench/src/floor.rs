@@ -56,6 +56,11 @@ fn publish(conns: &mut [TcpStream], seq: &mut u64, cmd: &Value) -> Value {
     let mut failed = 0u64;
     let mut k = 0u64;
     loop {
+        // A writer that cannot keep up with `rate` writes fewer rounds: it never
+        // runs past `end`.
+        if Instant::now() >= end {
+            break;
+        }
         if rate > 0.0 {
             let due = start + Duration::from_secs_f64(k as f64 / rate);
             if due >= end {
@@ -65,8 +70,6 @@ fn publish(conns: &mut [TcpStream], seq: &mut u64, cmd: &Value) -> Value {
             if due > now {
                 std::thread::sleep(due - now);
             }
-        } else if Instant::now() >= end {
-            break;
         }
         k += 1;
         *seq += 1;

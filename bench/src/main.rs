@@ -59,7 +59,17 @@ fn coordinator<F: std::future::Future<Output = util::Result<()>>>(f: F) -> util:
         .worker_threads(2)
         .enable_all()
         .build()?
-        .block_on(f)
+        .block_on(async {
+            // On Ctrl-C or SIGTERM the scenario is dropped, and with it every child
+            // process it started (they are killed on drop).
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                r = f => r,
+                _ = tokio::signal::ctrl_c() => util::err("interrupted"),
+                _ = term.recv() => util::err("terminated"),
+            }
+        })
 }
 
 fn main() -> ExitCode {

@@ -233,6 +233,12 @@ pub fn run(args: NaiveArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    // End with the coordinator: it holds our stdin, and its end closes it.
+    std::thread::spawn(|| {
+        let mut sink = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+        std::process::exit(0);
+    });
     rt.block_on(async move {
         let state = Arc::new(State::default());
         let listener = TcpListener::bind(args.ws_addr).await?;

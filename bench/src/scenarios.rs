@@ -433,15 +433,29 @@ pub async fn saturate(a: SaturateArgs) -> Result<()> {
                         5.0,
                     )
                     .await?;
+                // The publisher must also have kept the rate (within 2%): a writer
+                // or producer that falls behind publishes fewer, later messages.
+                let kept_rate = row.published as f64 >= 0.98 * rate * a.step_duration;
                 let pass = row.expected > 0
+                    && kept_rate
                     && row.delivered >= row.expected
                     && row.lat.p99_ms <= a.p99_limit_ms
                     && s.server.alive();
                 row.phase = format!("step {step}: {}", if pass { "pass" } else { "FAIL" });
+                if !kept_rate {
+                    row.note = format!(
+                        "published {} of {:.0} due{}{}",
+                        row.published,
+                        rate * a.step_duration,
+                        if row.note.is_empty() { "" } else { "; " },
+                        row.note
+                    );
+                }
                 row.detail = true;
                 eprintln!(
-                    "[{}] C={conns} rate {rate:.1} Hz: {:.0} deliveries/s, {:.4}% delivered, p99 {:.1} ms -> {}",
+                    "[{}] C={conns} rate {rate:.1} Hz ({} published): {:.0} deliveries/s, {:.4}% delivered, p99 {:.1} ms -> {}",
                     t.name(),
+                    row.published,
                     row.deliveries_per_s,
                     row.delivered_frac * 100.0,
                     row.lat.p99_ms,

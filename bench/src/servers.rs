@@ -94,12 +94,14 @@ impl Server {
                     .arg("text")
                     .args(extra)
                     .env("RUST_LOG", "warn")
+                    .stdin(Stdio::null())
                     .stdout(Stdio::null());
                 grpc_addr = Some(g);
             }
             Target::Naive => {
                 let g = free_port()?;
                 cmd = Command::new(&exe);
+                cmd.stdin(Stdio::piped());
                 cmd.arg("naive")
                     .arg("--ws-addr")
                     .arg(ws_addr.to_string())
