@@ -170,3 +170,17 @@ func TestControlStream(t *testing.T) {
 		t.Fatalf("Close: %v", err)
 	}
 }
+
+func TestSubscribeOverLimitIsFailedPrecondition(t *testing.T) {
+	e := ownEngine(t, "--max-subscriptions", "2")
+	c := e.client(t)
+	ctx := testCtx(t)
+	ws := dialWS(t, e, "")
+	if _, err := c.Subscribe(ctx, herald.Conn(ws.connID), "room:a", "room:b"); err != nil {
+		t.Fatalf("Subscribe within the limit: %v", err)
+	}
+	serverPush(t, ws, "subscribed", "room:a", "room:b")
+	if _, err := c.Subscribe(ctx, herald.Conn(ws.connID), "room:c"); !herald.IsFailedPrecondition(err) {
+		t.Fatalf("Subscribe over the limit: err = %v, want FAILED_PRECONDITION", err)
+	}
+}

@@ -24,6 +24,11 @@ func IsInvalidArgument(err error) bool { return Code(err) == codes.InvalidArgume
 // IsNotFound reports whether err is NOT_FOUND: an unknown connection or user.
 func IsNotFound(err error) bool { return Code(err) == codes.NotFound }
 
+// IsFailedPrecondition reports whether err is FAILED_PRECONDITION: a subscribe
+// that would exceed a connection's subscription limit, or a watch of an exact
+// topic whose presence the engine does not track.
+func IsFailedPrecondition(err error) bool { return Code(err) == codes.FailedPrecondition }
+
 // IsUnavailable reports whether err is UNAVAILABLE: the engine cannot be reached
 // or is shutting down. Such calls may be retried.
 func IsUnavailable(err error) bool { return Code(err) == codes.Unavailable }
