@@ -107,9 +107,9 @@ func TestWatchPresenceConnections(t *testing.T) {
 	e := needEngine(t)
 	c := e.client(t)
 	root := watchRoot(t)
-	es := startWatch(t, c, herald.WatchOptions{Topics: []string{root + ":>"}, IncludeConnections: true})
-	// Let the watch start before the connection opens.
-	time.Sleep(200 * time.Millisecond)
+	es := startWatch(t, c, herald.WatchOptions{Topics: []string{root + ":>"}, IncludeConnections: true, IncludeSnapshot: true})
+	// The (empty) snapshot's end shows the watch is live before the connection opens.
+	es.expect(herald.EventSnapshotEnd, "", "")
 
 	ws := dialWS(t, e, "oscar")
 	var connect herald.PresenceEvent
