@@ -155,8 +155,23 @@ impl RunDoc {
         s.push_str("| target | phase | C | msg/s | delivered | p50 ms | p99 ms | p99.9 ms | max ms | deliveries/s | engine CPU s per M deliveries | engine peak RSS MiB | generator CPU s | notes |\n");
         s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
         for r in self.rows.iter().filter(|r| !r.detail) {
+            let ms = |v: f64| {
+                if r.lat.n > 0 {
+                    format!("{v:.2}")
+                } else {
+                    "–".into()
+                }
+            };
+            let (dps, cpm) = if r.expected > 0 {
+                (
+                    format!("{:.0}", r.deliveries_per_s),
+                    format!("{:.2}", r.cpu_s_per_m),
+                )
+            } else {
+                ("–".into(), "–".into())
+            };
             s.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} | {:.1} | {:.2} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.2} | {} |\n",
                 r.target,
                 r.phase,
                 r.conns,
@@ -166,12 +181,12 @@ impl RunDoc {
                 } else {
                     "–".into()
                 },
-                r.lat.p50_ms,
-                r.lat.p99_ms,
-                r.lat.p999_ms,
-                r.lat.max_ms,
-                r.deliveries_per_s,
-                r.cpu_s_per_m,
+                ms(r.lat.p50_ms),
+                ms(r.lat.p99_ms),
+                ms(r.lat.p999_ms),
+                ms(r.lat.max_ms),
+                dps,
+                cpm,
                 r.peak_rss_mib,
                 r.gen_cpu_s,
                 r.note.replace('|', "/"),
@@ -189,7 +204,7 @@ impl RunDoc {
 
 fn fmt_rate(r: f64) -> String {
     if r == 0.0 {
-        "max".into()
+        "–".into()
     } else if r >= 100.0 {
         format!("{r:.0}")
     } else {

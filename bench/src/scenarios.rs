@@ -629,11 +629,18 @@ pub async fn ingest(a: IngestArgs) -> Result<()> {
     }
     for (t, target) in [("stream", 200_000.0), ("unary", 20_000.0)] {
         if let Some(h) = find(&doc, "herald", t, 0) {
-            let naive = find(&doc, "naive", t, 0).map(|n| n.rate_hz).unwrap_or(0.0);
+            let naive = find(&doc, "naive", t, 0)
+                .map(|n| format!(", naive {:.0}/s", n.rate_hz))
+                .unwrap_or_default();
             doc.summary.push(format!(
-                "{t}: Herald {:.0}/s (target ≥ {target:.0}/s), naive {naive:.0}/s; subscriber got {:.4}%",
+                "{t}: Herald {:.0}/s (target ≥ {target:.0}/s){naive}; its subscriber got {:.4}%{}",
                 h.rate_hz,
-                h.delivered_frac * 100.0
+                h.delivered_frac * 100.0,
+                if h.note.contains("4001") {
+                    " (closed as a slow consumer, 4001)"
+                } else {
+                    ""
+                }
             ));
         }
     }
