@@ -106,6 +106,15 @@ pub struct Registry {
     pub stats: Stats,
 }
 
+/// A random starting generation, so that connection ids from before a restart do
+/// not name new connections.
+fn random_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.finish() as u32
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Critical sections here are single inserts and removals: a poisoned lock is
     // still consistent.
@@ -117,7 +126,7 @@ impl Registry {
     pub fn new(limits: Limits, presence: Arc<PresenceHub>) -> Self {
         Self {
             conns: Mutex::new(Slab::new()),
-            generation: AtomicU32::new(1),
+            generation: AtomicU32::new(random_u32()),
             users: Mutex::new(HashMap::new()),
             topics: papaya::HashMap::new(),
             presence,
