@@ -4,11 +4,14 @@
 iterator) yield :class:`~herald.PresenceEvent` values. When the stream drops
 (engine restart, network failure) they reopen it with exponential backoff; when
 the engine says the watcher fell behind (a ``RESYNC`` event) they pass that event
-on and reopen the stream at once. Whenever events may have been missed the caller
-sees a ``RESYNC`` event first (``local=True`` when the SDK made it after a
-reconnect), then, if a snapshot was asked for, the current members again as
-``SNAPSHOT`` events and one ``SNAPSHOT_END``. A caller that drops its view on
-``RESYNC`` and rebuilds it from what follows is never silently wrong.
+on and reopen the stream at once (with backoff if it keeps happening). The stream
+is opened when the watch is made, so it covers everything from then on.
+
+Whenever events may have been missed the caller sees a ``RESYNC`` event first
+(``local=True`` when the SDK made it after a reconnect), then, if a snapshot was
+asked for, the current members again as ``SNAPSHOT`` events and one
+``SNAPSHOT_END``. A caller that drops its view on ``RESYNC`` and rebuilds it from
+what follows is never silently wrong.
 
 Errors that retrying cannot fix (INVALID_ARGUMENT for a bad pattern,
 UNIMPLEMENTED, ...) end the iteration with the matching :class:`~herald.HeraldError`;
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
 
@@ -32,7 +36,17 @@ from herald.models import PresenceEvent, PresenceEventKind
 from herald.v1 import herald_pb2 as pb
 
 #: Codes after which the watch reopens the stream (besides a stream that just ends).
-RECONNECT_ON = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED})
+#: RESOURCE_EXHAUSTED is how the engine ends the stream of a watcher that fell behind.
+RECONNECT_ON = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
+#: RESYNCs closer together than this (seconds) make the watch back off before reopening.
+RESYNC_WINDOW = 10.0
 
 _LOCAL_RESYNC = PresenceEvent(kind=PresenceEventKind.RESYNC, local=True)
 
@@ -44,19 +58,34 @@ class _Reconnects:
         self._policy = policy
         self._max = max_reconnects
         self._failures = 0
+        self._resyncs = 0
+        self._last_resync = -RESYNC_WINDOW
         # Whether events were handed out since the last (re)start: only then can the
         # caller's view be stale and a RESYNC be needed.
         self.dirty = False
 
-    def on_event(self, ev: PresenceEvent) -> bool:
-        """Record an event; True when the stream must be reopened (engine RESYNC)."""
+    def on_event(self, ev: PresenceEvent) -> float | None:
+        """Record an event; for an engine RESYNC, the delay before reopening.
+
+        The first RESYNC reopens at once; RESYNCs in quick succession (a watcher
+        that keeps falling behind) back off like failures do.
+        """
         self._failures = 0
-        if ev.kind == PresenceEventKind.RESYNC:
-            log.warning("presence watcher fell behind (RESYNC from %s); starting over", ev.node_id)
-            self.dirty = False
-            return True
-        self.dirty = True
-        return False
+        if ev.kind != PresenceEventKind.RESYNC:
+            self.dirty = True
+            return None
+        self.dirty = False
+        now = time.monotonic()
+        recent = now - self._last_resync < RESYNC_WINDOW
+        self._resyncs = self._resyncs + 1 if recent else 1
+        self._last_resync = now
+        delay = 0.0 if self._resyncs == 1 else self._policy.backoff(self._resyncs - 2)
+        log.warning(
+            "presence watcher fell behind (RESYNC from node %s); starting over in %.2fs",
+            ev.node_id,
+            delay,
+        )
+        return delay
 
     def on_lost(self, err: HeraldError | None) -> tuple[float, bool]:
         """The delay before reopening and whether to emit a local RESYNC first.
@@ -94,10 +123,12 @@ class PresenceWatch:
     ) -> None:
         self._open = open_stream
         self._reconnects = _Reconnects(policy, max_reconnects)
-        self._call: Iterator[pb.PresenceEvent] | None = None
         self._queue: collections.deque[PresenceEvent] = collections.deque()
         self._closed = threading.Event()
         self._lock = threading.Lock()
+        self._reopen_at = 0.0
+        # Open now: the watch covers what happens from here on, iterated or not.
+        self._call: Iterator[pb.PresenceEvent] | None = open_stream()
 
     def __iter__(self) -> PresenceWatch:
         return self
@@ -117,19 +148,22 @@ class PresenceWatch:
             except grpc.RpcError as e:
                 err = from_rpc_error(e)
             else:
-                if self._reconnects.on_event(ev):
+                delay = self._reconnects.on_event(ev)
+                if delay is not None:
                     self._drop_call()
+                    self._reopen_at = time.monotonic() + delay
                 return ev
             self._drop_call()
             if self._closed.is_set():
                 raise StopIteration
             delay, resync = self._reconnects.on_lost(err)
-            if self._closed.wait(delay):
-                raise StopIteration
+            self._reopen_at = time.monotonic() + delay
             if resync:
                 self._queue.append(_LOCAL_RESYNC)
 
     def _ensure_call(self) -> Iterator[pb.PresenceEvent]:
+        if self._call is None and self._closed.wait(self._reopen_at - time.monotonic()):
+            raise StopIteration
         with self._lock:
             if self._closed.is_set():  # close() won the race: open nothing
                 raise StopIteration
@@ -183,6 +217,20 @@ class AsyncPresenceWatch:
         self._events: AsyncIterator[pb.PresenceEvent] | None = None
         self._queue: collections.deque[PresenceEvent] = collections.deque()
         self._closed = False
+        self._reopen_at = 0.0
+        # Open now when a loop runs (the watch covers what happens from here on);
+        # otherwise on the first iteration.
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            self._start()
+
+    def _start(self) -> AsyncIterator[pb.PresenceEvent]:
+        self._call = self._open()
+        self._events = self._call.__aiter__()
+        return self._events
 
     def __aiter__(self) -> AsyncPresenceWatch:
         return self
@@ -193,12 +241,15 @@ class AsyncPresenceWatch:
                 raise StopAsyncIteration
             if self._queue:
                 return self._queue.popleft()
-            if self._events is None:
-                self._call = self._open()
-                self._events = self._call.__aiter__()
+            events = self._events
+            if events is None:
+                await asyncio.sleep(max(0.0, self._reopen_at - time.monotonic()))
+                if self._closed:
+                    raise StopAsyncIteration
+                events = self._start()
             err: HeraldError | None = None
             try:
-                ev = PresenceEvent.from_pb(await self._events.__anext__())
+                ev = PresenceEvent.from_pb(await events.__anext__())
             except StopAsyncIteration:
                 pass
             except asyncio.CancelledError:
@@ -208,14 +259,16 @@ class AsyncPresenceWatch:
             except grpc.RpcError as e:
                 err = from_rpc_error(e)
             else:
-                if self._reconnects.on_event(ev):
+                delay = self._reconnects.on_event(ev)
+                if delay is not None:
                     self._drop_call()
+                    self._reopen_at = time.monotonic() + delay
                 return ev
             self._drop_call()
             if self._closed:
                 raise StopAsyncIteration
             delay, resync = self._reconnects.on_lost(err)
-            await asyncio.sleep(delay)
+            self._reopen_at = time.monotonic() + delay
             if resync:
                 self._queue.append(_LOCAL_RESYNC)
 
