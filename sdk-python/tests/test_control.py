@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from conftest import Engine
+from conftest import Engine, EngineFactory
 from websockets.exceptions import ConnectionClosed
 from wsclient import AsyncWsClient, WsClient
 
@@ -90,6 +90,19 @@ def test_disconnect_user_default_code(client: herald.Client, engine: Engine) -> 
         for ws in (a, b):
             frame = ws.next("disconnect")
             assert (frame["code"], frame["reason"], frame["reconnect"]) == (4500, "banned", False)
+
+
+def test_limits_and_bad_codes(new_engine: EngineFactory) -> None:
+    engine = new_engine("--max-subscriptions", "2")
+    engine.start()
+    with herald.Client(engine.target) as client, WsClient(engine.ws_url()) as ws:
+        assert client.subscribe(["a:1", "a:2"], connection_id=ws.conn_id) == 1
+        with pytest.raises(herald.FailedPrecondition):
+            client.subscribe("a:3", connection_id=ws.conn_id)
+        with pytest.raises(herald.InvalidArgument):
+            client.disconnect(connection_id=ws.conn_id, code=1000)
+        with pytest.raises(herald.InvalidArgument):
+            client.disconnect(connection_id=ws.conn_id, reason="x" * 121)
 
 
 def test_control_stream(client: herald.Client, engine: Engine, topic: str) -> None:

@@ -43,11 +43,23 @@ def test_presence_follows_pages(client: herald.Client, engine: Engine, topic: st
     assert client.presence_stats(f"{topic}:empty") == herald.PresenceStats(0, 0)
 
 
-def test_presence_errors(client: herald.Client) -> None:
+def test_presence_errors(client: herald.Client, topic: str) -> None:
     with pytest.raises(herald.InvalidArgument):
         list(client.presence("room::bad"))
     with pytest.raises(herald.InvalidArgument):
+        list(client.presence(topic, page_size=10_001))
+    with pytest.raises(herald.InvalidArgument):
         client.presence_stats("room::bad")
+
+
+def test_watching_an_untracked_topic_is_failed_precondition(new_engine: EngineFactory) -> None:
+    engine = new_engine("--presence-topics", "room:>")
+    engine.start()
+    with herald.Client(engine.target) as client:
+        with pytest.raises(herald.FailedPrecondition) as e:
+            next(client.watch_presence("other:x"))
+        assert e.value.message
+        assert next(client.watch_presence("room:x")).kind == Kind.SNAPSHOT_END
 
 
 def test_info(client: herald.Client, engine: Engine, topic: str) -> None:

@@ -139,9 +139,3 @@ def control_result(resp: pb.ControlResponse) -> tuple[int, int | HeraldError]:
     if which == "error":
         return resp.request_id, error_for_number(resp.error.code, resp.error.message)
     return resp.request_id, HeraldError("control response without a result")
-
-
-def page_size(limit: int) -> int:
-    if not 0 <= limit <= 10_000:
-        raise ValueError(f"page_size must be between 0 and 10000, got {limit}")
-    return limit

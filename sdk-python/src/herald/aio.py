@@ -238,7 +238,7 @@ class AsyncClient:
         self, topic: str, *, page_size: int = 0, timeout: float | None = None
     ) -> AsyncIterator[Member]:
         """The members of a topic, fetching page after page as the iteration goes."""
-        req = pb.PresenceRequest(topic=topic, limit=_requests.page_size(page_size))
+        req = pb.PresenceRequest(topic=topic, limit=page_size)
         while True:
             resp = await self._unary(self._stub.Presence, req, idempotent=True, timeout=timeout)
             for m in resp.members:

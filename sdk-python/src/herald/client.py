@@ -241,7 +241,7 @@ class Client:
 
         ``page_size`` is the members per call (0: the engine's default, at most 10000).
         """
-        req = pb.PresenceRequest(topic=topic, limit=_requests.page_size(page_size))
+        req = pb.PresenceRequest(topic=topic, limit=page_size)
         while True:
             resp = self._unary(self._stub.Presence, req, idempotent=True, timeout=timeout)
             for m in resp.members:
