@@ -18,7 +18,7 @@ use crate::{
     proto::{self, control_request::Command, control_response, target::Target},
     protocol::{Reply, close},
     queue::Close,
-    registry::SubscribeError,
+    registry::{Pending, SubscribeError},
     session,
 };
 
@@ -92,20 +92,13 @@ impl HeraldService {
         if done.is_empty() {
             return Err(Status::not_found("the target's connections have closed"));
         }
-        let topics = req.topics;
         Ok(Box::pin(async move {
-            let connections = done.len() as u32;
-            for (conn, pending) in done {
-                pending.visible().await;
-                session::send(
-                    &conn,
-                    Reply::Subscribed {
-                        id: None,
-                        topics: &topics,
-                        server: true,
-                    },
-                );
-            }
+            let connections = announce(done, &req.topics, |topics| Reply::Subscribed {
+                id: None,
+                topics,
+                server: true,
+            })
+            .await;
             proto::SubscribeResponse { connections }
         }))
     }
@@ -124,20 +117,13 @@ impl HeraldService {
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
             done.push((conn, pending));
         }
-        let topics = req.topics;
         Ok(Box::pin(async move {
-            let connections = done.len() as u32;
-            for (conn, pending) in done {
-                pending.visible().await;
-                session::send(
-                    &conn,
-                    Reply::Unsubscribed {
-                        id: None,
-                        topics: &topics,
-                        server: true,
-                    },
-                );
-            }
+            let connections = announce(done, &req.topics, |topics| Reply::Unsubscribed {
+                id: None,
+                topics,
+                server: true,
+            })
+            .await;
             proto::UnsubscribeResponse { connections }
         }))
     }
@@ -195,6 +181,21 @@ impl HeraldService {
             }
         }
     }
+}
+
+/// Waits until each connection's change is visible to publishers, then tells the
+/// connection with a server-initiated push. Returns how many connections there were.
+async fn announce(
+    done: Vec<(Arc<Conn>, Pending)>,
+    topics: &[String],
+    reply: impl for<'a> Fn(&'a [String]) -> Reply<'a>,
+) -> u32 {
+    let connections = done.len() as u32;
+    for (conn, pending) in done {
+        pending.visible().await;
+        session::send(&conn, reply(topics));
+    }
+    connections
 }
 
 /// Serves one `Control` stream until the producer closes it.
