@@ -1,8 +1,11 @@
 package herald_test
 
 import (
+	"errors"
 	"slices"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -182,5 +185,86 @@ func TestSubscribeOverLimitIsFailedPrecondition(t *testing.T) {
 	serverPush(t, ws, "subscribed", "room:a", "room:b")
 	if _, err := c.Subscribe(ctx, herald.Conn(ws.connID), "room:c"); !herald.IsFailedPrecondition(err) {
 		t.Fatalf("Subscribe over the limit: err = %v, want FAILED_PRECONDITION", err)
+	}
+}
+
+// Commands from many goroutines share one control stream; each gets its own
+// answer (the reach differs per goroutine), and failing commands in between
+// fail alone.
+func TestControlStreamConcurrentAnswersMatch(t *testing.T) {
+	e := needEngine(t)
+	c := e.client(t)
+	ctx := testCtx(t)
+	s, err := c.Control(ctx)
+	if err != nil {
+		t.Fatalf("Control: %v", err)
+	}
+	const workers = 8
+	type worker struct {
+		user  string
+		conns []*wsClient
+		topic string
+	}
+	ws := make([]worker, workers)
+	for g := range ws {
+		topic := uniqueTopic(t, "ctl")
+		ws[g] = worker{user: "u-" + strings.ReplaceAll(topic, ":", "-"), topic: topic}
+		for range g%4 + 1 {
+			ws[g].conns = append(ws[g].conns, dialWS(t, e, ws[g].user))
+		}
+	}
+	var wg sync.WaitGroup
+	for g, w := range ws {
+		want := len(w.conns)
+		wg.Go(func() {
+			for i := range 20 {
+				if n, err := s.Subscribe(ctx, herald.User(w.user), w.topic); err != nil || n != want {
+					t.Errorf("worker %d round %d: Subscribe user = %d, %v; want %d", g, i, n, err, want)
+					return
+				}
+				if _, err := s.Subscribe(ctx, herald.Conn(w.conns[0].connID), w.topic+"::bad"); !herald.IsInvalidArgument(err) {
+					t.Errorf("worker %d round %d: bad topic: err = %v, want INVALID_ARGUMENT", g, i, err)
+					return
+				}
+				if _, err := s.Subscribe(ctx, herald.User(w.user+"-nobody"), w.topic); !herald.IsNotFound(err) {
+					t.Errorf("worker %d round %d: unknown user: err = %v, want NOT_FOUND", g, i, err)
+					return
+				}
+				if n, err := s.Unsubscribe(ctx, herald.Conn(w.conns[len(w.conns)-1].connID), w.topic); err != nil || n != 1 {
+					t.Errorf("worker %d round %d: Unsubscribe conn = %d, %v; want 1", g, i, n, err)
+					return
+				}
+				if n, err := s.Unsubscribe(ctx, herald.User(w.user), w.topic); err != nil || n != want {
+					t.Errorf("worker %d round %d: Unsubscribe user = %d, %v; want %d", g, i, n, err, want)
+					return
+				}
+			}
+			if n, err := s.Disconnect(ctx, herald.User(w.user), herald.DisconnectOptions{Reason: "done"}); err != nil || n != want {
+				t.Errorf("worker %d: Disconnect = %d, %v; want %d", g, n, err, want)
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	for _, w := range ws {
+		for _, conn := range w.conns {
+			expectDisconnectReason(t, conn, "done")
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if _, err := s.Subscribe(ctx, herald.User(ws[0].user), ws[0].topic); !errors.Is(err, herald.ErrClosed) {
+		t.Fatalf("after Close: err = %v, want ErrClosed", err)
+	}
+}
+
+func expectDisconnectReason(t *testing.T, ws *wsClient, reason string) {
+	t.Helper()
+	f := ws.waitFor(5*time.Second, func(f frame) bool { return f.Type == "disconnect" })
+	if f.Reason != reason {
+		t.Fatalf("disconnect frame %s, want reason %q", f.raw, reason)
 	}
 }

@@ -264,6 +264,36 @@ func ownEngine(t *testing.T, extra ...string) *engine {
 	return e
 }
 
+// testCtx is a context for one test, bounded so that a hang fails the test.
+func testCtx(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// engineAt returns an engine that will listen on grpcAddr (and a fresh
+// WebSocket port) once started; it is not running yet. It is killed at the end
+// of the test.
+func engineAt(t *testing.T, grpcAddr string, extra ...string) *engine {
+	t.Helper()
+	shared := needEngine(t)
+	wsAddr, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &engine{bin: shared.bin, args: extra, wsAddr: wsAddr, grpcAddr: grpcAddr, log: &lockedBuffer{}}
+	t.Cleanup(func() {
+		if e.cmd != nil && e.cmd.Process != nil {
+			_ = e.kill()
+		}
+		if t.Failed() {
+			t.Logf("engine log:\n%s", e.logTail(4096))
+		}
+	})
+	return e
+}
+
 // uniqueTopic returns a topic no other test uses.
 func uniqueTopic(t *testing.T, prefix string) string {
 	t.Helper()

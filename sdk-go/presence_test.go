@@ -1,13 +1,19 @@
 package herald_test
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"net/url"
+	"path"
 	"reflect"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	herald "github.com/heraldrt/herald/sdk-go"
+	"google.golang.org/grpc"
 )
 
 func TestPresenceAndStats(t *testing.T) {
@@ -106,5 +112,131 @@ func TestPresenceEmptyAndBadTopic(t *testing.T) {
 	}
 	if _, err := c.PresenceStats(ctx, "bad::topic"); !herald.IsInvalidArgument(err) {
 		t.Fatalf("stats bad topic: err = %v, want INVALID_ARGUMENT", err)
+	}
+}
+
+// dialMember opens a WebSocket connection as user, subscribes it to topics and
+// returns its connection id. Unlike dialWS it keeps no frames: the connection
+// only discards what arrives (answering pings) until the test ends, so a test
+// can hold hundreds of them.
+func dialMember(t *testing.T, e *engine, user string, topics ...string) string {
+	t.Helper()
+	u := url.URL{Scheme: "ws", Host: e.wsAddr, Path: "/ws", RawQuery: url.Values{"user": {user}}.Encode()}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, _, err := websocket.Dial(ctx, u.String(), nil)
+	if err != nil {
+		t.Fatalf("dial %s: %v", u.String(), err)
+	}
+	t.Cleanup(func() { _ = conn.CloseNow() })
+	read := func() frame {
+		t.Helper()
+		_, data, err := conn.Read(ctx)
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		var f frame
+		if err := json.Unmarshal(data, &f); err != nil {
+			t.Fatalf("frame %s: %v", data, err)
+		}
+		f.raw = string(data)
+		return f
+	}
+	hello := read()
+	if hello.Type != "connected" || hello.ConnID == "" {
+		t.Fatalf("first frame %s, want connected", hello.raw)
+	}
+	if len(topics) > 0 {
+		sub, _ := json.Marshal(map[string]any{"type": "subscribe", "id": 1, "topics": topics})
+		if err := conn.Write(ctx, websocket.MessageText, sub); err != nil {
+			t.Fatalf("write: %v", err)
+		}
+		for {
+			f := read()
+			if f.ID != nil && *f.ID == 1 {
+				if f.Type != "subscribed" {
+					t.Fatalf("subscribe %v: %s", topics, f.raw)
+				}
+				break
+			}
+		}
+	}
+	conn.CloseRead(context.Background())
+	return hello.ConnID
+}
+
+// countCalls counts the unary calls the client makes, by method name.
+type countCalls struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (cc *countCalls) interceptor(ctx context.Context, method string, req, reply any, conn *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	cc.mu.Lock()
+	if cc.n == nil {
+		cc.n = map[string]int{}
+	}
+	cc.n[path.Base(method)]++
+	cc.mu.Unlock()
+	return invoker(ctx, method, req, reply, conn, opts...)
+}
+
+func (cc *countCalls) get(method string) int {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	return cc.n[method]
+}
+
+func (cc *countCalls) option() herald.Option {
+	return herald.WithDialOptions(grpc.WithChainUnaryInterceptor(cc.interceptor))
+}
+
+func TestPresencePagesThroughManyMembers(t *testing.T) {
+	e := needEngine(t)
+	var calls countCalls
+	c := e.client(t, calls.option())
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "pres")
+
+	const members = 250
+	want := map[string]string{}
+	for i := range members {
+		user := fmt.Sprintf("p%03d", i)
+		want[dialMember(t, e, user, topic)] = user
+	}
+
+	got := map[string]bool{}
+	for m, err := range c.Presence(ctx, topic, herald.WithPageSize(100)) {
+		if err != nil {
+			t.Fatalf("Presence: %v", err)
+		}
+		if got[m.ConnectionID] {
+			t.Fatalf("member %s listed twice", m.ConnectionID)
+		}
+		got[m.ConnectionID] = true
+		if user, ok := want[m.ConnectionID]; !ok || m.UserID != user {
+			t.Fatalf("member %+v, want one of the %d connections with its user", m, members)
+		}
+	}
+	if len(got) != members {
+		t.Fatalf("%d members listed, want %d", len(got), members)
+	}
+	if n := calls.get("Presence"); n != 3 {
+		t.Fatalf("%d Presence calls for %d members in pages of 100, want 3", n, members)
+	}
+
+	// Stopping early fetches no further page.
+	n := 0
+	for _, err := range c.Presence(ctx, topic, herald.WithPageSize(100)) {
+		if err != nil {
+			t.Fatalf("Presence: %v", err)
+		}
+		n++
+		if n == 3 {
+			break
+		}
+	}
+	if n != 3 || calls.get("Presence") != 4 {
+		t.Fatalf("early break after %d members, %d Presence calls in all; want 3 and 4", n, calls.get("Presence"))
 	}
 }

@@ -1,12 +1,15 @@
 package herald_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	herald "github.com/heraldrt/herald/sdk-go"
+	"google.golang.org/grpc/codes"
 )
 
 func TestPublisherStreamsInOrder(t *testing.T) {
@@ -22,23 +25,28 @@ func TestPublisherStreamsInOrder(t *testing.T) {
 		t.Fatalf("NewPublisher: %v", err)
 	}
 	const n = 300
-	const bad = 150
+	// A bad topic and a payload that is not JSON fail alone, in the middle.
+	const badTopic, badJSON = 150, 151
+	bad := func(i int) bool { return i == badTopic || i == badJSON }
 	pend := make([]*herald.PendingPublish, n)
 	for i := range n {
 		tp := topic
-		if i == bad {
+		if i == badTopic {
 			tp = "not a topic"
 		}
 		pl, err := herald.JSON(map[string]int{"i": i})
 		if err != nil {
 			t.Fatal(err)
 		}
+		if i == badJSON {
+			pl = herald.RawJSON([]byte(`{"i":`))
+		}
 		pend[i] = p.PublishAsync(ctx, tp, pl)
 	}
 	seq := uint64(0)
 	for i, pp := range pend {
 		r, err := pp.Wait(ctx)
-		if i == bad {
+		if bad(i) {
 			if !herald.IsInvalidArgument(err) {
 				t.Fatalf("message %d: err = %v, want INVALID_ARGUMENT", i, err)
 			}
@@ -56,7 +64,7 @@ func TestPublisherStreamsInOrder(t *testing.T) {
 		t.Fatalf("Close: %v", err)
 	}
 	for i := range n {
-		if i == bad {
+		if bad(i) {
 			continue
 		}
 		m := ws.message()
@@ -97,4 +105,132 @@ func TestPublisherConcurrentUse(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// Many goroutines publishing to one topic: each sees its own sequences rise,
+// and every sequence of the topic is acked exactly once.
+func TestPublisherConcurrentOneTopic(t *testing.T) {
+	e := needEngine(t)
+	c := e.client(t)
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "ps")
+	p, err := c.NewPublisher(ctx)
+	if err != nil {
+		t.Fatalf("NewPublisher: %v", err)
+	}
+	const workers, each = 16, 50
+	var wg sync.WaitGroup
+	seen := make(chan uint64, workers*each)
+	for w := range workers {
+		wg.Go(func() {
+			last := uint64(0)
+			for i := range each {
+				r, err := p.Publish(ctx, topic, herald.Text(fmt.Sprint(w, i)))
+				if err != nil {
+					t.Errorf("worker %d: %v", w, err)
+					return
+				}
+				if r.Sequence <= last {
+					t.Errorf("worker %d: sequence %d after %d", w, r.Sequence, last)
+					return
+				}
+				last = r.Sequence
+				seen <- r.Sequence
+			}
+		})
+	}
+	wg.Wait()
+	close(seen)
+	if err := p.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	got := map[uint64]bool{}
+	for s := range seen {
+		if got[s] {
+			t.Fatalf("sequence %d acked twice", s)
+		}
+		got[s] = true
+	}
+	for s := uint64(1); s <= workers*each; s++ {
+		if !got[s] {
+			t.Fatalf("sequence %d never acked (%d acks)", s, len(got))
+		}
+	}
+}
+
+// When the engine dies mid-stream, messages waiting for their ack and later
+// publishes fail with a status error instead of hanging.
+func TestPublisherStreamBreakFailsWaiting(t *testing.T) {
+	e := ownEngine(t)
+	c := e.client(t)
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "ps")
+	p, err := c.NewPublisher(ctx)
+	if err != nil {
+		t.Fatalf("NewPublisher: %v", err)
+	}
+	if _, err := p.Publish(ctx, topic, herald.Text("first")); err != nil {
+		t.Fatalf("Publish: %v", err)
+	}
+
+	// Keep publishing without waiting while the engine is killed.
+	var pend []*herald.PendingPublish
+	sending := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for i := 0; ; i++ {
+			pp := p.PublishAsync(ctx, topic, herald.Text(fmt.Sprint(i)))
+			pend = append(pend, pp)
+			if i == 100 {
+				close(sending)
+			}
+			select {
+			case <-pp.Done():
+				if _, err := pp.Result(); err != nil {
+					return // the stream broke: later ones fail at once
+				}
+			default:
+			}
+			if ctx.Err() != nil {
+				return
+			}
+		}
+	}()
+	<-sending
+	if err := e.kill(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("publishes kept succeeding after the engine was killed")
+	}
+
+	failed := 0
+	for i, pp := range pend {
+		select {
+		case <-pp.Done():
+		case <-time.After(10 * time.Second):
+			t.Fatalf("message %d of %d still waiting after the engine died", i, len(pend))
+		}
+		if _, err := pp.Result(); err != nil {
+			failed++
+			if herald.Code(err) == codes.OK || herald.Code(err) == codes.Unknown {
+				t.Fatalf("message %d: error without a status: %v", i, err)
+			}
+		}
+	}
+	if failed == 0 {
+		t.Fatal("no publish failed although the engine died")
+	}
+	// Later publishes fail at once too.
+	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if _, err := p.Publish(lctx, topic, herald.Text("later")); err == nil || herald.IsDeadlineExceeded(err) {
+		t.Fatalf("publish after the break: err = %v, want the stream's error", err)
+	}
+	if err := p.Close(); err == nil {
+		t.Fatal("Close after a broken stream returned nil")
+	}
 }

@@ -214,6 +214,10 @@ func (w *watcher) run(ctx context.Context) (established bool, err error) {
 			return established, err
 		}
 		established = true
+		if ctx.Err() != nil {
+			// Canceled: an event received before the cancel is not yielded.
+			return established, ctx.Err()
+		}
 		e := eventFromProto(ev)
 		if !w.yield(e, nil) {
 			w.stopped = true

@@ -2,11 +2,13 @@ package herald_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	herald "github.com/heraldrt/herald/sdk-go"
+	"google.golang.org/grpc"
 )
 
 // watchRoot returns a fresh first topic segment, so that "root:*" patterns see
@@ -143,19 +145,167 @@ func TestWatchPresenceConnections(t *testing.T) {
 	}
 }
 
-func TestWatchPresenceBadPattern(t *testing.T) {
+// An error retrying cannot fix is yielded once and ends the iteration.
+func TestWatchPresencePermanentErrorEnds(t *testing.T) {
 	e := needEngine(t)
 	c := e.client(t)
-	es := startWatch(t, c, herald.WatchOptions{Topics: []string{"room:*:x"}})
-	select {
-	case err := <-es.errs:
-		if !herald.IsInvalidArgument(err) {
-			t.Fatalf("err = %v, want INVALID_ARGUMENT", err)
+	for _, pattern := range []string{"ro*m", "room:*:x", "room::a"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var errs []error
+		for ev, err := range c.WatchPresence(ctx, herald.WatchOptions{Topics: []string{pattern}, IncludeSnapshot: true}) {
+			if err == nil {
+				t.Fatalf("pattern %q: event %+v", pattern, ev)
+			}
+			errs = append(errs, err)
 		}
-	case ev := <-es.events:
-		t.Fatalf("event %+v for a bad pattern", ev)
-	case <-time.After(10 * time.Second):
-		t.Fatal("no error for a bad pattern")
+		ended := ctx.Err() == nil
+		cancel()
+		if !ended {
+			t.Fatalf("pattern %q: the iteration did not end by itself (errors %v)", pattern, errs)
+		}
+		if len(errs) != 1 || !herald.IsInvalidArgument(errs[0]) {
+			t.Fatalf("pattern %q: errors %v, want one INVALID_ARGUMENT", pattern, errs)
+		}
+	}
+}
+
+// Canceling ctx ends the iteration without an error, whether the watch is
+// waiting for events or has just had some.
+func TestWatchPresenceCancelEndsQuietly(t *testing.T) {
+	e := needEngine(t)
+	c := e.client(t)
+	root := watchRoot(t)
+	dialMember(t, e, "quiet", root+":a")
+
+	for _, cancelOn := range []herald.EventKind{herald.EventSnapshot, herald.EventSnapshotEnd} {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		var got []herald.PresenceEvent
+		var errs []error
+		go func() {
+			defer close(done)
+			for ev, err := range c.WatchPresence(ctx, herald.WatchOptions{Topics: []string{root + ":*"}, IncludeSnapshot: true}) {
+				if err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				got = append(got, ev)
+				if ev.Kind == cancelOn {
+					cancel()
+				}
+			}
+		}()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cancel()
+			t.Fatalf("cancel on %v: the iteration did not end", cancelOn)
+		}
+		cancel()
+		if len(errs) != 0 {
+			t.Fatalf("cancel on %v: errors %v, want none", cancelOn, errs)
+		}
+		if len(got) == 0 || got[len(got)-1].Kind != cancelOn {
+			t.Fatalf("cancel on %v: events %+v, want it to be the last", cancelOn, got)
+		}
+	}
+
+	// A watch that never sees an event ends quietly at its deadline.
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	for ev, err := range c.WatchPresence(ctx, herald.WatchOptions{Topics: []string{root + "-none:*"}}) {
+		t.Fatalf("idle watch yielded %+v, %v", ev, err)
+	}
+}
+
+// A watcher that stops reading falls behind; the engine tells it to resync.
+// The SDK yields RESYNC with a nil Cause and starts over with a fresh snapshot.
+func TestWatchPresenceEngineResync(t *testing.T) {
+	e := ownEngine(t, "--presence-watch-buffer", "8")
+	// Small HTTP/2 windows, so that the engine's sends stall soon after the
+	// watcher stops reading.
+	c := e.client(t, herald.WithDialOptions(grpc.WithInitialWindowSize(65535), grpc.WithInitialConnWindowSize(65535)))
+	root := watchRoot(t)
+	keep := dialMember(t, e, "keeper", root+":keep")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	events := make(chan herald.PresenceEvent, 1<<15)
+	errs := make(chan error, 1)
+	resume := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		paused := false
+		for ev, err := range c.WatchPresence(ctx, herald.WatchOptions{Topics: []string{root + ":*"}, IncludeSnapshot: true}) {
+			if err != nil {
+				errs <- err
+				return
+			}
+			events <- ev
+			if ev.Kind == herald.EventSnapshotEnd && !paused {
+				paused = true
+				select { // stop pulling from the iterator for a while
+				case <-resume:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	es := &eventStream{t: t, events: events, errs: errs}
+	es.expect(herald.EventSnapshot, root+":keep", keep)
+	es.expect(herald.EventSnapshotEnd, "", "")
+
+	// Thousands of joins and leaves while the watcher is paused, in commands of
+	// a few topics each: a watcher that kept reading would keep up with them.
+	const clients, topicsEach, rounds = 4, 248, 3
+	var topics []string
+	for i := range topicsEach {
+		topics = append(topics, fmt.Sprintf("%s:%s-%03d", root, strings.Repeat("p", 120), i))
+	}
+	const batch = 4
+	for range rounds {
+		for range clients {
+			ws := dialWS(t, e, "churn")
+			for i := 0; i < len(topics); i += batch {
+				ws.subscribe(topics[i : i+batch]...)
+			}
+			for i := 0; i < len(topics); i += batch {
+				ws.unsubscribe(topics[i : i+batch]...)
+			}
+			ws.close()
+		}
+	}
+	close(resume)
+
+	var churn int
+	for {
+		ev := es.next(10 * time.Second)
+		if ev.Kind == herald.EventResync {
+			if ev.Cause != nil {
+				t.Fatalf("RESYNC after %d events with cause %v, want the engine's (nil cause)", churn, ev.Cause)
+			}
+			break
+		}
+		if (ev.Kind != herald.EventJoin && ev.Kind != herald.EventLeave) || ev.Member.UserID != "churn" {
+			t.Fatalf("event %+v before RESYNC", ev)
+		}
+		churn++
+	}
+	if churn >= 2*clients*topicsEach*rounds {
+		t.Fatalf("all %d events arrived before RESYNC", churn)
+	}
+	t.Logf("RESYNC after %d of %d events", churn, 2*clients*topicsEach*rounds)
+	// The fresh snapshot: only the member that stayed.
+	es.expect(herald.EventSnapshot, root+":keep", keep)
+	es.expect(herald.EventSnapshotEnd, "", "")
+	select {
+	case ev := <-events:
+		t.Fatalf("unexpected event after the new snapshot: %+v", ev)
+	case err := <-errs:
+		t.Fatalf("watch ended: %v", err)
+	case <-time.After(200 * time.Millisecond):
 	}
 }
 
@@ -179,8 +329,8 @@ func TestWatchPresenceSurvivesEngineRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	resync := es.next(10 * time.Second)
-	if resync.Kind != herald.EventResync || resync.Cause == nil {
-		t.Fatalf("after the engine died: %+v, want RESYNC with a cause", resync)
+	if resync.Kind != herald.EventResync || !herald.IsUnavailable(resync.Cause) {
+		t.Fatalf("after the engine died: %+v, want RESYNC with an UNAVAILABLE cause", resync)
 	}
 
 	// A new engine on the same addresses: the watch reconnects and snapshots again.

@@ -238,6 +238,20 @@ func (c *wsClient) subscribe(topics ...string) {
 	}
 }
 
+// unsubscribe unsubscribes and waits for the reply.
+func (c *wsClient) unsubscribe(topics ...string) {
+	c.t.Helper()
+	c.mu.Lock()
+	c.nextID++
+	id := c.nextID
+	c.mu.Unlock()
+	c.send(map[string]any{"type": "unsubscribe", "id": id, "topics": topics})
+	f := c.waitFor(5*time.Second, func(f frame) bool { return f.ID != nil && *f.ID == id })
+	if f.Type != "unsubscribed" {
+		c.t.Fatalf("unsubscribe %v: %s", topics, f.raw)
+	}
+}
+
 // message waits for the next message frame.
 func (c *wsClient) message() frame {
 	c.t.Helper()
