@@ -15,7 +15,7 @@ COMMON=(--markdown "$MD")
 want() { [[ $ONLY == all || ,$ONLY, == *,$1,* ]]; }
 uptime
 want fanout   && "$BENCH" fanout   "${COMMON[@]}" --conns 1000,5000,19000 --rates 10,10,2 --duration 10 \
-                   --plot docs/img/latency-vs-connections.png
+                   --plot "${BENCH_PLOT:-docs/img/latency-vs-connections.png}"
 want saturate && "$BENCH" saturate "${COMMON[@]}" --conns 5000,19000 --start-deliveries 20000 --factor 1.25 --step-duration 5
 want targeted && "$BENCH" targeted "${COMMON[@]}" --conns 5000 --rate 2000 --duration 10
 want ingest   && "$BENCH" ingest   "${COMMON[@]}" --duration 5

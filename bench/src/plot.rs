@@ -220,6 +220,20 @@ pub fn latency_vs_connections(rows: &[Row], path: &Path) -> Result<()> {
     )?;
     text(&root, 400, 640 - 28, "subscribed connections", 2, &axis)?;
     text(&root, 8, 44, "latency, ms (log scale)", 2, &axis)?;
+    let mut rates: Vec<(u64, f64)> = fan.iter().map(|r| (r.conns, r.rate_hz)).collect();
+    rates.sort_by_key(|r| r.0);
+    rates.dedup_by_key(|r| r.0);
+    let rates: Vec<String> = rates
+        .iter()
+        .filter(|r| r.1 > 0.0)
+        .map(|(c, r)| format!("C={c}: {r} Hz"))
+        .collect();
+    if !rates.is_empty() {
+        text(&root, 1100 - 300, 360, "publish rate", 2, &axis)?;
+        for (i, l) in rates.iter().enumerate() {
+            text(&root, 1100 - 300, 384 + i as i32 * 20, l, 2, &axis)?;
+        }
+    }
     let lx = 1100 - 300;
     for (i, (label, color, width)) in legend.iter().enumerate() {
         let y = 70 + i as i32 * 24;
@@ -261,6 +275,7 @@ fn row_from_json(v: &serde_json::Value) -> Option<Row> {
         target: v["target"].as_str()?.to_string(),
         phase: v["phase"].as_str()?.to_string(),
         conns: v["conns"].as_u64()?,
+        rate_hz: v["rate_hz"].as_f64().unwrap_or(0.0),
         lat: crate::util::Lat {
             n: lat["n"].as_u64().unwrap_or(0),
             p50_ms: lat["p50_ms"].as_f64().unwrap_or(0.0),
