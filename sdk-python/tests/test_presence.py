@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -113,6 +115,19 @@ def test_watch_presence_connections(client: herald.Client, engine: Engine) -> No
             assert (ev.kind, ev.topic, ev.member.connection_id) == (Kind.CONNECT, "", conn_id)
         ev = next(e for e in watch if e.member and e.member.connection_id == conn_id)
         assert ev.kind == Kind.DISCONNECT
+
+
+def test_close_from_another_thread_ends_a_blocked_iteration(
+    client: herald.Client, topic: str
+) -> None:
+    watch = client.watch_presence(topic)
+    assert next(watch).kind == Kind.SNAPSHOT_END
+    closer = threading.Timer(0.3, watch.close)
+    closer.start()
+    started = time.monotonic()
+    assert list(watch) == []  # blocked until close()
+    assert 0.25 < time.monotonic() - started < 5
+    closer.join()
 
 
 def test_watch_presence_bad_pattern(client: herald.Client) -> None:
