@@ -7,7 +7,12 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle, time::Instant};
+use tokio::{
+    net::TcpListener,
+    sync::{oneshot, watch},
+    task::JoinHandle,
+    time::Instant,
+};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::limit::GlobalConcurrencyLimitLayer;
@@ -50,6 +55,7 @@ pub struct Engine {
     grpc_addr: SocketAddr,
     stop_accept: oneshot::Sender<()>,
     accept: JoinHandle<()>,
+    stop_streams: watch::Sender<bool>,
     stop_grpc: oneshot::Sender<()>,
     grpc: JoinHandle<()>,
     sweeper: JoinHandle<()>,
@@ -119,11 +125,13 @@ impl Engine {
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .build_v1()?;
+        let (stop_streams, streams_stopped) = watch::channel(false);
         let service = HeraldService::new(
             Arc::clone(&config),
             Arc::clone(&registry),
             broker,
             Arc::clone(&node_id),
+            streams_stopped,
         );
 
         let (stop_grpc, grpc_stopped) = oneshot::channel::<()>();
@@ -168,6 +176,7 @@ impl Engine {
             grpc_addr,
             stop_accept,
             accept,
+            stop_streams,
             stop_grpc,
             grpc,
             sweeper,
@@ -195,7 +204,8 @@ impl Engine {
         self.shutdown().await;
     }
 
-    /// Graceful shutdown: NOT_SERVING at once, stop accepting, send every client a
+    /// Graceful shutdown: NOT_SERVING at once, end gRPC streams with UNAVAILABLE,
+    /// stop accepting, send every client a
     /// 1001 "going away" close (after what is already queued), wait for them to
     /// leave within the shutdown timeout, then stop gRPC.
     pub async fn shutdown(self) {
@@ -211,6 +221,7 @@ impl Engine {
             connections = self.registry.connection_count(),
             "shutting down"
         );
+        self.stop_streams.send_replace(true);
         let _ = self.stop_accept.send(());
         let _ = self.accept.await;
         tokio::time::sleep(self.config.shutdown_delay.0).await;

@@ -238,3 +238,48 @@ async fn server_pings_reach_the_client() {
     .await;
     assert!(ping.is_ok(), "a ping within 2 s");
 }
+
+#[tokio::test]
+async fn shutdown_ends_open_grpc_streams_with_unavailable_at_once() {
+    let mut cfg = config();
+    cfg.shutdown_timeout = Dur(Duration::from_secs(30));
+    let engine = start(cfg).await;
+    let mut api = grpc(&engine).await;
+    let mut watch = api
+        .watch_presence(herald::proto::WatchPresenceRequest {
+            topics: vec!["room:*".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (publish_tx, publish_rx) = tokio::sync::mpsc::channel(1);
+    let mut acks = api
+        .publish_stream(tokio_stream::wrappers::ReceiverStream::new(publish_rx))
+        .await
+        .unwrap()
+        .into_inner();
+    publish_tx
+        .send(herald::proto::PublishStreamRequest {
+            client_seq: 1,
+            message: Some(common::json_request("room:a", json!(1))),
+        })
+        .await
+        .unwrap();
+    assert!(acks.message().await.unwrap().is_some());
+
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), engine.shutdown())
+        .await
+        .expect("shutdown does not wait for open streams");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(
+        watch.message().await.unwrap_err().code(),
+        tonic::Code::Unavailable
+    );
+    assert_eq!(
+        acks.message().await.unwrap_err().code(),
+        tonic::Code::Unavailable
+    );
+    drop(publish_tx);
+}

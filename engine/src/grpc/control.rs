@@ -206,8 +206,14 @@ pub(super) async fn run(
 ) {
     let mut in_flight = FuturesUnordered::new();
     let mut open = true;
+    let stop = HeraldService::shutting_down(service.shutdown.clone());
+    tokio::pin!(stop);
     while open || !in_flight.is_empty() {
         tokio::select! {
+            () = &mut stop => {
+                let _ = tx.send(Err(Status::unavailable("server shutting down"))).await;
+                return;
+            }
             next = requests.next(), if open && in_flight.len() < MAX_IN_FLIGHT => {
                 let req = match next {
                     Some(Ok(req)) => req,

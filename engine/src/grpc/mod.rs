@@ -8,7 +8,10 @@ mod presence;
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -34,6 +37,7 @@ pub struct HeraldService {
     broker: Arc<dyn Broker>,
     node_id: Arc<str>,
     started: Instant,
+    shutdown: watch::Receiver<bool>,
 }
 
 impl HeraldService {
@@ -43,6 +47,7 @@ impl HeraldService {
         registry: Arc<Registry>,
         broker: Arc<dyn Broker>,
         node_id: Arc<str>,
+        shutdown: watch::Receiver<bool>,
     ) -> Self {
         Self {
             config,
@@ -50,7 +55,15 @@ impl HeraldService {
             broker,
             node_id,
             started: Instant::now(),
+            shutdown,
         }
+    }
+
+    /// Resolves once the node starts shutting down. Streams end then with
+    /// UNAVAILABLE so producers move on at once instead of holding the node up.
+    async fn shutting_down(mut shutdown: watch::Receiver<bool>) {
+        // An error means the node is gone: also a reason to stop.
+        let _ = shutdown.wait_for(|down| *down).await;
     }
 
     fn check_topic(&self, topic: &str) -> Result<(), Status> {
@@ -159,13 +172,24 @@ impl Herald for HeraldService {
         let service = self.clone();
         tokio::spawn(async move {
             // One request at a time, in order: this keeps per-topic order.
-            while let Some(next) = requests.next().await {
+            let stop = Self::shutting_down(service.shutdown.clone());
+            tokio::pin!(stop);
+            loop {
+                let next = tokio::select! {
+                    biased;
+                    () = &mut stop => {
+                        let _ = tx.send(Err(Status::unavailable("server shutting down"))).await;
+                        break;
+                    }
+                    next = requests.next() => next,
+                };
                 let req = match next {
-                    Ok(req) => req,
-                    Err(status) => {
+                    Some(Ok(req)) => req,
+                    Some(Err(status)) => {
                         tracing::debug!(%status, "publish stream ended by the client");
                         break;
                     }
+                    None => break,
                 };
                 let client_seq = req.client_seq;
                 let result = match req.message {

@@ -5,7 +5,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use futures_util::stream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
 use super::{HeraldService, ResponseStream};
@@ -131,6 +131,7 @@ impl HeraldService {
             guard,
             node_id: Arc::clone(&self.node_id),
             resync: self.marker(PresenceEventKind::Resync),
+            shutdown: self.shutdown.clone(),
         };
         Ok(Box::pin(stream::unfold(state, Watch::next)))
     }
@@ -162,6 +163,7 @@ struct Watch {
     guard: WatchGuard,
     node_id: Arc<str>,
     resync: proto::PresenceEvent,
+    shutdown: watch::Receiver<bool>,
 }
 
 impl Watch {
@@ -186,7 +188,16 @@ impl Watch {
                 let resync = self.resync.clone();
                 return Some((Ok(resync), self));
             }
-            let event = self.rx.recv().await?;
+            let next = tokio::select! {
+                biased;
+                _ = self.shutdown.wait_for(|down| *down) => None,
+                event = self.rx.recv() => Some(event),
+            };
+            let Some(event) = next else {
+                self.phase = Phase::Done;
+                return Some((Err(Status::unavailable("server shutting down")), self));
+            };
+            let event = event?;
             if let Some(topic) = &event.topic
                 && self.seen.get(topic).is_some_and(|s| event.seq <= *s)
             {
