@@ -12,6 +12,7 @@ Conventions
 - Connection ids are opaque strings issued by the engine; treat them as such.
 - Every error is a gRPC status whose message says what was wrong.
 - An RPC this engine version does not implement yet answers UNIMPLEMENTED.
+- When the node starts shutting down, open streams end with UNAVAILABLE.
 """
 
 from collections import abc as _abc

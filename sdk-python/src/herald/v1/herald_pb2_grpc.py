@@ -135,7 +135,8 @@ class HeraldServicer:
 
     def Unsubscribe(self, request, context):
         """Take a connection, or every connection of a user, out of topics. The client is
-        told with a server-initiated "unsubscribed" push.
+        told with a server-initiated "unsubscribed" push. NOT_FOUND for an unknown
+        connection or user, INVALID_ARGUMENT for a bad topic.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -143,7 +144,9 @@ class HeraldServicer:
 
     def Disconnect(self, request, context):
         """Close a connection, or every connection of a user, with a code, a reason and a
-        reconnect hint that the client receives before the close frame.
+        reconnect hint that the client receives before the close frame. NOT_FOUND for
+        an unknown connection or user, INVALID_ARGUMENT for a code outside 4000-4999
+        or a reason over 120 bytes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -159,7 +162,9 @@ class HeraldServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Presence(self, request, context):
-        """The members of a topic (its subscribed connections), one page at a time.
+        """The members of a topic (its subscribed connections), one page at a time, in
+        connection-id order. INVALID_ARGUMENT for a bad topic, a limit over 10000 or
+        a cursor this engine did not issue.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -176,7 +181,9 @@ class HeraldServicer:
         """A live stream of presence events for topics and topic patterns: optionally the
         current members first, then joins and leaves as they happen, with no gap and
         no duplicate between the two. A watcher that falls behind receives a RESYNC
-        event and must start over; it never gets a silently wrong view.
+        event, then the stream ends with RESOURCE_EXHAUSTED: it must start over; it
+        never gets a silently wrong view. FAILED_PRECONDITION for an exact topic
+        whose presence events are not tracked (see the engine's presence_topics).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -12,6 +12,7 @@ Conventions
 - Connection ids are opaque strings issued by the engine; treat them as such.
 - Every error is a gRPC status whose message says what was wrong.
 - An RPC this engine version does not implement yet answers UNIMPLEMENTED.
+- When the node starts shutting down, open streams end with UNAVAILABLE.
 """
 
 from collections import abc as _abc
@@ -67,11 +68,14 @@ class HeraldStub:
     """
     Unsubscribe: _grpc.UnaryUnaryMultiCallable[_herald_pb2.UnsubscribeRequest, _herald_pb2.UnsubscribeResponse]
     """Take a connection, or every connection of a user, out of topics. The client is
-    told with a server-initiated "unsubscribed" push.
+    told with a server-initiated "unsubscribed" push. NOT_FOUND for an unknown
+    connection or user, INVALID_ARGUMENT for a bad topic.
     """
     Disconnect: _grpc.UnaryUnaryMultiCallable[_herald_pb2.DisconnectRequest, _herald_pb2.DisconnectResponse]
     """Close a connection, or every connection of a user, with a code, a reason and a
-    reconnect hint that the client receives before the close frame.
+    reconnect hint that the client receives before the close frame. NOT_FOUND for
+    an unknown connection or user, INVALID_ARGUMENT for a code outside 4000-4999
+    or a reason over 120 bytes.
     """
     Control: _grpc.StreamStreamMultiCallable[_herald_pb2.ControlRequest, _herald_pb2.ControlResponse]
     """A bidirectional stream of subscribe / unsubscribe / disconnect commands. Each
@@ -79,14 +83,19 @@ class HeraldStub:
     failing command never ends the stream.
     """
     Presence: _grpc.UnaryUnaryMultiCallable[_herald_pb2.PresenceRequest, _herald_pb2.PresenceResponse]
-    """The members of a topic (its subscribed connections), one page at a time."""
+    """The members of a topic (its subscribed connections), one page at a time, in
+    connection-id order. INVALID_ARGUMENT for a bad topic, a limit over 10000 or
+    a cursor this engine did not issue.
+    """
     PresenceStats: _grpc.UnaryUnaryMultiCallable[_herald_pb2.PresenceStatsRequest, _herald_pb2.PresenceStatsResponse]
     """Counts of connections and unique users in a topic, answered in constant time."""
     WatchPresence: _grpc.UnaryStreamMultiCallable[_herald_pb2.WatchPresenceRequest, _herald_pb2.PresenceEvent]
     """A live stream of presence events for topics and topic patterns: optionally the
     current members first, then joins and leaves as they happen, with no gap and
     no duplicate between the two. A watcher that falls behind receives a RESYNC
-    event and must start over; it never gets a silently wrong view.
+    event, then the stream ends with RESOURCE_EXHAUSTED: it must start over; it
+    never gets a silently wrong view. FAILED_PRECONDITION for an exact topic
+    whose presence events are not tracked (see the engine's presence_topics).
     """
     Info: _grpc.UnaryUnaryMultiCallable[_herald_pb2.InfoRequest, _herald_pb2.InfoResponse]
     """Node identity, version, uptime and counters."""
@@ -119,11 +128,14 @@ class HeraldAsyncStub(HeraldStub):
     """
     Unsubscribe: _aio.UnaryUnaryMultiCallable[_herald_pb2.UnsubscribeRequest, _herald_pb2.UnsubscribeResponse]  # type: ignore[assignment]
     """Take a connection, or every connection of a user, out of topics. The client is
-    told with a server-initiated "unsubscribed" push.
+    told with a server-initiated "unsubscribed" push. NOT_FOUND for an unknown
+    connection or user, INVALID_ARGUMENT for a bad topic.
     """
     Disconnect: _aio.UnaryUnaryMultiCallable[_herald_pb2.DisconnectRequest, _herald_pb2.DisconnectResponse]  # type: ignore[assignment]
     """Close a connection, or every connection of a user, with a code, a reason and a
-    reconnect hint that the client receives before the close frame.
+    reconnect hint that the client receives before the close frame. NOT_FOUND for
+    an unknown connection or user, INVALID_ARGUMENT for a code outside 4000-4999
+    or a reason over 120 bytes.
     """
     Control: _aio.StreamStreamMultiCallable[_herald_pb2.ControlRequest, _herald_pb2.ControlResponse]  # type: ignore[assignment]
     """A bidirectional stream of subscribe / unsubscribe / disconnect commands. Each
@@ -131,14 +143,19 @@ class HeraldAsyncStub(HeraldStub):
     failing command never ends the stream.
     """
     Presence: _aio.UnaryUnaryMultiCallable[_herald_pb2.PresenceRequest, _herald_pb2.PresenceResponse]  # type: ignore[assignment]
-    """The members of a topic (its subscribed connections), one page at a time."""
+    """The members of a topic (its subscribed connections), one page at a time, in
+    connection-id order. INVALID_ARGUMENT for a bad topic, a limit over 10000 or
+    a cursor this engine did not issue.
+    """
     PresenceStats: _aio.UnaryUnaryMultiCallable[_herald_pb2.PresenceStatsRequest, _herald_pb2.PresenceStatsResponse]  # type: ignore[assignment]
     """Counts of connections and unique users in a topic, answered in constant time."""
     WatchPresence: _aio.UnaryStreamMultiCallable[_herald_pb2.WatchPresenceRequest, _herald_pb2.PresenceEvent]  # type: ignore[assignment]
     """A live stream of presence events for topics and topic patterns: optionally the
     current members first, then joins and leaves as they happen, with no gap and
     no duplicate between the two. A watcher that falls behind receives a RESYNC
-    event and must start over; it never gets a silently wrong view.
+    event, then the stream ends with RESOURCE_EXHAUSTED: it must start over; it
+    never gets a silently wrong view. FAILED_PRECONDITION for an exact topic
+    whose presence events are not tracked (see the engine's presence_topics).
     """
     Info: _aio.UnaryUnaryMultiCallable[_herald_pb2.InfoRequest, _herald_pb2.InfoResponse]  # type: ignore[assignment]
     """Node identity, version, uptime and counters."""
@@ -198,7 +215,8 @@ class HeraldServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_herald_pb2.UnsubscribeResponse, _abc.Awaitable[_herald_pb2.UnsubscribeResponse]]:
         """Take a connection, or every connection of a user, out of topics. The client is
-        told with a server-initiated "unsubscribed" push.
+        told with a server-initiated "unsubscribed" push. NOT_FOUND for an unknown
+        connection or user, INVALID_ARGUMENT for a bad topic.
         """
 
     @_abc_1.abstractmethod
@@ -208,7 +226,9 @@ class HeraldServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_herald_pb2.DisconnectResponse, _abc.Awaitable[_herald_pb2.DisconnectResponse]]:
         """Close a connection, or every connection of a user, with a code, a reason and a
-        reconnect hint that the client receives before the close frame.
+        reconnect hint that the client receives before the close frame. NOT_FOUND for
+        an unknown connection or user, INVALID_ARGUMENT for a code outside 4000-4999
+        or a reason over 120 bytes.
         """
 
     @_abc_1.abstractmethod
@@ -228,7 +248,10 @@ class HeraldServicer(metaclass=_abc_1.ABCMeta):
         request: _herald_pb2.PresenceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_herald_pb2.PresenceResponse, _abc.Awaitable[_herald_pb2.PresenceResponse]]:
-        """The members of a topic (its subscribed connections), one page at a time."""
+        """The members of a topic (its subscribed connections), one page at a time, in
+        connection-id order. INVALID_ARGUMENT for a bad topic, a limit over 10000 or
+        a cursor this engine did not issue.
+        """
 
     @_abc_1.abstractmethod
     def PresenceStats(
@@ -247,7 +270,9 @@ class HeraldServicer(metaclass=_abc_1.ABCMeta):
         """A live stream of presence events for topics and topic patterns: optionally the
         current members first, then joins and leaves as they happen, with no gap and
         no duplicate between the two. A watcher that falls behind receives a RESYNC
-        event and must start over; it never gets a silently wrong view.
+        event, then the stream ends with RESOURCE_EXHAUSTED: it must start over; it
+        never gets a silently wrong view. FAILED_PRECONDITION for an exact topic
+        whose presence events are not tracked (see the engine's presence_topics).
         """
 
     @_abc_1.abstractmethod
