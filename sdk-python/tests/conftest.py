@@ -120,13 +120,14 @@ class Engine:
         self.stop()
         pytest.fail(f"engine not SERVING after {STARTUP_TIMEOUT}s:\n{self.log()}", pytrace=False)
 
-    def stop(self) -> int | None:
-        """SIGTERM, then wait (SIGKILL after 15 s); returns the exit code."""
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int | None:
+        """Send ``sig`` (SIGTERM: a graceful shutdown), then wait (SIGKILL after 15 s);
+        returns the exit code."""
         if self.proc is None:
             return None
         proc, self.proc = self.proc, None
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(sig)
             try:
                 proc.wait(15)
             except subprocess.TimeoutExpired:

@@ -1,131 +1,120 @@
-"""Connection options against an in-process gRPC server that records what it gets:
-the API key and metadata headers, TLS credentials, per-call timeouts."""
+"""Connection options against the real engine: API key and metadata, TLS
+credentials, per-call and default timeouts.
+
+The engine does not check API keys or metadata, so what can be observed is that a
+client sending them works end to end (the headers themselves are built by
+``Settings``, tested in test_units.py). The engine has no TLS listener either: what
+can be observed is that a client given TLS credentials speaks TLS, which the
+engine's plaintext port refuses. Deadlines are exceeded against an engine
+paused with SIGSTOP.
+"""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import threading
+import os
+import signal
 import time
 from collections.abc import Iterator
-from concurrent import futures
-from pathlib import Path
 
 import grpc
 import pytest
+from conftest import Engine, EngineFactory
+from wsclient import AsyncWsClient, WsClient
 
 import herald
-from herald.v1 import herald_pb2 as pb
+from herald import PresenceEventKind as Kind
+
+ONCE = herald.RetryPolicy(max_attempts=1)
 
 
-class Recorder:
-    """Answers Publish and keeps the metadata of every call."""
-
-    def __init__(self) -> None:
-        self.metadata: list[dict[str, str]] = []
-        self.lock = threading.Lock()
-
-    def publish(
-        self, request: pb.PublishRequest, context: grpc.ServicerContext
-    ) -> pb.PublishResponse:
-        with self.lock:
-            self.metadata.append({k: str(v) for k, v in context.invocation_metadata()})
-            seq = len(self.metadata)
-        if request.topic == "slow":
-            time.sleep(1.0)
-        return pb.PublishResponse(sequence=seq)
+def test_api_key_and_metadata_work_end_to_end(engine: Engine, topic: str) -> None:
+    with (
+        herald.Client(engine.target, api_key="k-123", metadata=[("X-Tenant", "t1")]) as client,
+        WsClient(engine.ws_url(user="keyed")) as ws,
+    ):
+        with client.watch_presence(topic) as watch:
+            assert next(watch).kind == Kind.SNAPSHOT_END
+            ws.subscribe(topic)
+            assert next(watch).kind == Kind.JOIN
+        assert client.publish(topic, {"k": 1}).sequence == 1
+        assert ws.message()["data"] == {"k": 1}
+        assert [m.connection_id for m in client.presence(topic)] == [ws.conn_id]
+        assert client.info().messages_published >= 1
 
 
-def serve(
-    recorder: Recorder, creds: grpc.ServerCredentials | None = None
-) -> tuple[grpc.Server, int]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    handler = grpc.unary_unary_rpc_method_handler(
-        recorder.publish,
-        request_deserializer=pb.PublishRequest.FromString,
-        response_serializer=pb.PublishResponse.SerializeToString,
-    )
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("herald.v1.Herald", {"Publish": handler}),)
-    )
-    if creds is None:
-        port = server.add_insecure_port("127.0.0.1:0")
-    else:
-        port = server.add_secure_port("127.0.0.1:0", creds)
-    server.start()
-    return server, port
+async def test_async_api_key_and_metadata_work_end_to_end(engine: Engine, topic: str) -> None:
+    async with (
+        herald.AsyncClient(engine.target, api_key="k-9", metadata=[("x-a", "b")]) as client,
+        await AsyncWsClient.open(engine.ws_url(user="keyed")) as ws,
+    ):
+        async with client.watch_presence(topic) as watch:
+            assert (await anext(watch)).kind == Kind.SNAPSHOT_END
+            await ws.subscribe(topic)
+            assert (await anext(watch)).kind == Kind.JOIN
+        assert (await client.publish(topic, "hi")).sequence == 1
+        assert (await ws.message())["text"] == "hi"
+        assert [m.connection_id async for m in client.presence(topic)] == [ws.conn_id]
+        assert (await client.info()).messages_published >= 1
+
+
+def test_tls_client_speaks_tls(engine: Engine) -> None:
+    tls = grpc.ssl_channel_credentials()
+    with herald.Client(engine.target, credentials=tls, retry=ONCE, timeout=5) as client:
+        with pytest.raises(herald.Unavailable):  # the plaintext port refuses the handshake
+            client.info()
+    with herald.Client(engine.target, timeout=5) as plain:
+        assert plain.info().node_id
+
+
+async def test_async_tls_client_speaks_tls(engine: Engine) -> None:
+    tls = grpc.ssl_channel_credentials()
+    async with herald.AsyncClient(engine.target, credentials=tls, retry=ONCE, timeout=5) as client:
+        with pytest.raises(herald.Unavailable):
+            await client.info()
 
 
 @pytest.fixture
-def recorder() -> Iterator[tuple[Recorder, str]]:
-    rec = Recorder()
-    server, port = serve(rec)
-    yield rec, f"127.0.0.1:{port}"
-    server.stop(None)
+def paused_engine(new_engine: EngineFactory) -> Iterator[Engine]:
+    """An engine stopped with SIGSTOP: it accepts TCP connections but answers nothing.
 
-
-def test_api_key_and_metadata_are_sent(recorder: tuple[Recorder, str]) -> None:
-    rec, target = recorder
-    with herald.Client(target, api_key="k-123", metadata=[("X-Tenant", "t1")]) as client:
-        assert client.publish("room:a", "x").sequence == 1
-    md = rec.metadata[0]
-    assert md["authorization"] == "Bearer k-123"
-    assert md["x-tenant"] == "t1"
-    assert md["user-agent"].startswith(f"herald-sdk-python/{herald.__version__}")
-
-
-async def test_async_api_key_and_metadata_are_sent(recorder: tuple[Recorder, str]) -> None:
-    rec, target = recorder
-    async with herald.AsyncClient(target, api_key="k-9", metadata=[("x-a", "b")]) as client:
-        await client.publish("room:a", "x")
-    assert rec.metadata[0]["authorization"] == "Bearer k-9"
-    assert rec.metadata[0]["x-a"] == "b"
-
-
-def test_no_key_no_authorization_header(recorder: tuple[Recorder, str]) -> None:
-    rec, target = recorder
-    with herald.Client(target) as client:
-        client.publish("room:a", "x")
-    assert "authorization" not in rec.metadata[0]
-
-
-def test_per_call_timeout(recorder: tuple[Recorder, str]) -> None:
-    _, target = recorder
-    with herald.Client(target, timeout=30) as client:
-        with pytest.raises(herald.DeadlineExceeded):
-            client.publish("slow", "x", timeout=0.2)
-
-
-async def test_async_default_timeout(recorder: tuple[Recorder, str]) -> None:
-    _, target = recorder
-    async with herald.AsyncClient(target, timeout=0.2) as client:
-        with pytest.raises(herald.DeadlineExceeded):
-            await client.publish("slow", "x")
-
-
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
-def test_tls_credentials(tmp_path: Path) -> None:
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    creds = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
-    rec = Recorder()
-    server, port = serve(rec, creds)
+    (Against a running engine on loopback even a microsecond deadline is not reliably
+    exceeded: the answer can arrive before the deadline timer fires.)"""
+    engine = new_engine()
+    engine.start()
+    assert engine.proc is not None
+    pid = engine.proc.pid
+    os.kill(pid, signal.SIGSTOP)
     try:
-        tls = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
-        with herald.Client(f"localhost:{port}", credentials=tls, api_key="k") as client:
-            assert client.publish("room:a", "x").sequence == 1
-        assert rec.metadata[0]["authorization"] == "Bearer k"
-        # a plaintext client cannot talk to a TLS server
-        with herald.Client(f"localhost:{port}", timeout=2) as plain:
-            with pytest.raises(herald.Unavailable):
-                plain.publish("room:a", "x")
+        yield engine
     finally:
-        server.stop(None)
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_per_call_timeout(paused_engine: Engine) -> None:
+    with herald.Client(paused_engine.target, timeout=30) as client:
+        started = time.monotonic()
+        with pytest.raises(herald.DeadlineExceeded):
+            client.info(timeout=0.3)
+        assert 0.3 <= time.monotonic() - started < 5
+
+
+def test_default_timeout(paused_engine: Engine, topic: str) -> None:
+    with herald.Client(paused_engine.target, timeout=0.3) as client:
+        with pytest.raises(herald.DeadlineExceeded):
+            client.publish(topic, "x")
+        with pytest.raises(herald.DeadlineExceeded):  # retried until the deadline
+            client.presence_stats(topic)
+
+
+async def test_async_per_call_timeout(paused_engine: Engine) -> None:
+    async with herald.AsyncClient(paused_engine.target, timeout=30) as client:
+        started = time.monotonic()
+        with pytest.raises(herald.DeadlineExceeded):
+            await client.info(timeout=0.3)
+        assert 0.3 <= time.monotonic() - started < 5
+
+
+async def test_async_default_timeout(paused_engine: Engine, topic: str) -> None:
+    async with herald.AsyncClient(paused_engine.target, timeout=0.3) as client:
+        with pytest.raises(herald.DeadlineExceeded):
+            await client.publish(topic, "x")

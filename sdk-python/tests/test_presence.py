@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import threading
 import time
 import uuid
@@ -130,12 +131,26 @@ def test_close_from_another_thread_ends_a_blocked_iteration(
     closer.join()
 
 
-def test_watch_presence_bad_pattern(client: herald.Client) -> None:
-    with pytest.raises(herald.InvalidArgument):
-        next(iter(client.watch_presence("room::bad")))
+def test_watch_presence_bad_pattern_ends_the_iteration(client: herald.Client) -> None:
+    watch = client.watch_presence("ro*m", max_reconnects=None)
+    with pytest.raises(herald.InvalidArgument) as e:
+        next(watch)
+    assert e.value.message
+    assert list(watch) == []  # raised once, not retried
 
 
-def test_watch_presence_reconnects_and_resnapshots(new_engine: EngineFactory) -> None:
+async def test_async_watch_presence_bad_pattern_ends_the_iteration(engine: Engine) -> None:
+    async with herald.AsyncClient(engine.target) as client:
+        watch = client.watch_presence("ro*m", max_reconnects=None)
+        with pytest.raises(herald.InvalidArgument):
+            await anext(watch)
+        assert [e async for e in watch] == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_watch_presence_reconnects_and_resnapshots(
+    new_engine: EngineFactory, sig: signal.Signals
+) -> None:
     engine = new_engine(shutdown_timeout="1s")
     engine.start()
     fast = herald.RetryPolicy(initial_backoff=0.05, max_backoff=0.5)
@@ -147,7 +162,7 @@ def test_watch_presence_reconnects_and_resnapshots(new_engine: EngineFactory) ->
             assert next(events).kind == Kind.SNAPSHOT
             assert next(events).kind == Kind.SNAPSHOT_END
         assert next(events).kind == Kind.LEAVE
-        engine.stop()
+        engine.stop(sig)
         engine.start()  # same ports, empty engine
         with WsClient(engine.ws_url(user="second")) as ws2:
             ws2.subscribe("room:watch")

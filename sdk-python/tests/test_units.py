@@ -118,6 +118,10 @@ def test_settings_metadata() -> None:
         channel_options=(),
     )
     assert s.metadata == (("x-tenant", "t1"), ("authorization", "Bearer sekret"))
+    assert s.channel_options[0] == (
+        "grpc.primary_user_agent",
+        f"herald-sdk-python/{herald.__version__}",
+    )
 
 
 def test_retry_policy() -> None:

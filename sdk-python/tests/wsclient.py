@@ -48,6 +48,16 @@ class WsClient:
                 return
             self.backlog.append(frame)
 
+    def unsubscribe(self, *topics: str) -> None:
+        rid = next(self.ids)
+        self.ws.send(json.dumps({"type": "unsubscribe", "id": rid, "topics": list(topics)}))
+        while True:
+            frame = self.recv()
+            if frame.get("id") == rid:
+                assert frame["type"] == "unsubscribed", frame
+                return
+            self.backlog.append(frame)
+
     def message(self, timeout: float = TIMEOUT) -> Frame:
         return self.next("message", timeout)
 

@@ -15,7 +15,8 @@ what follows is never silently wrong.
 
 Errors that retrying cannot fix (INVALID_ARGUMENT for a bad pattern,
 UNIMPLEMENTED, ...) end the iteration with the matching :class:`~herald.HeraldError`;
-so does running out of ``max_reconnects`` consecutive failed attempts.
+so does running out of ``max_reconnects`` consecutive failed attempts. The error is
+raised once; the iteration is over after it.
 """
 
 from __future__ import annotations
@@ -156,7 +157,11 @@ class PresenceWatch:
             self._drop_call()
             if self._closed.is_set():
                 raise StopIteration
-            delay, resync = self._reconnects.on_lost(err)
+            try:
+                delay, resync = self._reconnects.on_lost(err)
+            except HeraldError:
+                self._closed.set()  # a final error ends the iteration
+                raise
             self._reopen_at = time.monotonic() + delay
             if resync:
                 self._queue.append(_LOCAL_RESYNC)
@@ -267,7 +272,11 @@ class AsyncPresenceWatch:
             self._drop_call()
             if self._closed:
                 raise StopAsyncIteration
-            delay, resync = self._reconnects.on_lost(err)
+            try:
+                delay, resync = self._reconnects.on_lost(err)
+            except HeraldError:
+                self._closed = True  # a final error ends the iteration
+                raise
             self._reopen_at = time.monotonic() + delay
             if resync:
                 self._queue.append(_LOCAL_RESYNC)
