@@ -13,7 +13,7 @@ mkdir -p "$OUT"
 for bin in "$BENCH" "$HERALD_BIN"; do
   [[ -x $bin ]] || { echo "smoke: $bin not built (run cargo build --release --workspace)" >&2; exit 1; }
 done
-COMMON=(--out-dir "$OUT" --strict)
+COMMON=(--out-dir "$OUT" --strict --busy-probe-ms 200)
 run() {
   local name=$1; shift
   local t0=$SECONDS
@@ -26,9 +26,9 @@ run() {
   fi
 }
 run fanout    fanout    "${COMMON[@]}" --conns 200,400 --rates 10 --duration 2 --drain 5 --plot "$OUT/latency-vs-connections.png"
-run saturate  saturate  --out-dir "$OUT" --conns 300 --start-deliveries 3000 --factor 2 --step-duration 1 --max-steps 2
+run saturate  saturate  --out-dir "$OUT" --busy-probe-ms 200 --conns 300 --start-deliveries 3000 --factor 2 --step-duration 1 --max-steps 2
 run targeted  targeted  "${COMMON[@]}" --conns 300 --rate 100 --duration 2
-run ingest    ingest    --out-dir "$OUT" --duration 1 --unary-concurrency 16
+run ingest    ingest    --out-dir "$OUT" --busy-probe-ms 200 --duration 1 --unary-concurrency 16
 run join      join      "${COMMON[@]}" --conns 200,400
 run idle      idle      "${COMMON[@]}" --conns 500 --settle 1
 run churn     churn     "${COMMON[@]}" --conns 200 --churn-rate 100 --duration 2

@@ -80,6 +80,9 @@ pub struct RunDoc {
     pub load_start: String,
     /// Load average when it ended.
     pub load_end: String,
+    /// CPU busy (percent of all cores) in the second before each target started,
+    /// while the harness ran nothing: other work sharing the machine.
+    pub busy_before_pct: Vec<(String, f64)>,
     /// The measured points.
     pub rows: Vec<Row>,
     /// Comparisons against the targets, one sentence each.
@@ -124,6 +127,7 @@ impl RunDoc {
                 .unwrap_or(0),
             load_start: loadavg(),
             load_end: String::new(),
+            busy_before_pct: Vec::new(),
             rows: Vec::new(),
             summary: Vec::new(),
         }
@@ -149,9 +153,21 @@ impl RunDoc {
     /// The markdown section of this run.
     pub fn markdown(&self) -> String {
         let mut s = format!(
-            "\n### {} — {} UTC\n\n```\n{}\n```\n\n{} cores; load average {} at start, {} at end.\n\n",
+            "\n### {} — {} UTC\n\n```\n{}\n```\n\n{} cores; load average {} at start, {} at end (it includes this run's own previous steps).",
             self.scenario, self.date, self.command, self.cores, self.load_start, self.load_end
         );
+        if !self.busy_before_pct.is_empty() {
+            let max = self.busy_before_pct.iter().map(|b| b.1).fold(0.0, f64::max);
+            s.push_str(&format!(
+                " Other CPU use in the second before each target started: at most {max:.0}% of all cores{}.",
+                if max > 15.0 {
+                    " — figures taken under load, noisy"
+                } else {
+                    " (quiet)"
+                }
+            ));
+        }
+        s.push_str("\n\n");
         s.push_str("| target | phase | C | msg/s | delivered | p50 ms | p99 ms | p99.9 ms | max ms | deliveries/s | engine CPU s per M deliveries | engine peak RSS MiB | generator CPU s | notes |\n");
         s.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
         for r in self.rows.iter().filter(|r| !r.detail) {

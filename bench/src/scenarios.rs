@@ -41,6 +41,9 @@ pub struct Common {
     /// Connects in flight per worker process.
     #[arg(long, default_value_t = 128)]
     pub concurrency: usize,
+    /// Milliseconds to watch the machine's CPU use before each target starts.
+    #[arg(long, default_value_t = 1000)]
+    pub busy_probe_ms: u64,
     /// Fail (exit non-zero) when a delivery is missing or a connection fails.
     #[arg(long)]
     pub strict: bool,
@@ -62,6 +65,7 @@ impl Setup {
         topics: &[&str],
         user_topics: bool,
     ) -> Result<Setup> {
+        note_busy(format!("{} C={conns}", target.name()), c.busy_probe_ms).await;
         let server = Server::start(
             target,
             &c.herald_bin,
@@ -264,7 +268,23 @@ fn check_complete(c: &Common, r: &Row) -> Result<()> {
     Ok(())
 }
 
+/// Other CPU use measured before each target started, for the run's record.
+static BUSY: std::sync::Mutex<Vec<(String, f64)>> = std::sync::Mutex::new(Vec::new());
+
+/// Measures and records other CPU use for `ms` milliseconds before `what` starts.
+async fn note_busy(what: String, ms: u64) -> f64 {
+    let busy = tokio::task::spawn_blocking(move || crate::util::cpu_busy_pct(ms))
+        .await
+        .unwrap_or(0.0);
+    eprintln!("[{what}] other CPU use before start: {busy:.0}%");
+    if let Ok(mut g) = BUSY.lock() {
+        g.push((what, busy));
+    }
+    busy
+}
+
 fn finish(c: &Common, mut doc: RunDoc) -> Result<()> {
+    doc.busy_before_pct = BUSY.lock().map(|g| g.clone()).unwrap_or_default();
     let path = doc.save(&c.out_dir, c.markdown.as_deref())?;
     println!("{}", doc.markdown());
     eprintln!("results: {}", path.display());
@@ -777,6 +797,7 @@ pub async fn idle(a: IdleArgs) -> Result<()> {
     let c = &a.common;
     let mut doc = RunDoc::new("idle");
     for &t in c.targets.iter().filter(|t| **t != Target::Floor) {
+        note_busy(format!("{} C={}", t.name(), a.conns), c.busy_probe_ms).await;
         // Start the server alone first to read its baseline.
         let server =
             Server::start(t, &c.herald_bin, &c.herald_args, &c.out_dir.join("logs")).await?;

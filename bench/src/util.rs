@@ -97,6 +97,36 @@ pub fn loadavg() -> String {
         .unwrap_or_default()
 }
 
+fn cpu_jiffies() -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = s.lines().next()?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Some((total, idle))
+}
+
+/// Share of all cores busy over the next `ms` milliseconds, in percent (0–100). Taken
+/// while the harness runs nothing, it shows how much other work shares the machine.
+pub fn cpu_busy_pct(ms: u64) -> f64 {
+    let Some((t0, i0)) = cpu_jiffies() else {
+        return 0.0;
+    };
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    let Some((t1, i1)) = cpu_jiffies() else {
+        return 0.0;
+    };
+    let dt = t1.saturating_sub(t0);
+    if dt == 0 {
+        return 0.0;
+    }
+    100.0 * dt.saturating_sub(i1.saturating_sub(i0)) as f64 / dt as f64
+}
+
 /// A JSON payload of about `size` bytes carrying the send time: `{"t":NANOS,"pad":"..."}`.
 pub fn stamped_payload(size: usize) -> Vec<u8> {
     let head = format!("{{\"t\":{},\"pad\":\"", now_ns());
