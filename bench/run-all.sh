@@ -14,7 +14,7 @@ ONLY=${1:-all}
 COMMON=(--markdown "$MD")
 want() { [[ $ONLY == all || ,$ONLY, == *,$1,* ]]; }
 uptime
-want fanout   && "$BENCH" fanout   "${COMMON[@]}" --conns 1000,5000,19000 --rates 10,10,2 --duration 10 \
+want fanout   && "$BENCH" fanout   "${COMMON[@]}" --conns 1000,5000,19000 --rates 10,10,2 --duration 10 --repeat 3 \
                    --plot "${BENCH_PLOT:-docs/img/latency-vs-connections.png}"
 want saturate && "$BENCH" saturate "${COMMON[@]}" --conns 5000,19000 --start-deliveries 20000 --factor 1.25 --step-duration 5
 want targeted && "$BENCH" targeted "${COMMON[@]}" --conns 5000 --rate 2000 --duration 10

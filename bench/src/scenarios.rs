@@ -324,6 +324,9 @@ pub struct FanoutArgs {
     /// Most seconds to wait for the last deliveries.
     #[arg(long, default_value_t = 10.0)]
     pub drain: f64,
+    /// Runs per connection count and target; the table shows the median by p99.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: u32,
     /// Draw latency against connection count into this PNG.
     #[arg(long)]
     pub plot: Option<PathBuf>,
@@ -335,23 +338,66 @@ pub async fn fanout(a: FanoutArgs) -> Result<()> {
     let mut doc = RunDoc::new("fanout");
     for (i, &conns) in a.conns.iter().enumerate() {
         let rate = a.rates.get(i).or(a.rates.last()).copied().unwrap_or(10.0);
-        for &t in &c.targets {
-            let mut s = Setup::start(c, t, conns, &["bench"], false).await?;
-            let mut row = s
-                .measure(
-                    Topics::One("bench".into()),
-                    rate,
-                    a.duration,
-                    c.payload,
-                    0,
-                    a.drain,
-                )
-                .await?;
-            row.phase = "fanout".into();
-            s.stop().await?;
-            eprintln!("{row:?}");
-            check_complete(c, &row)?;
-            doc.rows.push(row);
+        let mut runs: Vec<(Target, Vec<Row>)> =
+            c.targets.iter().map(|t| (*t, Vec::new())).collect();
+        // Repetitions interleave the targets so that drifting load hits them alike.
+        for rep in 0..a.repeat.max(1) {
+            for (t, rows) in runs.iter_mut() {
+                let mut s = Setup::start(c, *t, conns, &["bench"], false).await?;
+                let mut row = s
+                    .measure(
+                        Topics::One("bench".into()),
+                        rate,
+                        a.duration,
+                        c.payload,
+                        0,
+                        a.drain,
+                    )
+                    .await?;
+                row.phase = format!("fanout run {}", rep + 1);
+                row.detail = true;
+                s.stop().await?;
+                eprintln!(
+                    "[{}] C={conns} run {}: {:.4}% delivered, p50 {:.2} ms, p99 {:.2} ms, {:.2} µs CPU/delivery",
+                    t.name(),
+                    rep + 1,
+                    row.delivered_frac * 100.0,
+                    row.lat.p50_ms,
+                    row.lat.p99_ms,
+                    row.cpu_s_per_m
+                );
+                check_complete(c, &row)?;
+                doc.rows.push(row.clone());
+                rows.push(row);
+            }
+        }
+        for (_, mut rows) in runs {
+            if rows.is_empty() {
+                continue;
+            }
+            rows.sort_by(|x, y| x.lat.p99_ms.total_cmp(&y.lat.p99_ms));
+            let n = rows.len();
+            let mut m = rows[(n - 1) / 2].clone();
+            m.phase = "fanout".into();
+            m.detail = false;
+            if n > 1 {
+                let cpu: Vec<f64> = rows.iter().map(|r| r.cpu_s_per_m).collect();
+                let (lo, hi) = (
+                    cpu.iter().copied().fold(f64::MAX, f64::min),
+                    cpu.iter().copied().fold(0.0, f64::max),
+                );
+                let note = format!(
+                    "median of {n} runs by p99 (p99 {:.2}–{:.2} ms, CPU {lo:.2}–{hi:.2} µs/delivery)",
+                    rows[0].lat.p99_ms,
+                    rows[n - 1].lat.p99_ms
+                );
+                m.note = if m.note.is_empty() {
+                    note
+                } else {
+                    format!("{note}; {}", m.note)
+                };
+            }
+            doc.rows.push(m);
         }
         fanout_summary(&mut doc, conns);
     }
