@@ -80,6 +80,8 @@ pub struct RunDoc {
     pub load_start: String,
     /// Load average when it ended.
     pub load_end: String,
+    /// The repository revision the run was made at (`git describe`), if known.
+    pub revision: String,
     /// CPU busy (percent of all cores) in the second before each target started,
     /// while the harness ran nothing: other work sharing the machine.
     pub busy_before_pct: Vec<(String, f64)>,
@@ -128,6 +130,13 @@ impl RunDoc {
             load_start: loadavg(),
             load_end: String::new(),
             busy_before_pct: Vec::new(),
+            revision: std::process::Command::new("git")
+                .args(["describe", "--always", "--dirty"])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default(),
             rows: Vec::new(),
             summary: Vec::new(),
         }
@@ -156,6 +165,9 @@ impl RunDoc {
             "\n### {} — {} UTC\n\n```\n{}\n```\n\n{} cores; load average {} at start, {} at end (it includes this run's own previous steps).",
             self.scenario, self.date, self.command, self.cores, self.load_start, self.load_end
         );
+        if !self.revision.is_empty() {
+            s.push_str(&format!(" Revision {}.", self.revision));
+        }
         if !self.busy_before_pct.is_empty() {
             let max = self.busy_before_pct.iter().map(|b| b.1).fold(0.0, f64::max);
             s.push_str(&format!(
