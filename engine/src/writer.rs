@@ -8,7 +8,7 @@
 //! `Ok(())` after a close frame was sent (the session then waits briefly for the
 //! client's close reply), or a dropped sender after a write error.
 
-use std::{collections::VecDeque, sync::Arc, time::Duration};
+use std::{collections::VecDeque, sync::Arc, task::Poll, time::Duration};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, stream::SplitSink};
@@ -84,10 +84,11 @@ pub async fn run(
             Batch::Frames => None,
             Batch::Close(close) => Some(close),
         };
-        let now = Instant::now();
+        // The clock is read only when a frame has a TTL.
+        let mut now = None;
         let mut expired = 0u64;
         let frames = batch.drain(..).filter_map(|item| match item.expires {
-            Some(at) if at <= now => {
+            Some(at) if at <= *now.get_or_insert_with(Instant::now) => {
                 expired += 1;
                 None
             }
@@ -160,9 +161,15 @@ async fn write(
         sink.flush().await?;
         Ok::<_, WriteError>(())
     };
-    tokio::time::timeout(limit, all)
-        .await
-        .map_err(|_| WriteError::Timeout(limit))?
+    tokio::pin!(all);
+    // Nearly every batch fits in the socket buffer and completes on its first
+    // poll: arm the write timer only for a batch that has to wait.
+    match std::future::poll_fn(|cx| Poll::Ready(all.as_mut().poll(cx))).await {
+        Poll::Ready(result) => result,
+        Poll::Pending => tokio::time::timeout(limit, all)
+            .await
+            .map_err(|_| WriteError::Timeout(limit))?,
+    }
 }
 
 fn truncate(s: &str, max: usize) -> String {

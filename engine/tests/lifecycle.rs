@@ -283,3 +283,43 @@ async fn shutdown_ends_open_grpc_streams_with_unavailable_at_once() {
     );
     drop(publish_tx);
 }
+
+#[tokio::test]
+async fn a_socket_that_accepts_nothing_is_dropped_after_the_write_timeout() {
+    let mut cfg = config();
+    cfg.write_timeout = Dur(Duration::from_millis(300));
+    // Queues large enough that only the write timeout can end the connection.
+    cfg.queue_max_messages = 1_000_000;
+    cfg.queue_max_bytes = 1 << 30;
+    let engine = start(cfg).await;
+    let mut producer = grpc(&engine).await;
+    let mut stuck = Client::connect(&engine).await;
+    stuck.subscribe(&["bulk:x"]).await;
+    let padding = "x".repeat(32 * 1024);
+    // Several MiB: more than the kernel buffers on both ends hold.
+    for _ in 0..400 {
+        let req = PublishRequest {
+            topic: "bulk:x".into(),
+            data: serde_json::to_vec(&json!({ "pad": padding }))
+                .unwrap()
+                .into(),
+            content_type: "application/json".into(),
+            ..Default::default()
+        };
+        producer.publish(req).await.unwrap();
+    }
+    eventually("the stuck connection is dropped", || {
+        engine.registry().connection_count() == 0
+    })
+    .await;
+    assert_eq!(
+        engine
+            .registry()
+            .stats
+            .slow_disconnects
+            .load(Ordering::Relaxed),
+        0,
+        "not a queue overflow"
+    );
+    drop(stuck);
+}
