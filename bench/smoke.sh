@@ -17,7 +17,8 @@ COMMON=(--out-dir "$OUT" --strict --busy-probe-ms 200)
 run() {
   local name=$1; shift
   local t0=$SECONDS
-  if "$BENCH" "$@" >"$OUT/$name.out" 2>"$OUT/$name.err"; then
+  # A hung scenario is ended (SIGTERM makes it stop its child processes).
+  if timeout -k 10 90 "$BENCH" "$@" >"$OUT/$name.out" 2>"$OUT/$name.err"; then
     echo "smoke: $name ok ($((SECONDS - t0)) s)"
   else
     echo "smoke: $name FAILED ($((SECONDS - t0)) s); last lines of its log:" >&2
