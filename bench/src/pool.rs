@@ -86,6 +86,10 @@ pub struct Report {
     pub hist: Histogram<u64>,
     /// Connections closed so far.
     pub closed: u64,
+    /// Messages skipped in some connection's `seq` order, since the worker started.
+    pub seq_gaps: u64,
+    /// Messages that arrived with a `seq` not above the previous one, likewise.
+    pub seq_reorders: u64,
     /// Close codes seen.
     pub close_codes: BTreeMap<String, u64>,
     /// A few errors.
@@ -274,6 +278,8 @@ impl Pool {
             received: 0,
             hist: new_hist()?,
             closed: 0,
+            seq_gaps: 0,
+            seq_reorders: 0,
             close_codes: BTreeMap::new(),
             errors: Vec::new(),
             cpu_s: 0.0,
@@ -282,6 +288,8 @@ impl Pool {
             let v = w.event("report", Duration::from_secs(60)).await?;
             r.received += v["received"].as_u64().unwrap_or(0);
             r.closed += v["closed"].as_u64().unwrap_or(0);
+            r.seq_gaps += v["seq_gaps"].as_u64().unwrap_or(0);
+            r.seq_reorders += v["seq_reorders"].as_u64().unwrap_or(0);
             r.cpu_s += v["cpu_s"].as_f64().unwrap_or(0.0);
             let d: HistDump = serde_json::from_value(v["hist"].clone())?;
             d.add_to(&mut r.hist)?;

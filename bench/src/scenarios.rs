@@ -229,6 +229,15 @@ impl Setup {
         if !rep.close_codes.is_empty() {
             note.push(format!("closed by server: {:?}", rep.close_codes));
         }
+        let gaps = rep.seq_gaps.saturating_sub(base.seq_gaps);
+        let reorders = rep.seq_reorders.saturating_sub(base.seq_reorders);
+        if gaps > 0 || reorders > 0 {
+            note.push(format!(
+                "seq order broken: {gaps} skipped, {reorders} out of order"
+            ));
+        }
+        extra.insert("seq_gaps".into(), json!(gaps));
+        extra.insert("seq_reorders".into(), json!(reorders));
         if !rep.errors.is_empty() {
             extra.insert("client_errors".into(), json!(rep.errors));
         }
@@ -255,6 +264,16 @@ impl Setup {
 }
 
 fn check_complete(c: &Common, r: &Row) -> Result<()> {
+    let get = |k: &str| r.extra.get(k).and_then(Value::as_u64).unwrap_or(0);
+    if c.strict && (get("seq_gaps") > 0 || get("seq_reorders") > 0) {
+        return err(format!(
+            "{} {}: per-connection seq order broken: {} skipped, {} out of order",
+            r.target,
+            r.phase,
+            get("seq_gaps"),
+            get("seq_reorders")
+        ));
+    }
     if c.strict && r.delivered < r.expected {
         return err(format!(
             "{} {}: delivered {} of {} ({:.4}%)",

@@ -155,6 +155,20 @@ pub fn parse_stamp(frame: &[u8]) -> Option<u64> {
     any.then_some(v)
 }
 
+/// The `seq` of a received message frame: the digits after the first `"seq":`.
+pub fn parse_seq(frame: &[u8]) -> Option<u64> {
+    let key = b"\"seq\":";
+    let pos = frame.windows(key.len()).position(|w| w == key)? + key.len();
+    let digits = frame[pos..].iter().take_while(|b| b.is_ascii_digit());
+    let mut v: u64 = 0;
+    let mut any = false;
+    for &b in digits {
+        v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        any = true;
+    }
+    any.then_some(v)
+}
+
 /// A latency histogram in microseconds, 1 µs to 10 min, 3 significant digits.
 pub fn new_hist() -> Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 600_000_000, 3).map_err(|e| BenchError::Hist(e.to_string()))
@@ -258,5 +272,6 @@ mod tests {
         );
         assert_eq!(parse_stamp(frame.as_bytes()), v["t"].as_u64());
         assert_eq!(parse_stamp(b"{\"type\":\"subscribed\"}"), None);
+        assert_eq!(parse_seq(frame.as_bytes()), Some(3));
     }
 }

@@ -7,7 +7,9 @@
 //! reading once subscribed), `tcp` (plain TCP readers of the floor writer) and
 //! `churn` (connect, subscribe, close, at a fixed rate).
 
-use crate::util::{BenchError, HistDump, Result, err, new_hist, now_ns, parse_stamp, self_cpu_s};
+use crate::util::{
+    BenchError, HistDump, Result, err, new_hist, now_ns, parse_seq, parse_stamp, self_cpu_s,
+};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::json;
@@ -83,6 +85,8 @@ struct Shared {
     connected: AtomicU64,
     failed: AtomicU64,
     closed: AtomicU64,
+    seq_gaps: AtomicU64,
+    seq_reorders: AtomicU64,
     t_first: AtomicU64,
     t_last: AtomicU64,
     hist: Mutex<Option<Histogram<u64>>>,
@@ -91,6 +95,21 @@ struct Shared {
 }
 
 impl Shared {
+    /// Records a frame; `last` is the connection's last seen `seq` (0 = none yet).
+    fn record_seq(&self, frame: &[u8], last: &mut u64) {
+        if let Some(seq) = parse_seq(frame) {
+            if *last != 0 && seq != *last + 1 {
+                if seq <= *last {
+                    self.seq_reorders.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.seq_gaps.fetch_add(seq - *last - 1, Ordering::Relaxed);
+                }
+            }
+            *last = seq;
+        }
+        self.record(frame);
+    }
+
     fn record(&self, frame: &[u8]) {
         if let Some(t) = parse_stamp(frame) {
             let lat_us = now_ns().saturating_sub(t) / 1000;
@@ -187,9 +206,10 @@ pub async fn ws_connect_subscribe(
 }
 
 async fn ws_read_loop(sh: &Shared, mut ws: WebSocketStream<TcpStream>) {
+    let mut last = 0u64;
     while let Some(m) = ws.next().await {
         match m {
-            Ok(Message::Text(t)) => sh.record(t.as_bytes()),
+            Ok(Message::Text(t)) => sh.record_seq(t.as_bytes(), &mut last),
             Ok(Message::Close(f)) => {
                 sh.close_code(f.map(|f| u16::from(f.code)).unwrap_or(1005));
                 break;
@@ -208,6 +228,7 @@ async fn ws_read_loop(sh: &Shared, mut ws: WebSocketStream<TcpStream>) {
 async fn tcp_read_loop(sh: &Shared, mut s: TcpStream) {
     let mut buf = vec![0u8; 8192];
     let mut filled = 0usize;
+    let mut last = 0u64;
     loop {
         if filled == buf.len() {
             buf.resize(buf.len() * 2, 0);
@@ -235,7 +256,7 @@ async fn tcp_read_loop(sh: &Shared, mut s: TcpStream) {
             if filled - pos < hdr + len {
                 break;
             }
-            sh.record(&buf[pos + hdr..pos + hdr + len]);
+            sh.record_seq(&buf[pos + hdr..pos + hdr + len], &mut last);
             pos += hdr + len;
         }
         buf.copy_within(pos..filled, 0);
@@ -424,6 +445,8 @@ pub fn run(args: WorkerArgs) -> Result<()> {
                         "received": sh.received.swap(0, Ordering::Relaxed),
                         "hist": hist,
                         "closed": sh.closed.load(Ordering::Relaxed),
+                        "seq_gaps": sh.seq_gaps.load(Ordering::Relaxed),
+                        "seq_reorders": sh.seq_reorders.load(Ordering::Relaxed),
                         "close_codes": codes,
                         "errors": errors,
                         "cpu_s": self_cpu_s(),
