@@ -3,7 +3,7 @@
 # measuring the floor, the naive baseline and Herald in one command. Appends a
 # section per scenario to docs/benchmarks.md, redraws
 # docs/img/latency-vs-connections.png and keeps JSON under bench/results/.
-# Takes about 20-25 minutes on 2 cores. Run it on an otherwise idle machine
+# Takes about 15-20 minutes on 2 cores. Run it on an otherwise idle machine
 # (check `uptime`): the load generator shares the cores with the engine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
