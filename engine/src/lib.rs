@@ -8,7 +8,7 @@
 //! | accept | [`server`] | listeners, gRPC + health + reflection, graceful shutdown |
 //! | session | [`session`] | handshake, the client's read loop and commands |
 //! | registry | [`registry`] | connections (slab), users, the topic map |
-//! | topic snapshot | [`topic`] | subscriber sets as immutable snapshots; fan-out |
+//! | topic snapshot | [`topic`], [`snapshot`] | subscriber sets as immutable chunked snapshots; fan-out |
 //! | queue | [`queue`] | each connection's bounded outgoing queue |
 //! | writer | [`writer`] | batched socket writes, heartbeats, close frames |
 //!
@@ -31,6 +31,7 @@ pub mod queue;
 pub mod registry;
 pub mod server;
 pub mod session;
+pub mod snapshot;
 pub mod topic;
 pub mod topic_name;
 pub mod writer;

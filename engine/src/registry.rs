@@ -77,22 +77,6 @@ pub enum SubscribeError {
     Closed(ConnId),
 }
 
-/// Membership changes already made, waiting to become visible to publishers.
-#[derive(Debug, Default)]
-#[must_use = "a subscription change is only guaranteed visible once `visible` resolves"]
-pub struct Pending {
-    waits: Vec<(Arc<Topic>, u64)>,
-}
-
-impl Pending {
-    /// Resolves once every change is in its topic's published snapshot.
-    pub async fn visible(self) {
-        for (topic, version) in self.waits {
-            topic.wait_visible(version).await;
-        }
-    }
-}
-
 /// All connections and topics of this node.
 #[derive(Debug)]
 pub struct Registry {
@@ -270,15 +254,13 @@ impl Registry {
             .remove_if(topic.name(), |_, v| Arc::ptr_eq(v, topic));
     }
 
-    /// Adds `conn` to `names` (all validated first; all or nothing). The change
-    /// is made at once, in call order; the returned [`Pending`] resolves once every
-    /// new subscription is visible to publishers. Topics already subscribed are
-    /// left as they are.
-    pub fn subscribe(&self, conn: &Arc<Conn>, names: &[String]) -> Result<Pending, SubscribeError> {
+    /// Adds `conn` to `names` (all validated first; all or nothing). When this
+    /// returns, publishers already see the new subscriptions. Topics already
+    /// subscribed are left as they are.
+    pub fn subscribe(&self, conn: &Arc<Conn>, names: &[String]) -> Result<(), SubscribeError> {
         for name in names {
             self.validate_topic(name)?;
         }
-        let mut waits = Vec::new();
         let mut subs = conn.subscriptions();
         if subs.closed {
             return Err(SubscribeError::Closed(conn.id()));
@@ -293,41 +275,31 @@ impl Registry {
                 max: self.limits.max_subscriptions,
             });
         }
+        let mut added = 0;
         for name in fresh {
             loop {
                 let topic = self.topic_or_create(name);
                 match topic.add(conn, &self.presence) {
                     Change::Removed => self.forget_topic(&topic),
-                    Change::Changed(version) => {
-                        waits.push((Arc::clone(&topic), version));
-                        subs.topics.push(topic);
-                        break;
-                    }
-                    Change::Unchanged => {
+                    change => {
+                        added += u64::from(change == Change::Changed);
                         subs.topics.push(topic);
                         break;
                     }
                 }
             }
         }
-        self.stats
-            .subscriptions
-            .fetch_add(waits.len() as u64, Ordering::Relaxed);
-        Ok(Pending { waits })
+        self.stats.subscriptions.fetch_add(added, Ordering::Relaxed);
+        Ok(())
     }
 
-    /// Removes `conn` from `names` (names it is not in are ignored). The change is
-    /// made at once; the returned [`Pending`] resolves once publishers no longer
-    /// see it in those topics. Invalid names are refused.
-    pub fn unsubscribe(
-        &self,
-        conn: &Arc<Conn>,
-        names: &[String],
-    ) -> Result<Pending, SubscribeError> {
+    /// Removes `conn` from `names` (names it is not in are ignored). When this
+    /// returns, publishers no longer see it in those topics. Invalid names are
+    /// refused.
+    pub fn unsubscribe(&self, conn: &Arc<Conn>, names: &[String]) -> Result<(), SubscribeError> {
         for name in names {
             self.validate_topic(name)?;
         }
-        let mut waits = Vec::new();
         let mut subs = conn.subscriptions();
         let mut left = Vec::new();
         subs.topics.retain(|t| {
@@ -337,15 +309,14 @@ impl Registry {
             }
             !leave
         });
-        for topic in left {
-            if let Change::Changed(version) = topic.remove(conn, &self.presence) {
-                waits.push((topic, version));
-            }
-        }
+        let removed = left
+            .iter()
+            .filter(|topic| topic.remove(conn, &self.presence) == Change::Changed)
+            .count();
         self.stats
             .subscriptions
-            .fetch_sub(waits.len() as u64, Ordering::Relaxed);
-        Ok(Pending { waits })
+            .fetch_sub(removed as u64, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Publishes one message to one topic on this node (the caller validated the

@@ -114,7 +114,7 @@ pub async fn serve(stream: TcpStream, config: Arc<Config>, registry: Arc<Registr
             None => break,
             Some(Ok(message)) => {
                 conn.touch();
-                handle_message(&conn, &registry, &config, message).await;
+                handle_message(&conn, &registry, &config, message);
             }
             Some(Err(e)) => {
                 if let Some(close) = close_for(&e) {
@@ -137,7 +137,7 @@ pub async fn serve(stream: TcpStream, config: Arc<Config>, registry: Arc<Registr
     tracing::debug!(conn = %conn_id, "disconnected");
 }
 
-async fn handle_message(conn: &Arc<Conn>, registry: &Registry, config: &Config, message: Message) {
+fn handle_message(conn: &Arc<Conn>, registry: &Registry, config: &Config, message: Message) {
     let text = match message {
         Message::Text(text) => text,
         Message::Binary(_) => {
@@ -169,31 +169,25 @@ async fn handle_message(conn: &Arc<Conn>, registry: &Registry, config: &Config, 
             send_error(conn, id, "too_many_topics", &message);
         }
         Command::Subscribe { id, topics } => match registry.subscribe(conn, &topics) {
-            Ok(pending) => {
-                pending.visible().await;
-                send(
-                    conn,
-                    Reply::Subscribed {
-                        id,
-                        topics: &topics,
-                        server: false,
-                    },
-                );
-            }
+            Ok(()) => send(
+                conn,
+                Reply::Subscribed {
+                    id,
+                    topics: &topics,
+                    server: false,
+                },
+            ),
             Err(e) => send_error(conn, id, subscribe_error_code(&e), &e.to_string()),
         },
         Command::Unsubscribe { id, topics } => match registry.unsubscribe(conn, &topics) {
-            Ok(pending) => {
-                pending.visible().await;
-                send(
-                    conn,
-                    Reply::Unsubscribed {
-                        id,
-                        topics: &topics,
-                        server: false,
-                    },
-                );
-            }
+            Ok(()) => send(
+                conn,
+                Reply::Unsubscribed {
+                    id,
+                    topics: &topics,
+                    server: false,
+                },
+            ),
             Err(e) => send_error(conn, id, subscribe_error_code(&e), &e.to_string()),
         },
     }

@@ -8,52 +8,43 @@
 //!   order of messages in the topic: a message is fanned out completely before the
 //!   next one starts, so every subscriber sees the topic in `seq` order.
 //!
-//! The fan-out path loads the current snapshot (one atomic reference-count
-//! increment) and walks it without locks. Snapshots are rebuilt from the member
-//! map after changes; small topics rebuild at once, large ones coalesce a burst of
-//! changes into one rebuild and are throttled so that rebuilding takes at most
-//! about a fifth of the time — 20,000 subscribes in a burst cost a few dozen
-//! rebuilds, not 20,000 copies. A subscriber waits until a snapshot that contains
-//! it is visible before it is told it is subscribed.
+//! The fan-out path loads the current [`Snapshot`] (one atomic reference-count
+//! increment) and walks it without locks. Every membership change publishes a new
+//! snapshot at once, under the member lock; snapshots share unchanged chunks
+//! ([`crate::snapshot`]), so a change costs a small fraction of the topic's size
+//! and a subscriber is visible to publishers before its subscribe returns.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
 
 use arc_swap::ArcSwap;
-use tokio::{sync::Notify, time::Instant};
+use tokio::time::Instant;
 
 use crate::{
     conn::{Conn, ConnId},
     presence::{EventKind, PresenceHub},
     protocol::{self, Payload, close},
     queue::{Close, Item, PushError},
+    snapshot::{Snapshot, Subscribers},
 };
 
-/// Topics with at most this many members rebuild their snapshot at once.
-const INLINE_REBUILD_MAX: usize = 64;
-/// A rebuild waits until this many times the previous rebuild's cost has passed.
-const REBUILD_THROTTLE: u32 = 4;
 /// Idempotency keys remembered per topic at most; the oldest go first.
 const MAX_KEYS_PER_TOPIC: usize = 10_000;
 
-/// The subscribers a publisher walks: immutable once published.
-pub type Snapshot = Vec<Arc<Conn>>;
-
 #[derive(Debug)]
 struct Members {
+    /// By id, for presence pages in a stable order.
     conns: BTreeMap<ConnId, Arc<Conn>>,
     /// Connections per non-empty user id, for constant-time unique-user counts.
     users: HashMap<Arc<str>, u32>,
-    /// Incremented on every change; the snapshot records which version it shows.
-    version: u64,
-    rebuild_scheduled: bool,
-    last_rebuild: Option<(Instant, Duration)>,
+    /// What the next snapshot is made of.
+    subscribers: Subscribers,
     last_active: Instant,
     /// Set when the topic left the registry: callers must look it up again.
     removed: bool,
@@ -72,9 +63,6 @@ struct Publishing {
 pub struct Topic {
     name: Arc<str>,
     snapshot: ArcSwap<Snapshot>,
-    /// The member-map version the current snapshot shows.
-    visible: AtomicU64,
-    rebuilt: Notify,
     members: Mutex<Members>,
     publishing: Mutex<Publishing>,
     removed: AtomicBool,
@@ -102,8 +90,8 @@ pub struct Removed;
 /// The outcome of adding or removing a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
-    /// The member map changed; the snapshot will show it at this version.
-    Changed(u64),
+    /// The member set changed, and publishers already see the change.
+    Changed,
     /// Nothing to do (already a member, or not one).
     Unchanged,
     /// The topic has left the registry; look it up again.
@@ -122,15 +110,11 @@ impl Topic {
         let now = Instant::now();
         Self {
             name,
-            snapshot: ArcSwap::from_pointee(Vec::new()),
-            visible: AtomicU64::new(0),
-            rebuilt: Notify::new(),
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
             members: Mutex::new(Members {
                 conns: BTreeMap::new(),
                 users: HashMap::new(),
-                version: 0,
-                rebuild_scheduled: false,
-                last_rebuild: None,
+                subscribers: Subscribers::default(),
                 last_active: now,
                 removed: false,
             }),
@@ -156,100 +140,58 @@ impl Topic {
     }
 
     /// Adds a connection. The caller holds the connection's subscription lock.
-    pub fn add(self: &Arc<Self>, conn: &Arc<Conn>, hub: &PresenceHub) -> Change {
-        let mut m = lock(&self.members);
-        if m.removed {
-            return Change::Removed;
-        }
-        if m.conns.insert(conn.id(), Arc::clone(conn)).is_some() {
-            return Change::Unchanged;
-        }
-        if let Some(user) = conn.user() {
-            *m.users.entry(Arc::clone(user)).or_insert(0) += 1;
-        }
-        if self.tracked {
-            hub.member_changed(EventKind::Join, &self.name, conn);
-        }
-        self.changed(&mut m)
+    pub fn add(&self, conn: &Arc<Conn>, hub: &PresenceHub) -> Change {
+        let old = {
+            let mut m = lock(&self.members);
+            if m.removed {
+                return Change::Removed;
+            }
+            if m.conns.insert(conn.id(), Arc::clone(conn)).is_some() {
+                return Change::Unchanged;
+            }
+            if let Some(user) = conn.user() {
+                *m.users.entry(Arc::clone(user)).or_insert(0) += 1;
+            }
+            m.subscribers.insert(Arc::clone(conn));
+            if self.tracked {
+                hub.member_changed(EventKind::Join, &self.name, conn);
+            }
+            self.publish_snapshot(&m)
+        };
+        drop(old);
+        Change::Changed
     }
 
     /// Removes a connection. The caller holds the connection's subscription lock.
-    pub fn remove(self: &Arc<Self>, conn: &Arc<Conn>, hub: &PresenceHub) -> Change {
-        let mut m = lock(&self.members);
-        if m.conns.remove(&conn.id()).is_none() {
-            return Change::Unchanged;
-        }
-        if let Some(user) = conn.user()
-            && let Some(n) = m.users.get_mut(user)
-        {
-            *n -= 1;
-            if *n == 0 {
-                m.users.remove(user);
-            }
-        }
-        m.last_active = Instant::now();
-        if self.tracked {
-            hub.member_changed(EventKind::Leave, &self.name, conn);
-        }
-        self.changed(&mut m)
-    }
-
-    fn changed(self: &Arc<Self>, m: &mut Members) -> Change {
-        m.version += 1;
-        let version = m.version;
-        if m.conns.len() <= INLINE_REBUILD_MAX {
-            let old = self.rebuild(m);
-            drop(old);
-        } else if !m.rebuild_scheduled {
-            m.rebuild_scheduled = true;
-            let topic = Arc::clone(self);
-            tokio::spawn(async move { topic.rebuild_later().await });
-        }
-        Change::Changed(version)
-    }
-
-    /// Publishes a new snapshot from the member map; returns the old one so the
-    /// caller can drop it outside the lock.
-    fn rebuild(&self, m: &mut Members) -> Arc<Snapshot> {
-        let started = Instant::now();
-        let list: Snapshot = m.conns.values().cloned().collect();
-        let old = self.snapshot.swap(Arc::new(list));
-        self.visible.store(m.version, Ordering::Release);
-        m.last_rebuild = Some((started, started.elapsed()));
-        self.rebuilt.notify_waiters();
-        old
-    }
-
-    async fn rebuild_later(self: Arc<Self>) {
-        let wait = {
-            let m = lock(&self.members);
-            m.last_rebuild.map(|(at, cost)| {
-                (at + cost * (REBUILD_THROTTLE + 1)).saturating_duration_since(Instant::now())
-            })
-        };
-        match wait {
-            Some(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
-            _ => tokio::task::yield_now().await,
-        }
+    pub fn remove(&self, conn: &Arc<Conn>, hub: &PresenceHub) -> Change {
         let old = {
             let mut m = lock(&self.members);
-            m.rebuild_scheduled = false;
-            self.rebuild(&mut m)
+            if m.conns.remove(&conn.id()).is_none() {
+                return Change::Unchanged;
+            }
+            if let Some(user) = conn.user()
+                && let Some(n) = m.users.get_mut(user)
+            {
+                *n -= 1;
+                if *n == 0 {
+                    m.users.remove(user);
+                }
+            }
+            m.subscribers.remove(conn.id());
+            m.last_active = Instant::now();
+            if self.tracked {
+                hub.member_changed(EventKind::Leave, &self.name, conn);
+            }
+            self.publish_snapshot(&m)
         };
         drop(old);
+        Change::Changed
     }
 
-    /// Waits until the published snapshot shows member-map `version` or later.
-    pub async fn wait_visible(&self, version: u64) {
-        loop {
-            let notified = self.rebuilt.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.visible.load(Ordering::Acquire) >= version {
-                return;
-            }
-            notified.await;
-        }
+    /// Makes the member set visible to publishers; returns the previous snapshot
+    /// so the caller can release it outside the lock.
+    fn publish_snapshot(&self, m: &Members) -> Arc<Snapshot> {
+        self.snapshot.swap(Arc::new(m.subscribers.snapshot()))
     }
 
     /// The current subscriber snapshot.

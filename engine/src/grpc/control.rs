@@ -1,14 +1,14 @@
 //! Subscribe-control: moving connections into and out of topics, disconnecting
 //! them, and the `Control` stream that carries the same commands.
 //!
-//! Every command is applied at once, in the order it arrives; what remains is to
-//! wait until the change is visible to publishers before answering. On a
-//! `Control` stream those waits overlap, so a producer can move thousands of
-//! connections per second while each command still gets its own answer.
+//! Every command takes effect before it is answered: once a subscribe's answer
+//! is sent, publishers already see the new subscriptions. A `Control` stream
+//! applies its commands one after another, in the order they arrive, and answers
+//! each with its own result; one failing command never ends the stream.
 
-use std::{future::Future, pin::Pin, sync::Arc};
+use std::sync::Arc;
 
-use futures_util::{StreamExt, stream::FuturesUnordered};
+use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
@@ -18,14 +18,9 @@ use crate::{
     proto::{self, control_request::Command, control_response, target::Target},
     protocol::{Reply, close},
     queue::Close,
-    registry::{Pending, SubscribeError},
+    registry::SubscribeError,
     session,
 };
-
-/// Commands of one `Control` stream that may be waiting for visibility at once.
-const MAX_IN_FLIGHT: usize = 4096;
-
-type Answer<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl HeraldService {
     /// The connections a target names: NOT_FOUND when there are none.
@@ -67,16 +62,27 @@ impl HeraldService {
         topics.iter().try_for_each(|t| self.check_topic(t))
     }
 
-    /// Applies a subscribe now; the returned future answers once it is visible.
+    /// Puts the target's connections into topics and tells each of them.
     pub(super) fn subscribe_now(
         &self,
         req: proto::SubscribeRequest,
-    ) -> Result<Answer<proto::SubscribeResponse>, Status> {
+    ) -> Result<proto::SubscribeResponse, Status> {
         self.check_topics(&req.topics)?;
-        let mut done = Vec::new();
+        let mut connections = 0;
         for conn in self.targets(req.target)? {
             match self.registry.subscribe(&conn, &req.topics) {
-                Ok(pending) => done.push((conn, pending)),
+                Ok(()) => {
+                    connections += 1;
+                    let topics = &req.topics;
+                    session::send(
+                        &conn,
+                        Reply::Subscribed {
+                            id: None,
+                            topics,
+                            server: true,
+                        },
+                    );
+                }
                 Err(SubscribeError::Closed(_)) => {}
                 Err(e @ SubscribeError::TooMany { .. }) => {
                     return Err(Status::failed_precondition(format!(
@@ -89,43 +95,36 @@ impl HeraldService {
                 }
             }
         }
-        if done.is_empty() {
+        if connections == 0 {
             return Err(Status::not_found("the target's connections have closed"));
         }
-        Ok(Box::pin(async move {
-            let connections = announce(done, &req.topics, |topics| Reply::Subscribed {
-                id: None,
-                topics,
-                server: true,
-            })
-            .await;
-            proto::SubscribeResponse { connections }
-        }))
+        Ok(proto::SubscribeResponse { connections })
     }
 
-    /// Applies an unsubscribe now; the returned future answers once it is visible.
+    /// Takes the target's connections out of topics and tells each of them.
     pub(super) fn unsubscribe_now(
         &self,
         req: proto::UnsubscribeRequest,
-    ) -> Result<Answer<proto::UnsubscribeResponse>, Status> {
+    ) -> Result<proto::UnsubscribeResponse, Status> {
         self.check_topics(&req.topics)?;
-        let mut done = Vec::new();
-        for conn in self.targets(req.target)? {
-            let pending = self
-                .registry
-                .unsubscribe(&conn, &req.topics)
+        let conns = self.targets(req.target)?;
+        for conn in &conns {
+            self.registry
+                .unsubscribe(conn, &req.topics)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            done.push((conn, pending));
+            let topics = &req.topics;
+            session::send(
+                conn,
+                Reply::Unsubscribed {
+                    id: None,
+                    topics,
+                    server: true,
+                },
+            );
         }
-        Ok(Box::pin(async move {
-            let connections = announce(done, &req.topics, |topics| Reply::Unsubscribed {
-                id: None,
-                topics,
-                server: true,
-            })
-            .await;
-            proto::UnsubscribeResponse { connections }
-        }))
+        Ok(proto::UnsubscribeResponse {
+            connections: conns.len() as u32,
+        })
     }
 
     /// Closes the target's connections with the requested code and reason.
@@ -162,88 +161,53 @@ impl HeraldService {
         })
     }
 
-    /// Applies one control command now; the future gives its result.
-    fn apply(&self, command: Option<Command>) -> Result<Answer<control_response::Result>, Status> {
+    /// Applies one control command.
+    fn apply(&self, command: Option<Command>) -> Result<control_response::Result, Status> {
         use control_response::Result as R;
         match command {
             None => Err(Status::invalid_argument("command is missing")),
-            Some(Command::Subscribe(req)) => {
-                let done = self.subscribe_now(req)?;
-                Ok(Box::pin(async move { R::Subscribe(done.await) }))
-            }
-            Some(Command::Unsubscribe(req)) => {
-                let done = self.unsubscribe_now(req)?;
-                Ok(Box::pin(async move { R::Unsubscribe(done.await) }))
-            }
-            Some(Command::Disconnect(req)) => {
-                let done = self.disconnect_now(req)?;
-                Ok(Box::pin(std::future::ready(R::Disconnect(done))))
-            }
+            Some(Command::Subscribe(req)) => self.subscribe_now(req).map(R::Subscribe),
+            Some(Command::Unsubscribe(req)) => self.unsubscribe_now(req).map(R::Unsubscribe),
+            Some(Command::Disconnect(req)) => self.disconnect_now(req).map(R::Disconnect),
         }
     }
 }
 
-/// Waits until each connection's change is visible to publishers, then tells the
-/// connection with a server-initiated push. Returns how many connections there were.
-async fn announce(
-    done: Vec<(Arc<Conn>, Pending)>,
-    topics: &[String],
-    reply: impl for<'a> Fn(&'a [String]) -> Reply<'a>,
-) -> u32 {
-    let connections = done.len() as u32;
-    for (conn, pending) in done {
-        pending.visible().await;
-        session::send(&conn, reply(topics));
-    }
-    connections
-}
-
-/// Serves one `Control` stream until the producer closes it.
+/// Serves one `Control` stream until the producer closes it or the node shuts down.
 pub(super) async fn run(
     service: HeraldService,
     mut requests: Streaming<proto::ControlRequest>,
     tx: mpsc::Sender<Result<proto::ControlResponse, Status>>,
 ) {
-    let mut in_flight = FuturesUnordered::new();
-    let mut open = true;
     let stop = HeraldService::shutting_down(service.shutdown.clone());
     tokio::pin!(stop);
-    while open || !in_flight.is_empty() {
-        tokio::select! {
+    loop {
+        let next = tokio::select! {
+            biased;
             () = &mut stop => {
                 let _ = tx.send(Err(Status::unavailable("server shutting down"))).await;
                 return;
             }
-            next = requests.next(), if open && in_flight.len() < MAX_IN_FLIGHT => {
-                let req = match next {
-                    Some(Ok(req)) => req,
-                    Some(Err(status)) => {
-                        tracing::debug!(%status, "control stream ended by the client");
-                        open = false;
-                        continue;
-                    }
-                    None => {
-                        open = false;
-                        continue;
-                    }
-                };
-                let request_id = req.request_id;
-                match service.apply(req.command) {
-                    Ok(answer) => in_flight.push(async move { (request_id, answer.await) }),
-                    Err(status) => {
-                        let result = Some(control_response::Result::Error(item_error(&status)));
-                        if tx.send(Ok(proto::ControlResponse { request_id, result })).await.is_err() {
-                            return;
-                        }
-                    }
-                }
+            next = requests.next() => next,
+        };
+        let req = match next {
+            Some(Ok(req)) => req,
+            Some(Err(status)) => {
+                tracing::debug!(%status, "control stream ended by the client");
+                return;
             }
-            Some((request_id, result)) = in_flight.next(), if !in_flight.is_empty() => {
-                let response = proto::ControlResponse { request_id, result: Some(result) };
-                if tx.send(Ok(response)).await.is_err() {
-                    return;
-                }
-            }
+            None => return,
+        };
+        let result = match service.apply(req.command) {
+            Ok(result) => result,
+            Err(status) => control_response::Result::Error(item_error(&status)),
+        };
+        let response = proto::ControlResponse {
+            request_id: req.request_id,
+            result: Some(result),
+        };
+        if tx.send(Ok(response)).await.is_err() {
+            return;
         }
     }
 }

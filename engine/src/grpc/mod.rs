@@ -253,16 +253,15 @@ impl Herald for HeraldService {
         &self,
         request: Request<proto::SubscribeRequest>,
     ) -> Result<Response<proto::SubscribeResponse>, Status> {
-        let done = self.subscribe_now(request.into_inner())?;
-        Ok(Response::new(done.await))
+        self.subscribe_now(request.into_inner()).map(Response::new)
     }
 
     async fn unsubscribe(
         &self,
         request: Request<proto::UnsubscribeRequest>,
     ) -> Result<Response<proto::UnsubscribeResponse>, Status> {
-        let done = self.unsubscribe_now(request.into_inner())?;
-        Ok(Response::new(done.await))
+        self.unsubscribe_now(request.into_inner())
+            .map(Response::new)
     }
 
     async fn disconnect(
