@@ -3,14 +3,21 @@
 //! writer.
 //!
 //! A push takes the queue's own small mutex (shared only with that connection's
-//! writer) and wakes the writer only when the queue goes from empty to non-empty.
-//! The writer swaps the whole queue out at once, so a burst of messages costs one
-//! wake-up and one lock per batch on its side. Two buffers alternate between the
-//! publisher side and the writer, so the steady state allocates nothing.
+//! writer) and wakes the writer only when the queue goes from empty to non-empty;
+//! the writer's waker lives under the same mutex, so waiting and waking need no
+//! other synchronisation. The writer swaps the whole queue out at once, so a burst
+//! of messages costs one wake-up and one lock per batch on its side. Two buffers
+//! alternate between the publisher side and the writer, so the steady state
+//! allocates nothing.
 
-use std::{collections::VecDeque, sync::Mutex};
+use std::{
+    collections::VecDeque,
+    future::poll_fn,
+    sync::Mutex,
+    task::{Context, Poll, Waker},
+};
 
-use tokio::{sync::Notify, time::Instant};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// One frame waiting to be written.
@@ -52,13 +59,14 @@ struct State {
     close: Option<Close>,
     /// Set once the writer has taken the close: nothing more is accepted.
     finished: bool,
+    /// The writer, when it waits for an empty queue to fill.
+    waker: Option<Waker>,
 }
 
 /// The bounded outgoing queue of one connection.
 #[derive(Debug)]
 pub struct Queue {
     state: Mutex<State>,
-    ready: Notify,
     max_messages: u32,
     max_bytes: u32,
 }
@@ -66,7 +74,7 @@ pub struct Queue {
 /// What the writer gets from one [`Queue::take`].
 #[derive(Debug)]
 pub enum Batch {
-    /// Frames to write (possibly none after a spurious wake-up).
+    /// Frames to write.
     Frames,
     /// Frames to write (if `drain`), then this close.
     Close(Close),
@@ -77,7 +85,6 @@ impl Queue {
     pub fn new(max_messages: usize, max_bytes: usize) -> Self {
         Self {
             state: Mutex::new(State::default()),
-            ready: Notify::new(),
             max_messages: u32::try_from(max_messages).unwrap_or(u32::MAX),
             max_bytes: u32::try_from(max_bytes).unwrap_or(u32::MAX),
         }
@@ -92,7 +99,7 @@ impl Queue {
     /// Queues a frame without waiting.
     pub fn push(&self, item: Item) -> Result<(), PushError> {
         let len = item.text.len();
-        let was_empty = {
+        let waker = {
             let mut state = self.lock();
             if state.close.is_some() || state.finished {
                 return Err(PushError::Closed);
@@ -104,10 +111,10 @@ impl Queue {
             }
             state.bytes += len;
             state.items.push_back(item);
-            state.items.len() == 1
+            state.waker.take()
         };
-        if was_empty {
-            self.ready.notify_one();
+        if let Some(waker) = waker {
+            waker.wake();
         }
         Ok(())
     }
@@ -115,23 +122,22 @@ impl Queue {
     /// Asks the writer to close the connection. The first close wins; returns
     /// whether this call was it.
     pub fn close(&self, close: Close) -> bool {
-        let first = {
+        let waker = {
             let mut state = self.lock();
             if state.close.is_some() || state.finished {
-                false
-            } else {
-                if !close.drain {
-                    state.items.clear();
-                    state.bytes = 0;
-                }
-                state.close = Some(close);
-                true
+                return false;
             }
+            if !close.drain {
+                state.items.clear();
+                state.bytes = 0;
+            }
+            state.close = Some(close);
+            state.waker.take()
         };
-        if first {
-            self.ready.notify_one();
+        if let Some(waker) = waker {
+            waker.wake();
         }
-        first
+        true
     }
 
     /// Whether a close has been requested or taken.
@@ -140,24 +146,34 @@ impl Queue {
         state.close.is_some() || state.finished
     }
 
-    /// Waits until there is something to take.
-    pub async fn ready(&self) {
-        self.ready.notified().await;
+    /// Waits until there is something to take, then moves every queued frame
+    /// into `out` (which must be empty; its capacity is reused) and reports a
+    /// pending close.
+    pub async fn take(&self, out: &mut VecDeque<Item>) -> Batch {
+        poll_fn(|cx| self.poll_take(cx, out)).await
     }
 
-    /// Moves every queued frame into `out` (which must be empty; its capacity is
-    /// reused) and reports a pending close.
-    pub fn take(&self, out: &mut VecDeque<Item>) -> Batch {
+    fn poll_take(&self, cx: &mut Context<'_>, out: &mut VecDeque<Item>) -> Poll<Batch> {
         let mut state = self.lock();
-        std::mem::swap(&mut state.items, out);
-        state.bytes = 0;
-        match state.close.take() {
-            Some(close) => {
-                state.finished = true;
-                Batch::Close(close)
-            }
-            None => Batch::Frames,
+        if let Some(close) = state.close.take() {
+            state.finished = true;
+            state.bytes = 0;
+            std::mem::swap(&mut state.items, out);
+            return Poll::Ready(Batch::Close(close));
         }
+        if state.items.is_empty() {
+            if !state
+                .waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                state.waker = Some(cx.waker().clone());
+            }
+            return Poll::Pending;
+        }
+        state.bytes = 0;
+        std::mem::swap(&mut state.items, out);
+        Poll::Ready(Batch::Frames)
     }
 
     /// Number of queued frames (for tests and diagnostics).
@@ -182,22 +198,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn bounded_by_messages_and_bytes() {
+    #[tokio::test]
+    async fn bounded_by_messages_and_bytes() {
         let q = Queue::new(2, 100);
         assert_eq!(q.push(item("a")), Ok(()));
         assert_eq!(q.push(item("b")), Ok(()));
         assert_eq!(q.push(item("c")), Err(PushError::Full));
         let mut out = VecDeque::new();
-        assert!(matches!(q.take(&mut out), Batch::Frames));
+        assert!(matches!(q.take(&mut out).await, Batch::Frames));
         assert_eq!(out.len(), 2);
         let q = Queue::new(10, 3);
         assert_eq!(q.push(item("ab")), Ok(()));
         assert_eq!(q.push(item("cd")), Err(PushError::Full));
     }
 
-    #[test]
-    fn close_drops_or_keeps_queued_frames_and_refuses_more() {
+    #[tokio::test]
+    async fn close_drops_or_keeps_queued_frames_and_refuses_more() {
         let q = Queue::new(10, 100);
         q.push(item("a")).ok();
         assert!(q.close(Close {
@@ -214,7 +230,7 @@ mod tests {
         }));
         assert_eq!(q.push(item("b")), Err(PushError::Closed));
         let mut out = VecDeque::new();
-        match q.take(&mut out) {
+        match q.take(&mut out).await {
             Batch::Close(c) => assert_eq!(c.code, 4001),
             Batch::Frames => panic!("expected a close"),
         }
@@ -229,7 +245,22 @@ mod tests {
             drain: true,
         });
         let mut out = VecDeque::new();
-        assert!(matches!(q.take(&mut out), Batch::Close(_)));
+        assert!(matches!(q.take(&mut out).await, Batch::Close(_)));
         assert_eq!(out.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn take_waits_for_the_first_push() {
+        let q = std::sync::Arc::new(Queue::new(10, 100));
+        let pusher = std::sync::Arc::clone(&q);
+        let waiting = tokio::spawn(async move {
+            let mut out = VecDeque::new();
+            let batch = q.take(&mut out).await;
+            (matches!(batch, Batch::Frames), out.len())
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        pusher.push(item("a")).ok();
+        assert_eq!(waiting.await.ok(), Some((true, 1)));
     }
 }

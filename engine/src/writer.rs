@@ -62,10 +62,14 @@ pub async fn run(
     let ping = tokio::time::sleep(timing.ping_interval);
     tokio::pin!(ping);
     loop {
-        tokio::select! {
+        let close = tokio::select! {
             biased;
-            () = conn.queue.ready() => {}
+            batch = conn.queue.take(&mut batch) => match batch {
+                Batch::Frames => None,
+                Batch::Close(close) => Some(close),
+            },
             () = &mut ping => {
+                ping.as_mut().reset(Instant::now() + timing.ping_interval);
                 if conn.last_seen().elapsed() >= timing.idle_timeout {
                     conn.queue.close(Close {
                         code: close::IDLE_TIMEOUT,
@@ -77,12 +81,8 @@ pub async fn run(
                     tracing::debug!(conn = %conn.id(), error = %e, "ping failed");
                     break;
                 }
-                ping.as_mut().reset(Instant::now() + timing.ping_interval);
+                continue;
             }
-        }
-        let close = match conn.queue.take(&mut batch) {
-            Batch::Frames => None,
-            Batch::Close(close) => Some(close),
         };
         // The clock is read only when a frame has a TTL.
         let mut now = None;
