@@ -140,12 +140,6 @@ impl Queue {
         true
     }
 
-    /// Whether a close has been requested or taken.
-    pub fn is_closing(&self) -> bool {
-        let state = self.lock();
-        state.close.is_some() || state.finished
-    }
-
     /// Waits until there is something to take, then moves every queued frame
     /// into `out` (which must be empty; its capacity is reused) and reports a
     /// pending close.
@@ -174,16 +168,6 @@ impl Queue {
         state.bytes = 0;
         std::mem::swap(&mut state.items, out);
         Poll::Ready(Batch::Frames)
-    }
-
-    /// Number of queued frames (for tests and diagnostics).
-    pub fn len(&self) -> usize {
-        self.lock().items.len()
-    }
-
-    /// Whether no frame is queued.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -322,9 +322,4 @@ impl Topic {
         }
         idle
     }
-
-    /// The last sequence number assigned.
-    pub fn last_seq(&self) -> u64 {
-        lock(&self.publishing).seq
-    }
 }
