@@ -127,8 +127,8 @@ settings! {
     max_user_id_len: usize = 128, env "HERALD_MAX_USER_ID_LEN";
     /// Largest client info (JSON) in bytes [default: 1024]
     max_info_bytes: usize = 1024, env "HERALD_MAX_INFO_BYTES";
-    /// Most messages waiting in one connection's outgoing queue before it is closed as a slow consumer (4001) [default: 1024]
-    queue_max_messages: usize = 1024, env "HERALD_QUEUE_MAX_MESSAGES";
+    /// Most messages waiting in one connection's outgoing queue before it is closed as a slow consumer (4001) [default: 8192]
+    queue_max_messages: usize = 8192, env "HERALD_QUEUE_MAX_MESSAGES";
     /// Most bytes waiting in one connection's outgoing queue before it is closed as a slow consumer (4001) [default: 1048576]
     queue_max_bytes: usize = 1024 * 1024, env "HERALD_QUEUE_MAX_BYTES";
     /// Initial read buffer per connection in bytes; it grows for larger frames [default: 2048]

@@ -28,6 +28,9 @@ use crate::{
     registry::Registry,
 };
 
+/// A batch buffer with more room than this is shrunk after use.
+const SHRINK_ABOVE: usize = 1024;
+
 /// The sending half of a connection's socket.
 pub type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
 
@@ -119,6 +122,11 @@ pub async fn run(
                 .await
             }
         };
+        // After a burst, give back what a long backlog made the buffers grow to
+        // (the two buffers alternate with the queue, so both shrink in turn).
+        if batch.capacity() > SHRINK_ABOVE {
+            batch.shrink_to(0);
+        }
         if expired > 0 {
             registry
                 .stats
