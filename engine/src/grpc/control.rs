@@ -8,11 +8,10 @@
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
-use super::{HeraldService, item_error};
+use super::{HeraldService, item_error, next_request};
 use crate::{
     conn::{Conn, ConnId},
     proto::{self, control_request::Command, control_response, target::Target},
@@ -181,23 +180,7 @@ pub(super) async fn run(
 ) {
     let stop = HeraldService::shutting_down(service.shutdown.clone());
     tokio::pin!(stop);
-    loop {
-        let next = tokio::select! {
-            biased;
-            () = &mut stop => {
-                let _ = tx.send(Err(Status::unavailable("server shutting down"))).await;
-                return;
-            }
-            next = requests.next() => next,
-        };
-        let req = match next {
-            Some(Ok(req)) => req,
-            Some(Err(status)) => {
-                tracing::debug!(%status, "control stream ended by the client");
-                return;
-            }
-            None => return,
-        };
+    while let Some(req) = next_request(&mut requests, stop.as_mut(), &tx).await {
         let result = match service.apply(req.command) {
             Ok(result) => result,
             Err(status) => control_response::Result::Error(item_error(&status)),

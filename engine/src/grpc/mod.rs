@@ -142,6 +142,31 @@ fn broker_status(e: BrokerError) -> Status {
     }
 }
 
+/// The next request of a bidirectional stream; `None` once the client has closed it
+/// or the node is shutting down (the client is then sent UNAVAILABLE).
+async fn next_request<Req, Resp>(
+    requests: &mut Streaming<Req>,
+    stop: Pin<&mut impl Future<Output = ()>>,
+    tx: &mpsc::Sender<Result<Resp, Status>>,
+) -> Option<Req> {
+    let next = tokio::select! {
+        biased;
+        () = stop => {
+            let _ = tx.send(Err(Status::unavailable("server shutting down"))).await;
+            return None;
+        }
+        next = requests.next() => next,
+    };
+    match next {
+        Some(Ok(req)) => Some(req),
+        Some(Err(status)) => {
+            tracing::debug!(%status, "stream ended by the client");
+            None
+        }
+        None => None,
+    }
+}
+
 /// A per-item error inside a stream, from a status.
 fn item_error(status: &Status) -> proto::Error {
     proto::Error {
@@ -174,23 +199,7 @@ impl Herald for HeraldService {
             // One request at a time, in order: this keeps per-topic order.
             let stop = Self::shutting_down(service.shutdown.clone());
             tokio::pin!(stop);
-            loop {
-                let next = tokio::select! {
-                    biased;
-                    () = &mut stop => {
-                        let _ = tx.send(Err(Status::unavailable("server shutting down"))).await;
-                        break;
-                    }
-                    next = requests.next() => next,
-                };
-                let req = match next {
-                    Some(Ok(req)) => req,
-                    Some(Err(status)) => {
-                        tracing::debug!(%status, "publish stream ended by the client");
-                        break;
-                    }
-                    None => break,
-                };
+            while let Some(req) = next_request(&mut requests, stop.as_mut(), &tx).await {
                 let client_seq = req.client_seq;
                 let result = match req.message {
                     None => Err(Status::invalid_argument("message is missing")),
