@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Smoke run of every benchmark scenario against Herald, the floor and the naive
-# baseline: a few seconds and a few hundred connections each. Exits non-zero if a
-# scenario fails (crash, failed connection, missing delivery where one is owed).
+# baseline (Herald alone where only it has the API): a few seconds and a few
+# hundred connections each. Exits non-zero if a scenario fails (crash, failed
+# connection, missing delivery where one is owed, a failed control command).
 # Expects `cargo build --release --workspace` to have run. Results go to
 # bench/results/smoke/ (never to docs/).
 set -euo pipefail
@@ -34,5 +35,6 @@ run join      join      "${COMMON[@]}" --conns 200,400
 run idle      idle      "${COMMON[@]}" --conns 500 --settle 1
 run churn     churn     "${COMMON[@]}" --conns 200 --churn-rate 100 --duration 2
 run slow      slow      "${COMMON[@]}" --conns 200 --duration 2 --slow 5 --slow-rate 20
+run control   control   "${COMMON[@]}" --conns 200 --duration 2
 [[ -s $OUT/latency-vs-connections.png ]] || { echo "smoke: no plot written" >&2; exit 1; }
 echo "smoke: all scenarios ran; results in $OUT"

@@ -4,6 +4,7 @@
 //! (load generator), `naive` (baseline broadcaster) and `floor-writer` (raw TCP).
 //! See docs/benchmarks.md.
 
+mod control;
 mod floor;
 mod naive;
 mod plot;
@@ -44,6 +45,8 @@ enum Cmd {
     Churn(scenarios::ChurnArgs),
     /// Slow consumers: fan-out plus clients that stop reading.
     Slow(scenarios::SlowArgs),
+    /// Control: commands/s moving user connections between rooms over the Control stream (Herald only).
+    Control(scenarios::ControlArgs),
     /// Redraw the latency chart from a saved fan-out result.
     Plot(plot::PlotArgs),
     /// (internal) a load-generator process.
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
         Cmd::Idle(a) => coordinator(scenarios::idle(a)),
         Cmd::Churn(a) => coordinator(scenarios::churn(a)),
         Cmd::Slow(a) => coordinator(scenarios::slow(a)),
+        Cmd::Control(a) => coordinator(scenarios::control(a)),
         Cmd::Plot(a) => plot::run(a),
         Cmd::Worker(a) => worker::run(a),
         Cmd::Naive(a) => naive::run(a),

@@ -36,6 +36,8 @@ pub struct Spec {
     pub topics: Vec<String>,
     /// Subscribe each to `user:<index>` too.
     pub user_topics: bool,
+    /// Connect each as user `u<index>`.
+    pub user_ids: bool,
     /// Churn rate (per second) and duration (s).
     pub churn: Option<(f64, f64)>,
     /// Connects in flight per worker.
@@ -53,6 +55,7 @@ impl Spec {
             conns,
             topics: topics.iter().map(|s| s.to_string()).collect(),
             user_topics: false,
+            user_ids: false,
             churn: None,
             concurrency: 128,
             per_worker: MAX_PER_WORKER,
@@ -82,6 +85,8 @@ pub struct Pool {
 pub struct Report {
     /// Messages received.
     pub received: u64,
+    /// Server-initiated subscribed/unsubscribed pushes received.
+    pub pushes: u64,
     /// Latency histogram (µs).
     pub hist: Histogram<u64>,
     /// Connections closed so far.
@@ -189,6 +194,9 @@ impl Pool {
             if spec.user_topics {
                 cmd.arg("--user-topics");
             }
+            if spec.user_ids {
+                cmd.arg("--user-ids");
+            }
             if let Some((rate, dur)) = spec.churn {
                 cmd.arg("--rate")
                     .arg(rate.to_string())
@@ -245,16 +253,34 @@ impl Pool {
 
     /// Messages received so far by all workers (since the last report).
     pub async fn count(&mut self) -> Result<u64> {
+        self.count_of("received").await
+    }
+
+    /// A `count` event field (`received` or `pushes`) summed over the workers.
+    async fn count_of(&mut self, field: &str) -> Result<u64> {
         let mut total = 0;
         for w in &mut self.workers {
             w.send("count").await?;
         }
         for w in &mut self.workers {
-            total += w.event("count", Duration::from_secs(30)).await?["received"]
+            total += w.event("count", Duration::from_secs(30)).await?[field]
                 .as_u64()
                 .unwrap_or(0);
         }
         Ok(total)
+    }
+
+    /// Polls until `expected` server-initiated pushes arrived (since the last
+    /// report) or `max_wait` passed; returns the count.
+    pub async fn drain_pushes(&mut self, expected: u64, max_wait: Duration) -> Result<u64> {
+        let start = tokio::time::Instant::now();
+        loop {
+            let n = self.count_of("pushes").await?;
+            if n >= expected || start.elapsed() >= max_wait {
+                return Ok(n);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Polls until `expected` messages arrived or `max_wait` passed; returns the count.
@@ -276,6 +302,7 @@ impl Pool {
         }
         let mut r = Report {
             received: 0,
+            pushes: 0,
             hist: new_hist()?,
             closed: 0,
             seq_gaps: 0,
@@ -287,6 +314,7 @@ impl Pool {
         for w in &mut self.workers {
             let v = w.event("report", Duration::from_secs(60)).await?;
             r.received += v["received"].as_u64().unwrap_or(0);
+            r.pushes += v["pushes"].as_u64().unwrap_or(0);
             r.closed += v["closed"].as_u64().unwrap_or(0);
             r.seq_gaps += v["seq_gaps"].as_u64().unwrap_or(0);
             r.seq_reorders += v["seq_reorders"].as_u64().unwrap_or(0);

@@ -78,6 +78,18 @@ impl Producer {
         })
     }
 
+    /// The gRPC client (for the Control stream).
+    pub fn client(&self) -> HeraldClient<Channel> {
+        self.client.clone()
+    }
+
+    /// Publishes one stamped message with unary Publish.
+    pub async fn publish_one(&self, topic: &str, payload: usize) -> Result<()> {
+        let mut c = self.client.clone();
+        c.publish(request(topic.to_string(), payload)).await?;
+        Ok(())
+    }
+
     /// The engine's Info counters, if it serves them.
     pub async fn info(&self) -> Option<InfoResponse> {
         let mut c = self.client.clone();

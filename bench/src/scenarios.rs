@@ -1,8 +1,10 @@
 //! The benchmark scenarios, one subcommand each: fan-out, saturation, targeted
-//! delivery, ingest, join storm, idle memory, churn and slow consumers. Each runs
-//! every requested target (floor, naive, Herald) in turn on the same machine, in
-//! one command, and records the rows and the comparisons against the targets.
+//! delivery, ingest, join storm, idle memory, churn, slow consumers and producer
+//! control (Herald only). Each runs every requested target (floor, naive, Herald)
+//! in turn on the same machine, in one command, and records the rows and the
+//! comparisons against the targets.
 
+use crate::control::ControlStream;
 use crate::plot;
 use crate::pool::{MAX_PER_WORKER, Pool, Ready, Report, Spec};
 use crate::producer::{Producer, Topics};
@@ -65,6 +67,18 @@ impl Setup {
         topics: &[&str],
         user_topics: bool,
     ) -> Result<Setup> {
+        Self::start_with(c, target, conns, topics, user_topics, false).await
+    }
+
+    /// Like `start`; with `user_ids` each connection connects as user `u<index>`.
+    async fn start_with(
+        c: &Common,
+        target: Target,
+        conns: u64,
+        topics: &[&str],
+        user_topics: bool,
+        user_ids: bool,
+    ) -> Result<Setup> {
         note_busy(format!("{} C={conns}", target.name()), c.busy_probe_ms).await;
         let server = Server::start(
             target,
@@ -84,6 +98,7 @@ impl Setup {
         };
         let mut spec = Spec::readers(mode, server.ws_addr, conns, topics);
         spec.user_topics = user_topics;
+        spec.user_ids = user_ids;
         spec.concurrency = c.concurrency;
         spec.per_worker = c.per_worker;
         let t_spawn_ns = now_ns();
@@ -957,6 +972,7 @@ pub async fn churn(a: ChurnArgs) -> Result<()> {
             conns: 0,
             topics: vec!["bench".into()],
             user_topics: false,
+            user_ids: false,
             churn: Some((a.churn_rate, a.duration)),
             concurrency: c.concurrency,
             per_worker: c.per_worker,
@@ -1070,6 +1086,7 @@ pub async fn slow(a: SlowArgs) -> Result<()> {
             conns: a.slow,
             topics: vec!["bench".into(), "bench:bulk".into()],
             user_topics: false,
+            user_ids: false,
             churn: None,
             concurrency: c.concurrency,
             per_worker: c.per_worker,
@@ -1146,6 +1163,223 @@ pub async fn slow(a: SlowArgs) -> Result<()> {
         ));
         doc.rows.push(steady);
         doc.rows.push(with);
+    }
+    finish(c, doc)
+}
+
+// ---------------------------------------------------------------------------
+
+/// `control`: C connections, each its own user `uN`; one Control stream moves the
+/// users between R rooms (Subscribe to the next room, then Unsubscribe from the
+/// previous one) as fast as a window of unanswered commands allows, for D s.
+/// Herald only (the floor and the naive baseline have no Control API), so
+/// `--targets` is ignored.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControlArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Connections, each with its own user id `u<index>`.
+    #[arg(long, default_value_t = 5000)]
+    pub conns: u64,
+    /// Rooms (`room:0`, `room:1`, …) the users move between.
+    #[arg(long, default_value_t = 8)]
+    pub rooms: u64,
+    /// Seconds of commands.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Unanswered commands allowed on the stream.
+    #[arg(long, default_value_t = 1000)]
+    pub window: usize,
+}
+
+/// Runs `control`.
+pub async fn control(a: ControlArgs) -> Result<()> {
+    let c = &a.common;
+    if a.rooms < 2 || a.conns == 0 {
+        return err("control needs --rooms ≥ 2 and --conns ≥ 1");
+    }
+    if c.targets.iter().any(|t| *t != Target::Herald) {
+        eprintln!("[control] measures Herald only (the others have no Control API)");
+    }
+    let mut doc = RunDoc::new("control");
+    let t = Target::Herald;
+    let mut s = Setup::start_with(c, t, a.conns, &[], false, true).await?;
+    let room = |r: u64| format!("room:{r}");
+    let uid = |u: u64| format!("u{u}");
+    let mut ctl = ControlStream::open(s.producer()?.client(), a.window)?;
+
+    // Warm-up, not measured: every user into room N mod R.
+    let mut cur: Vec<u64> = (0..a.conns).map(|u| u % a.rooms).collect();
+    for (u, r) in cur.iter().enumerate() {
+        ctl.subscribe(&uid(u as u64), &room(*r)).await?;
+    }
+    ctl.settle(Duration::from_secs(60)).await?;
+    let warm = ctl.counts();
+    let warm_pushes = s
+        .pool
+        .drain_pushes(warm.sub_reached, Duration::from_secs(10))
+        .await?;
+    eprintln!(
+        "[control] warm-up: {} subscribes answered, {} errors, {} connections reached, {warm_pushes} pushes seen",
+        warm.answered, warm.errors, warm.sub_reached
+    );
+    let base = s.pool.report().await?;
+    ctl.take_hist()?;
+
+    // Measured: Subscribe(next room) then Unsubscribe(previous room), user after user.
+    let cpu0 = s.server.cpu_s();
+    let pcpu0 = self_cpu_s();
+    let start = tokio::time::Instant::now();
+    let mut k = 0usize;
+    while start.elapsed().as_secs_f64() < a.duration {
+        let u = k % cur.len();
+        let Some(slot) = cur.get_mut(u) else { break };
+        let old = *slot;
+        let new = (old + 1) % a.rooms;
+        *slot = new;
+        let id = uid(u as u64);
+        ctl.subscribe(&id, &room(new)).await?;
+        ctl.unsubscribe(&id, &room(old)).await?;
+        k += 1;
+    }
+    ctl.settle(Duration::from_secs(60)).await?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu1 = s.server.cpu_s();
+    let producer_cpu = self_cpu_s() - pcpu0;
+    let run = ctl.counts().since(&warm);
+    let hist = ctl.take_hist()?;
+    let first_error = ctl.first_error();
+    ctl.close().await?;
+    let pushes_expected = run.sub_reached + run.unsub_reached;
+    s.pool
+        .drain_pushes(pushes_expected, Duration::from_secs(10))
+        .await?;
+    let rep = s.pool.report().await?;
+    let pushes = rep.pushes;
+    let per_s = run.answered as f64 / elapsed.max(1e-9);
+    let engine_cpu = cpu1 - cpu0;
+    let us_per_cmd = engine_cpu * 1e6 / run.answered.max(1) as f64;
+
+    // End to end: one message per room must reach exactly the connections last
+    // moved into it (each connection is in exactly one room now).
+    let mut members = vec![0u64; a.rooms as usize];
+    for &r in &cur {
+        if let Some(m) = members.get_mut(r as usize) {
+            *m += 1;
+        }
+    }
+    let p = s.producer()?.clone();
+    let mut mismatches = Vec::new();
+    let mut got_total = 0u64;
+    for (r, &want) in members.iter().enumerate() {
+        let before = s.pool.count().await?;
+        p.publish_one(&room(r as u64), c.payload).await?;
+        s.pool.drain(before + want, Duration::from_secs(10)).await?;
+        // A little longer, so that deliveries to connections not in the room show.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let got = s.pool.count().await?.saturating_sub(before);
+        got_total += got;
+        if got != want {
+            mismatches.push(format!("room:{r} reached {got} of its {want}"));
+        }
+    }
+    let check = s.pool.report().await?;
+    let check_lat = Lat::of(&check.hist);
+    let info = p.info().await;
+
+    let mut note = vec![format!(
+        "{per_s:.0} commands/s (msg/s column), latency = command send → answer; {us_per_cmd:.2} µs engine CPU per command (= ms per 1,000); {} errors; pushes {pushes} of {pushes_expected}; producer CPU {producer_cpu:.2} s",
+        run.errors
+    )];
+    if let Some(e) = &first_error {
+        note.push(format!("first error: {e}"));
+    }
+    if run.misordered > 0 {
+        note.push(format!("{} answers out of order", run.misordered));
+    }
+    let mut extra = serde_json::Map::new();
+    extra.insert("commands_per_s".into(), json!(per_s));
+    extra.insert("counts".into(), json!(run));
+    extra.insert("warmup".into(), json!(warm));
+    extra.insert("window".into(), json!(a.window));
+    extra.insert("rooms".into(), json!(a.rooms));
+    extra.insert("engine_us_per_command".into(), json!(us_per_cmd));
+    extra.insert("producer_cpu_s".into(), json!(producer_cpu));
+    extra.insert("pushes_expected".into(), json!(pushes_expected));
+    extra.insert("pushes_received".into(), json!(pushes));
+    extra.insert(
+        "check".into(),
+        json!({
+            "room_members": members,
+            "delivered": got_total,
+            "mismatches": mismatches,
+            "latency": check_lat,
+            "engine_subscriptions": info.as_ref().map(|i| i.subscriptions),
+        }),
+    );
+    let mut row = s.row(
+        per_s,
+        elapsed,
+        run.answered,
+        pushes_expected,
+        &base,
+        rep,
+        engine_cpu,
+        extra,
+        note,
+    );
+    row.phase = "control".into();
+    row.delivered = pushes;
+    row.lat = Lat::of(&hist);
+    row.finish();
+    s.stop().await?;
+
+    let check_ok = mismatches.is_empty() && got_total == a.conns;
+    doc.summary.push(format!(
+        "herald: {per_s:.0} commands/s over one Control stream ({} answered in {elapsed:.2} s, window {}, {} users moving between {} rooms); send → answer p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {} errors; engine {us_per_cmd:.2} ms CPU per 1,000 commands; generator CPU {:.2} s (workers) + {producer_cpu:.2} s (producer)",
+        run.answered,
+        a.window,
+        row.conns,
+        a.rooms,
+        row.lat.p50_ms,
+        row.lat.p99_ms,
+        row.lat.max_ms,
+        run.errors,
+        row.gen_cpu_s
+    ));
+    doc.summary.push(format!(
+        "effect: {pushes} of {pushes_expected} server-initiated subscribed/unsubscribed pushes arrived; then one message per room reached {got_total} connections for {} users, {} (p99 {:.2} ms){}",
+        a.conns,
+        if check_ok {
+            "each room exactly the connections last moved into it".to_string()
+        } else {
+            format!("MISMATCH: {}", mismatches.join(", "))
+        },
+        check_lat.p99_ms,
+        info.as_ref()
+            .map(|i| format!("; engine reports {} subscriptions", i.subscriptions))
+            .unwrap_or_default()
+    ));
+    doc.rows.push(row);
+    if c.strict {
+        if run.errors > 0 || warm.errors > 0 || run.misordered > 0 {
+            return err(format!(
+                "control: {} errors ({} in warm-up), {} out of order: {first_error:?}",
+                run.errors, warm.errors, run.misordered
+            ));
+        }
+        if pushes < pushes_expected {
+            return err(format!(
+                "control: {pushes} of {pushes_expected} pushes arrived"
+            ));
+        }
+        if !check_ok {
+            return err(format!(
+                "control: end check failed: {got_total} of {} delivered; {}",
+                a.conns,
+                mismatches.join(", ")
+            ));
+        }
     }
     finish(c, doc)
 }

@@ -2,6 +2,7 @@
 //! client connections on a single-threaded runtime, records publish→receive latency
 //! of every stamped message in an HDR histogram, and talks to the coordinator with
 //! JSON lines (events on stdout, commands on stdin: `report`, `count`, `start`, `quit`).
+//! It also counts the server-initiated `subscribed` / `unsubscribed` pushes.
 //!
 //! Modes: `ws` (subscribed WebSocket readers), `slow` (WebSocket clients that stop
 //! reading once subscribed), `tcp` (plain TCP readers of the floor writer) and
@@ -65,6 +66,9 @@ pub struct WorkerArgs {
     /// Also subscribe each connection to `user:<index>`.
     #[arg(long)]
     pub user_topics: bool,
+    /// Connect each connection as user `u<index>` (`?user=u<index>`).
+    #[arg(long)]
+    pub user_ids: bool,
     /// Connects in flight at once.
     #[arg(long, default_value_t = 128)]
     pub concurrency: usize,
@@ -82,6 +86,8 @@ pub struct WorkerArgs {
 #[derive(Default)]
 struct Shared {
     received: AtomicU64,
+    /// Server-initiated `subscribed` / `unsubscribed` pushes (`"server":true`).
+    pushes: AtomicU64,
     connected: AtomicU64,
     failed: AtomicU64,
     closed: AtomicU64,
@@ -97,6 +103,14 @@ struct Shared {
 impl Shared {
     /// Records a frame; `last` is the connection's last seen `seq` (0 = none yet).
     fn record_seq(&self, frame: &[u8], last: &mut u64) {
+        if frame.starts_with(b"{\"type\":\"subscribed\"")
+            || frame.starts_with(b"{\"type\":\"unsubscribed\"")
+        {
+            if frame.windows(13).any(|w| w == b"\"server\":true") {
+                self.pushes.fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
         if let Some(seq) = parse_seq(frame) {
             if *last != 0 && seq != *last + 1 {
                 if seq <= *last {
@@ -172,7 +186,8 @@ pub async fn tcp_connect(src: IpAddr, dst: SocketAddr, rcvbuf: Option<u32>) -> R
     Ok(s)
 }
 
-/// Connects a WebSocket client and subscribes it; returns once `subscribed` arrived.
+/// Connects a WebSocket client and subscribes it; returns once `subscribed` arrived
+/// (with no topics: once the `connected` frame arrived).
 pub async fn ws_connect_subscribe(
     src: IpAddr,
     dst: SocketAddr,
@@ -184,13 +199,18 @@ pub async fn ws_connect_subscribe(
     let url = format!("ws://{dst}{path}");
     let (mut ws, _) =
         tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config())).await?;
-    let sub = json!({"type": "subscribe", "id": 1, "topics": topics}).to_string();
-    ws.send(Message::text(sub)).await?;
+    let wanted = if topics.is_empty() {
+        "\"type\":\"connected\""
+    } else {
+        let sub = json!({"type": "subscribe", "id": 1, "topics": topics}).to_string();
+        ws.send(Message::text(sub)).await?;
+        "\"type\":\"subscribed\""
+    };
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => {
                 let s = t.as_str();
-                if s.contains("\"type\":\"subscribed\"") {
+                if s.contains(wanted) {
                     return Ok(ws);
                 }
                 if s.contains("\"type\":\"error\"") {
@@ -286,12 +306,17 @@ async fn hold_connection(sh: Arc<Shared>, a: Arc<WorkerArgs>, sem: Arc<Semaphore
         topics.push(format!("user:{}", a.first + idx));
     }
     let rcvbuf = (a.mode == Mode::Slow).then_some(a.slow_rcvbuf);
+    let path = if a.user_ids {
+        format!("{}?user=u{}", a.path, a.first + idx)
+    } else {
+        a.path.clone()
+    };
     let permit = sem.acquire().await;
     let res = match a.mode {
         Mode::Tcp => tcp_connect(src, a.target, None).await.map(either_tcp),
         _ => tokio::time::timeout(
             Duration::from_secs(60),
-            ws_connect_subscribe(src, a.target, &a.path, &topics, rcvbuf),
+            ws_connect_subscribe(src, a.target, &path, &topics, rcvbuf),
         )
         .await
         .map_err(|_| BenchError::Msg("connect+subscribe timed out".into()))
@@ -435,6 +460,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
                 "count" => emit(json!({
                     "event": "count",
                     "received": sh.received.load(Ordering::Relaxed),
+                    "pushes": sh.pushes.load(Ordering::Relaxed),
                 })),
                 "report" => {
                     let hist = sh.take_hist();
@@ -443,6 +469,7 @@ pub fn run(args: WorkerArgs) -> Result<()> {
                     emit(json!({
                         "event": "report",
                         "received": sh.received.swap(0, Ordering::Relaxed),
+                        "pushes": sh.pushes.swap(0, Ordering::Relaxed),
                         "hist": hist,
                         "closed": sh.closed.load(Ordering::Relaxed),
                         "seq_gaps": sh.seq_gaps.load(Ordering::Relaxed),
