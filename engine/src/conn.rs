@@ -72,7 +72,7 @@ pub struct Conn {
     /// Frames waiting for the writer.
     pub queue: Queue,
     /// The topics the connection is in.
-    pub subscriptions: Mutex<Subscriptions>,
+    subscriptions: Mutex<Subscriptions>,
     /// Milliseconds since `epoch` at which the last frame was received.
     last_seen_ms: AtomicU64,
     epoch: Instant,
