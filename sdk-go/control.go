@@ -2,12 +2,8 @@ package herald
 
 import (
 	"context"
-	"errors"
-	"io"
-	"sync"
 
 	heraldv1 "github.com/heraldrt/herald/sdk-go/gen/herald/v1"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -108,68 +104,37 @@ func (c *Client) Disconnect(ctx context.Context, target Target, opts DisconnectO
 //
 // Create one with [Client.Control] and Close it when done.
 type ControlStream struct {
-	stream grpc.BidiStreamingClient[heraldv1.ControlRequest, heraldv1.ControlResponse]
-	cancel context.CancelFunc
-
-	sendMu sync.Mutex
-	next   uint64
-	closed bool
-
-	inflight *inflight[uint32]
-	recvDone chan struct{}
-	recvErr  error
+	mux *muxStream[heraldv1.ControlRequest, heraldv1.ControlResponse, uint32]
 }
 
 // Control opens a Control stream. It lives until Close is called or ctx is
 // canceled.
 func (c *Client) Control(ctx context.Context) (*ControlStream, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	stream, err := c.rpc.Control(ctx)
+	mux, err := openMux(ctx, c.rpc.Control, decodeControlResponse, "herald: control stream ended before the result")
 	if err != nil {
-		cancel()
 		return nil, err
 	}
-	s := &ControlStream{
-		stream:   stream,
-		cancel:   cancel,
-		inflight: newInflight[uint32](),
-		recvDone: make(chan struct{}),
-	}
-	go s.receive()
-	return s, nil
+	return &ControlStream{mux: mux}, nil
 }
 
-func (s *ControlStream) receive() {
-	defer close(s.recvDone)
-	for {
-		resp, err := s.stream.Recv()
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				s.inflight.close(status.Error(codes.Unavailable, "herald: control stream ended before the result"))
-			} else {
-				s.inflight.close(err)
-				s.recvErr = err
-			}
-			return
-		}
-		var (
-			n      uint32
-			resErr error
-		)
-		switch r := resp.GetResult().(type) {
-		case *heraldv1.ControlResponse_Subscribe:
-			n = r.Subscribe.GetConnections()
-		case *heraldv1.ControlResponse_Unsubscribe:
-			n = r.Unsubscribe.GetConnections()
-		case *heraldv1.ControlResponse_Disconnect:
-			n = r.Disconnect.GetConnections()
-		case *heraldv1.ControlResponse_Error:
-			resErr = itemError(r.Error.GetCode(), r.Error.GetMessage())
-		default:
-			resErr = status.Error(codes.Internal, "herald: control response without a result")
-		}
-		s.inflight.resolve(resp.GetRequestId(), n, resErr)
+func decodeControlResponse(resp *heraldv1.ControlResponse) (uint64, uint32, error) {
+	var (
+		n      uint32
+		resErr error
+	)
+	switch r := resp.GetResult().(type) {
+	case *heraldv1.ControlResponse_Subscribe:
+		n = r.Subscribe.GetConnections()
+	case *heraldv1.ControlResponse_Unsubscribe:
+		n = r.Unsubscribe.GetConnections()
+	case *heraldv1.ControlResponse_Disconnect:
+		n = r.Disconnect.GetConnections()
+	case *heraldv1.ControlResponse_Error:
+		resErr = itemError(r.Error.GetCode(), r.Error.GetMessage())
+	default:
+		resErr = status.Error(codes.Internal, "herald: control response without a result")
 	}
+	return resp.GetRequestId(), n, resErr
 }
 
 func (s *ControlStream) do(ctx context.Context, build func(req *heraldv1.ControlRequest)) (int, error) {
@@ -179,22 +144,13 @@ func (s *ControlStream) do(ctx context.Context, build func(req *heraldv1.Control
 	req := &heraldv1.ControlRequest{}
 	build(req)
 
-	s.sendMu.Lock()
-	if s.closed {
-		s.sendMu.Unlock()
-		return 0, ErrClosed
-	}
-	s.next++
-	req.RequestId = s.next
-	pend, err := s.inflight.add(req.RequestId)
+	pend, err := s.mux.send(func(id uint64) *heraldv1.ControlRequest {
+		req.RequestId = id
+		return req
+	})
 	if err != nil {
-		s.sendMu.Unlock()
 		return 0, err
 	}
-	if err := s.stream.Send(req); err != nil && !errors.Is(err, io.EOF) {
-		s.inflight.resolve(req.RequestId, 0, err)
-	}
-	s.sendMu.Unlock()
 
 	select {
 	case <-pend.done:
@@ -227,19 +183,4 @@ func (s *ControlStream) Disconnect(ctx context.Context, target Target, opts Disc
 
 // Close stops sending, waits for the results of the commands already sent, and
 // ends the stream. It returns the error that broke the stream, if one did.
-func (s *ControlStream) Close() error {
-	s.sendMu.Lock()
-	already := s.closed
-	s.closed = true
-	if !already {
-		_ = s.stream.CloseSend()
-	}
-	s.sendMu.Unlock()
-
-	<-s.recvDone
-	s.cancel()
-	if already {
-		return nil
-	}
-	return s.recvErr
-}
+func (s *ControlStream) Close() error { return s.mux.close() }

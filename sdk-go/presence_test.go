@@ -121,14 +121,9 @@ func TestPresenceEmptyAndBadTopic(t *testing.T) {
 // can hold hundreds of them.
 func dialMember(t *testing.T, e *engine, user string, topics ...string) string {
 	t.Helper()
-	u := url.URL{Scheme: "ws", Host: e.wsAddr, Path: "/ws", RawQuery: url.Values{"user": {user}}.Encode()}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	conn, _, err := websocket.Dial(ctx, u.String(), nil)
-	if err != nil {
-		t.Fatalf("dial %s: %v", u.String(), err)
-	}
-	t.Cleanup(func() { _ = conn.CloseNow() })
+	conn := dialUser(ctx, t, e, user)
 	read := func() frame {
 		t.Helper()
 		_, data, err := conn.Read(ctx)

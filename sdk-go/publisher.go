@@ -3,11 +3,8 @@ package herald
 import (
 	"context"
 	"errors"
-	"io"
-	"sync"
 
 	heraldv1 "github.com/heraldrt/herald/sdk-go/gen/herald/v1"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -21,67 +18,33 @@ import (
 //
 // Create one with [Client.NewPublisher] and Close it when done.
 type Publisher struct {
-	stream grpc.BidiStreamingClient[heraldv1.PublishStreamRequest, heraldv1.PublishStreamResponse]
-	cancel context.CancelFunc
-
-	sendMu sync.Mutex // orders client_seq assignment and sends
-	next   uint64
-	closed bool
-
-	inflight *inflight[PublishResult]
-	recvDone chan struct{}
-	recvErr  error // why the stream ended; read after recvDone
+	mux *muxStream[heraldv1.PublishStreamRequest, heraldv1.PublishStreamResponse, PublishResult]
 }
 
 // NewPublisher opens a PublishStream. The stream lives until Close is called or
 // ctx is canceled; canceling ctx fails every message still waiting for its ack.
 func (c *Client) NewPublisher(ctx context.Context) (*Publisher, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	stream, err := c.rpc.PublishStream(ctx)
+	mux, err := openMux(ctx, c.rpc.PublishStream, decodePublishStreamResponse, "herald: publish stream ended before the ack")
 	if err != nil {
-		cancel()
 		return nil, err
 	}
-	p := &Publisher{
-		stream:   stream,
-		cancel:   cancel,
-		inflight: newInflight[PublishResult](),
-		recvDone: make(chan struct{}),
-	}
-	go p.receive()
-	return p, nil
+	return &Publisher{mux: mux}, nil
 }
 
-func (p *Publisher) receive() {
-	defer close(p.recvDone)
-	for {
-		resp, err := p.stream.Recv()
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				// The server ended the stream normally (after CloseSend);
-				// anything still waiting will never get its answer.
-				p.inflight.close(status.Error(codes.Unavailable, "herald: publish stream ended before the ack"))
-				p.recvErr = nil
-			} else {
-				p.inflight.close(err)
-				p.recvErr = err
-			}
-			return
-		}
-		var (
-			res    PublishResult
-			resErr error
-		)
-		switch r := resp.GetResult().(type) {
-		case *heraldv1.PublishStreamResponse_Ack:
-			res = publishResultFromProto(r.Ack)
-		case *heraldv1.PublishStreamResponse_Error:
-			resErr = itemError(r.Error.GetCode(), r.Error.GetMessage())
-		default:
-			resErr = status.Error(codes.Internal, "herald: publish stream response without a result")
-		}
-		p.inflight.resolve(resp.GetClientSeq(), res, resErr)
+func decodePublishStreamResponse(resp *heraldv1.PublishStreamResponse) (uint64, PublishResult, error) {
+	var (
+		res    PublishResult
+		resErr error
+	)
+	switch r := resp.GetResult().(type) {
+	case *heraldv1.PublishStreamResponse_Ack:
+		res = publishResultFromProto(r.Ack)
+	case *heraldv1.PublishStreamResponse_Error:
+		resErr = itemError(r.Error.GetCode(), r.Error.GetMessage())
+	default:
+		resErr = status.Error(codes.Internal, "herald: publish stream response without a result")
 	}
+	return resp.GetClientSeq(), res, resErr
 }
 
 // PendingPublish is the outcome of one message sent by [Publisher.PublishAsync].
@@ -131,23 +94,11 @@ func (p *Publisher) PublishAsync(ctx context.Context, topic string, payload Payl
 	}
 	msg := newPublishRequest(topic, payload, opts)
 
-	p.sendMu.Lock()
-	defer p.sendMu.Unlock()
-	if p.closed {
-		return failedPublish(ErrClosed)
-	}
-	p.next++
-	seq := p.next
-	pend, err := p.inflight.add(seq)
+	pend, err := p.mux.send(func(seq uint64) *heraldv1.PublishStreamRequest {
+		return &heraldv1.PublishStreamRequest{ClientSeq: seq, Message: msg}
+	})
 	if err != nil {
 		return failedPublish(err)
-	}
-	if err := p.stream.Send(&heraldv1.PublishStreamRequest{ClientSeq: seq, Message: msg}); err != nil {
-		// Send reports io.EOF when the stream broke; the receiver then gets the
-		// real status from Recv and fails every waiting message with it.
-		if !errors.Is(err, io.EOF) {
-			p.inflight.resolve(seq, PublishResult{}, err)
-		}
 	}
 	return &PendingPublish{p: pend}
 }
@@ -162,19 +113,4 @@ func (p *Publisher) Publish(ctx context.Context, topic string, payload Payload, 
 // ends the stream. It returns the error that broke the stream, if one did. Later
 // publishes fail with [ErrClosed]. Cancel the context given to NewPublisher to
 // stop waiting.
-func (p *Publisher) Close() error {
-	p.sendMu.Lock()
-	already := p.closed
-	p.closed = true
-	if !already {
-		_ = p.stream.CloseSend()
-	}
-	p.sendMu.Unlock()
-
-	<-p.recvDone
-	p.cancel()
-	if already {
-		return nil
-	}
-	return p.recvErr
-}
+func (p *Publisher) Close() error { return p.mux.close() }

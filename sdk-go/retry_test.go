@@ -34,17 +34,26 @@ func fastReconnect() herald.Option {
 	}))
 }
 
-// A keyed publish made before the engine listens is retried until it is up.
-func TestRetryKeyedPublishWaitsForEngine(t *testing.T) {
+// lateEngineCountingCalls returns a client, retrying every 50-100 ms, of an
+// engine that starts listening only after 300 ms, and the count of the calls
+// the client makes.
+func lateEngineCountingCalls(t *testing.T) (*herald.Client, *countCalls) {
+	t.Helper()
 	addr, err := freePort()
 	if err != nil {
 		t.Fatal(err)
 	}
 	e := engineAt(t, addr)
-	var calls countCalls
+	calls := &countCalls{}
 	c := e.client(t, calls.option(),
 		herald.WithRetry(herald.RetryPolicy{MaxAttempts: 100, InitialBackoff: 50 * time.Millisecond, MaxBackoff: 100 * time.Millisecond}))
 	startLater(t, e, 300*time.Millisecond)
+	return c, calls
+}
+
+// A keyed publish made before the engine listens is retried until it is up.
+func TestRetryKeyedPublishWaitsForEngine(t *testing.T) {
+	c, calls := lateEngineCountingCalls(t)
 
 	r, err := c.Publish(testCtx(t), uniqueTopic(t, "retry"), herald.Text("x"), herald.WithIdempotencyKey("k1"))
 	if err != nil || r.Sequence != 1 || r.Duplicate {
@@ -83,15 +92,7 @@ func TestRetryInfoWaitsForEngine(t *testing.T) {
 // A plain publish might have been applied before a failure, so it is never
 // retried: it fails at once with UNAVAILABLE.
 func TestRetryPlainPublishFailsFast(t *testing.T) {
-	addr, err := freePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := engineAt(t, addr)
-	var calls countCalls
-	c := e.client(t, calls.option(),
-		herald.WithRetry(herald.RetryPolicy{MaxAttempts: 100, InitialBackoff: 50 * time.Millisecond, MaxBackoff: 100 * time.Millisecond}))
-	startLater(t, e, 300*time.Millisecond)
+	c, calls := lateEngineCountingCalls(t)
 
 	if _, err := c.Publish(testCtx(t), uniqueTopic(t, "retry"), herald.Text("x")); !herald.IsUnavailable(err) {
 		t.Fatalf("plain publish: err = %v, want UNAVAILABLE", err)

@@ -258,18 +258,26 @@ func (c *wsClient) message() frame {
 	return c.waitFor(5*time.Second, func(f frame) bool { return f.Type == "message" })
 }
 
-// dialIdle connects, reads the connected frame and then never reads again, so
-// it does not answer the server's close handshake either.
-func dialIdle(t *testing.T, e *engine, user string) *websocket.Conn {
+// dialUser opens a raw WebSocket connection as user, closed when the test
+// ends.
+func dialUser(ctx context.Context, t *testing.T, e *engine, user string) *websocket.Conn {
 	t.Helper()
 	u := url.URL{Scheme: "ws", Host: e.wsAddr, Path: "/ws", RawQuery: url.Values{"user": {user}}.Encode()}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	conn, _, err := websocket.Dial(ctx, u.String(), nil)
 	if err != nil {
 		t.Fatalf("dial %s: %v", u.String(), err)
 	}
 	t.Cleanup(func() { _ = conn.CloseNow() })
+	return conn
+}
+
+// dialIdle connects, reads the connected frame and then never reads again, so
+// it does not answer the server's close handshake either.
+func dialIdle(t *testing.T, e *engine, user string) *websocket.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn := dialUser(ctx, t, e, user)
 	_, data, err := conn.Read(ctx)
 	if err != nil {
 		t.Fatalf("reading the connected frame: %v", err)
