@@ -14,8 +14,8 @@ import concurrent.futures
 import itertools
 import queue
 import threading
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Generic, Protocol, TypeVar
 
 import grpc
 import grpc.aio
@@ -25,12 +25,36 @@ from herald.errors import Cancelled, HeraldError, from_rpc_error
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Result = TypeVar("Result")
+_Result_contra = TypeVar("_Result_contra", contravariant=True)
 
 DEFAULT_MAX_IN_FLIGHT = 1024
 
 
 def _closed_error(what: str) -> HeraldError:
     return Cancelled(f"{what} is closed")
+
+
+class _Future(Protocol[_Result_contra]):
+    """What both ``concurrent.futures.Future`` and ``asyncio.Future`` offer."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: _Result_contra, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+def _settle(fut: _Future[Result], result: Result | HeraldError) -> None:
+    """Resolve ``fut`` with a response's result, or fail it with its error."""
+    if isinstance(result, HeraldError):
+        fut.set_exception(result)
+    else:
+        fut.set_result(result)
+
+
+def _fail_all(pending: Iterable[_Future[Result]], err: HeraldError) -> None:
+    """Fail every future in ``pending`` that is not done yet with ``err``."""
+    for fut in pending:
+        if not fut.done():
+            fut.set_exception(err)
 
 
 class StreamMux(Generic[Req, Resp, Result]):
@@ -90,12 +114,8 @@ class StreamMux(Generic[Req, Resp, Result]):
                 rid, result = self._parse(resp)
                 with self._lock:
                     fut = self._pending.pop(rid, None)
-                if fut is None:
-                    continue
-                if isinstance(result, HeraldError):
-                    fut.set_exception(result)
-                else:
-                    fut.set_result(result)
+                if fut is not None:
+                    _settle(fut, result)
             err = _closed_error(self._name)
         except grpc.RpcError as e:
             err = from_rpc_error(e)
@@ -107,9 +127,7 @@ class StreamMux(Generic[Req, Resp, Result]):
                 self._error = err
             pending, self._pending = self._pending, {}
         self._outbox.put(None)  # release the thread gRPC uses to send requests
-        for fut in pending.values():
-            if not fut.done():
-                fut.set_exception(err)
+        _fail_all(pending.values(), err)
 
     def close(self, timeout: float | None = None) -> None:
         """Stop sending, wait for the answers to everything sent, end the stream."""
@@ -184,12 +202,8 @@ class AsyncStreamMux(Generic[Req, Resp, Result]):
             async for resp in self._call:
                 rid, result = self._parse(resp)
                 fut = self._pending.pop(rid, None)
-                if fut is None or fut.done():
-                    continue
-                if isinstance(result, HeraldError):
-                    fut.set_exception(result)
-                else:
-                    fut.set_result(result)
+                if fut is not None and not fut.done():
+                    _settle(fut, result)
             err = _closed_error(self._name)
         except grpc.RpcError as e:
             err = from_rpc_error(e)
@@ -198,9 +212,7 @@ class AsyncStreamMux(Generic[Req, Resp, Result]):
         if self._error is None and not self._closed:
             self._error = err
         pending, self._pending = self._pending, {}
-        for fut in pending.values():
-            if not fut.done():
-                fut.set_exception(err)
+        _fail_all(pending.values(), err)
 
     async def close(self) -> None:
         """Stop sending, wait for the answers to everything sent, end the stream."""

@@ -12,10 +12,8 @@ import grpc.aio
 from grpc_health.v1 import health_pb2
 
 from herald import _requests, payload
-from herald.client import HEALTH_CHECK_METHOD
-from herald.config import DEFAULT_TIMEOUT, RetryPolicy, Settings, log
+from herald.config import DEFAULT_TIMEOUT, HEALTH_CHECK, RetryPolicy, Settings
 from herald.control import AsyncControlStream
-from herald.errors import from_rpc_error
 from herald.models import HealthStatus, Member, NodeInfo, PresenceStats, PublishResult
 from herald.presence import AsyncPresenceWatch
 from herald.publisher import AsyncPublisher
@@ -72,20 +70,10 @@ class AsyncClient:
 
     def _connect(self) -> tuple[HeraldAsyncStub, _HealthCheck]:
         if self._stub_ is None or self._health_ is None:
-            s = self._settings
-            if s.credentials is None:
-                channel = grpc.aio.insecure_channel(s.target, options=s.channel_options)
-            else:
-                channel = grpc.aio.secure_channel(
-                    s.target, s.credentials, options=s.channel_options
-                )
+            channel = self._settings.channel(grpc.aio.insecure_channel, grpc.aio.secure_channel)
             self._channel = channel
             self._stub_ = herald_pb2_grpc.HeraldStub(channel)
-            self._health_ = channel.unary_unary(
-                HEALTH_CHECK_METHOD,
-                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-                response_deserializer=health_pb2.HealthCheckResponse.FromString,
-            )
+            self._health_ = channel.unary_unary(*HEALTH_CHECK)
         return self._stub_, self._health_
 
     @property
@@ -113,11 +101,7 @@ class AsyncClient:
                     request, timeout=attempts.timeout(), metadata=self._settings.metadata
                 )
             except grpc.RpcError as e:
-                err = from_rpc_error(e)
-                delay = attempts.next_delay(err)
-                if delay is None:
-                    raise err from e
-                log.debug("retrying in %.2fs after %s", delay, err)
+                delay = attempts.after_failure(e)
             await asyncio.sleep(delay)
 
     async def close(self) -> None:

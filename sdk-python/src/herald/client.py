@@ -11,9 +11,9 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from herald import _requests, payload
-from herald.config import DEFAULT_TIMEOUT, RetryPolicy, Settings, log
+from herald.config import DEFAULT_TIMEOUT, HEALTH_CHECK, RetryPolicy, Settings
+from herald.config import HEALTH_CHECK_METHOD as HEALTH_CHECK_METHOD
 from herald.control import ControlStream
-from herald.errors import from_rpc_error
 from herald.models import HealthStatus, Member, NodeInfo, PresenceStats, PublishResult
 from herald.presence import PresenceWatch
 from herald.publisher import Publisher
@@ -22,8 +22,6 @@ from herald.v1 import herald_pb2_grpc
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
-
-HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
 
 
 class Client:
@@ -66,17 +64,9 @@ class Client:
             retry=retry or RetryPolicy(),
             channel_options=channel_options,
         )
-        s = self._settings
-        if s.credentials is None:
-            self._channel = grpc.insecure_channel(target, options=s.channel_options)
-        else:
-            self._channel = grpc.secure_channel(target, s.credentials, options=s.channel_options)
+        self._channel = self._settings.channel(grpc.insecure_channel, grpc.secure_channel)
         self._stub = herald_pb2_grpc.HeraldStub(self._channel)
-        self._health = self._channel.unary_unary(
-            HEALTH_CHECK_METHOD,
-            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-            response_deserializer=health_pb2.HealthCheckResponse.FromString,
-        )
+        self._health = self._channel.unary_unary(*HEALTH_CHECK)
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -93,11 +83,7 @@ class Client:
             try:
                 return method(request, timeout=attempts.timeout(), metadata=self._settings.metadata)
             except grpc.RpcError as e:
-                err = from_rpc_error(e)
-                delay = attempts.next_delay(err)
-                if delay is None:
-                    raise err from e
-                log.debug("retrying in %.2fs after %s", delay, err)
+                delay = attempts.after_failure(e)
             time.sleep(delay)
 
     def close(self) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2
 
-from herald.errors import HeraldError
+from herald.errors import HeraldError, from_rpc_error
 
 __version__ = "0.1.0"
 
@@ -22,6 +24,17 @@ AUTHORIZATION_HEADER = "authorization"
 
 #: Default deadline for a unary call (seconds, over all retries).
 DEFAULT_TIMEOUT = 10.0
+
+HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
+
+#: ``channel.unary_unary(*HEALTH_CHECK)`` is the grpc.health.v1 Check method.
+HEALTH_CHECK = (
+    HEALTH_CHECK_METHOD,
+    health_pb2.HealthCheckRequest.SerializeToString,
+    health_pb2.HealthCheckResponse.FromString,
+)
+
+_Channel = TypeVar("_Channel")
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,15 @@ class _Attempts:
             return None
         return delay
 
+    def after_failure(self, e: grpc.RpcError) -> float:
+        """The delay before retrying after ``e``; raises its HeraldError when final."""
+        err = from_rpc_error(e)
+        delay = self.next_delay(err)
+        if delay is None:
+            raise err from e
+        log.debug("retrying in %.2fs after %s", delay, err)
+        return delay
+
 
 class Settings:
     """What both clients need to make calls: metadata, default timeout, retries."""
@@ -119,3 +141,13 @@ class Settings:
     def attempts(self, idempotent: bool, timeout: float | None) -> _Attempts:
         """Attempt bookkeeping for one call (``timeout=None``: the client default)."""
         return _Attempts(self.retry, idempotent, self.timeout if timeout is None else timeout)
+
+    def channel(
+        self,
+        insecure: Callable[..., _Channel],
+        secure: Callable[..., _Channel],
+    ) -> _Channel:
+        """A channel to the target, made with ``grpc``'s or ``grpc.aio``'s factories."""
+        if self.credentials is None:
+            return insecure(self.target, options=self.channel_options)
+        return secure(self.target, self.credentials, options=self.channel_options)

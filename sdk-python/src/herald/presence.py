@@ -61,12 +61,14 @@ class _Reconnects:
         self._failures = 0
         self._resyncs = 0
         self._last_resync = -RESYNC_WINDOW
+        #: When (``time.monotonic()``) the stream may be reopened.
+        self.reopen_at = 0.0
         # Whether events were handed out since the last (re)start: only then can the
         # caller's view be stale and a RESYNC be needed.
         self.dirty = False
 
-    def on_event(self, ev: PresenceEvent) -> float | None:
-        """Record an event; for an engine RESYNC, the delay before reopening.
+    def on_event(self, ev: PresenceEvent) -> bool:
+        """Record an event; True for an engine RESYNC: drop the stream, reopen it later.
 
         The first RESYNC reopens at once; RESYNCs in quick succession (a watcher
         that keeps falling behind) back off like failures do.
@@ -74,7 +76,7 @@ class _Reconnects:
         self._failures = 0
         if ev.kind != PresenceEventKind.RESYNC:
             self.dirty = True
-            return None
+            return False
         self.dirty = False
         now = time.monotonic()
         recent = now - self._last_resync < RESYNC_WINDOW
@@ -86,10 +88,11 @@ class _Reconnects:
             ev.node_id,
             delay,
         )
-        return delay
+        self.reopen_at = now + delay
+        return True
 
-    def on_lost(self, err: HeraldError | None) -> tuple[float, bool]:
-        """The delay before reopening and whether to emit a local RESYNC first.
+    def on_lost(self, err: HeraldError | None) -> PresenceEvent | None:
+        """Set when to reopen; return the local RESYNC to hand out first, if one is due.
 
         Raises ``err`` (or :class:`Unavailable`) when reopening is not worth it.
         """
@@ -106,7 +109,8 @@ class _Reconnects:
             delay,
             self._failures,
         )
-        return delay, resync
+        self.reopen_at = time.monotonic() + delay
+        return _LOCAL_RESYNC if resync else None
 
 
 class PresenceWatch:
@@ -127,7 +131,6 @@ class PresenceWatch:
         self._queue: collections.deque[PresenceEvent] = collections.deque()
         self._closed = threading.Event()
         self._lock = threading.Lock()
-        self._reopen_at = 0.0
         # Open now: the watch covers what happens from here on, iterated or not.
         self._call: Iterator[pb.PresenceEvent] | None = open_stream()
 
@@ -149,25 +152,22 @@ class PresenceWatch:
             except grpc.RpcError as e:
                 err = from_rpc_error(e)
             else:
-                delay = self._reconnects.on_event(ev)
-                if delay is not None:
+                if self._reconnects.on_event(ev):
                     self._drop_call()
-                    self._reopen_at = time.monotonic() + delay
                 return ev
             self._drop_call()
             if self._closed.is_set():
                 raise StopIteration
             try:
-                delay, resync = self._reconnects.on_lost(err)
+                resync = self._reconnects.on_lost(err)
             except HeraldError:
                 self._closed.set()  # a final error ends the iteration
                 raise
-            self._reopen_at = time.monotonic() + delay
-            if resync:
-                self._queue.append(_LOCAL_RESYNC)
+            if resync is not None:
+                self._queue.append(resync)
 
     def _ensure_call(self) -> Iterator[pb.PresenceEvent]:
-        if self._call is None and self._closed.wait(self._reopen_at - time.monotonic()):
+        if self._call is None and self._closed.wait(self._reconnects.reopen_at - time.monotonic()):
             raise StopIteration
         with self._lock:
             if self._closed.is_set():  # close() won the race: open nothing
@@ -222,7 +222,6 @@ class AsyncPresenceWatch:
         self._events: AsyncIterator[pb.PresenceEvent] | None = None
         self._queue: collections.deque[PresenceEvent] = collections.deque()
         self._closed = False
-        self._reopen_at = 0.0
         # Open now when a loop runs (the watch covers what happens from here on);
         # otherwise on the first iteration.
         try:
@@ -248,7 +247,7 @@ class AsyncPresenceWatch:
                 return self._queue.popleft()
             events = self._events
             if events is None:
-                await asyncio.sleep(max(0.0, self._reopen_at - time.monotonic()))
+                await asyncio.sleep(max(0.0, self._reconnects.reopen_at - time.monotonic()))
                 if self._closed:
                     raise StopAsyncIteration
                 events = self._start()
@@ -264,22 +263,19 @@ class AsyncPresenceWatch:
             except grpc.RpcError as e:
                 err = from_rpc_error(e)
             else:
-                delay = self._reconnects.on_event(ev)
-                if delay is not None:
+                if self._reconnects.on_event(ev):
                     self._drop_call()
-                    self._reopen_at = time.monotonic() + delay
                 return ev
             self._drop_call()
             if self._closed:
                 raise StopAsyncIteration
             try:
-                delay, resync = self._reconnects.on_lost(err)
+                resync = self._reconnects.on_lost(err)
             except HeraldError:
                 self._closed = True  # a final error ends the iteration
                 raise
-            self._reopen_at = time.monotonic() + delay
-            if resync:
-                self._queue.append(_LOCAL_RESYNC)
+            if resync is not None:
+                self._queue.append(resync)
 
     def _drop_call(self) -> None:
         call, self._call, self._events = self._call, None, None
