@@ -929,6 +929,93 @@ pub async fn idle(a: IdleArgs) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------
+// Shared by `churn` and `slow`: a steady phase of fan-out on `bench`, then the
+// same fan-out again while a second pool of clients disturbs the target.
+
+/// The targets `churn` and `slow` measure: all requested but the floor.
+fn measured_targets(c: &Common) -> impl Iterator<Item = Target> + '_ {
+    c.targets.iter().copied().filter(|t| *t != Target::Floor)
+}
+
+impl Setup {
+    /// One phase of fan-out on `bench` to every connection, 10 s to drain.
+    async fn measure_bench(&mut self, rate: f64, duration: f64, payload: usize) -> Result<Row> {
+        self.measure(
+            Topics::One("bench".into()),
+            rate,
+            duration,
+            payload,
+            0,
+            10.0,
+        )
+        .await
+    }
+}
+
+/// Starts `target` with `conns` connections on `bench` and measures the
+/// undisturbed phase, `steady`.
+async fn start_steady(
+    c: &Common,
+    target: Target,
+    conns: u64,
+    rate: f64,
+    duration: f64,
+) -> Result<(Setup, Row)> {
+    let mut s = Setup::start(c, target, conns, &["bench"], false).await?;
+    let mut steady = s.measure_bench(rate, duration, c.payload).await?;
+    steady.phase = "steady".into();
+    Ok((s, steady))
+}
+
+/// The second pool of clients (churning or slow) against the target `s` runs.
+fn side_spec(
+    c: &Common,
+    s: &Setup,
+    mode: Mode,
+    conns: u64,
+    topics: &[&str],
+    churn: Option<(f64, f64)>,
+) -> Spec {
+    Spec {
+        mode,
+        target: s.server.ws_addr,
+        conns,
+        topics: topics.iter().map(|t| t.to_string()).collect(),
+        user_topics: false,
+        user_ids: false,
+        churn,
+        concurrency: c.concurrency,
+        per_worker: c.per_worker,
+    }
+}
+
+/// Puts `own` before what `measure` noted in `row`, joined by "; ".
+fn prepend_note(row: &mut Row, own: String) {
+    row.note = if row.note.is_empty() {
+        own
+    } else {
+        format!("{own}; {}", row.note)
+    };
+}
+
+/// "p99 of the steady phase, p99 with `what` = their ratio" for the summary.
+fn steady_vs_with(steady: &Row, with: &Row, what: &str) -> String {
+    format!(
+        "{:.2} ms steady, {:.2} ms with {what} = {}",
+        steady.lat.p99_ms,
+        with.lat.p99_ms,
+        ratio(with.lat.p99_ms, steady.lat.p99_ms)
+    )
+}
+
+/// Stops the target and checks both phases' deliveries (under `--strict`).
+async fn stop_and_check(c: &Common, s: Setup, steady: &Row, with: &Row) -> Result<()> {
+    s.stop().await?;
+    check_complete(c, steady)?;
+    check_complete(c, with)
+}
+
+// ---------------------------------------------------------------------------
 
 /// `churn`: fan-out while other clients connect, subscribe and disconnect.
 #[derive(Debug, Clone, clap::Args)]
@@ -953,43 +1040,20 @@ pub struct ChurnArgs {
 pub async fn churn(a: ChurnArgs) -> Result<()> {
     let c = &a.common;
     let mut doc = RunDoc::new("churn");
-    for &t in c.targets.iter().filter(|t| **t != Target::Floor) {
-        let mut s = Setup::start(c, t, a.conns, &["bench"], false).await?;
-        let mut steady = s
-            .measure(
-                Topics::One("bench".into()),
-                a.rate,
-                a.duration,
-                c.payload,
-                0,
-                10.0,
-            )
-            .await?;
-        steady.phase = "steady".into();
-        let spec = Spec {
-            mode: Mode::Churn,
-            target: s.server.ws_addr,
-            conns: 0,
-            topics: vec!["bench".into()],
-            user_topics: false,
-            user_ids: false,
-            churn: Some((a.churn_rate, a.duration)),
-            concurrency: c.concurrency,
-            per_worker: c.per_worker,
-        };
+    for t in measured_targets(c) {
+        let (mut s, steady) = start_steady(c, t, a.conns, a.rate, a.duration).await?;
+        let spec = side_spec(
+            c,
+            &s,
+            Mode::Churn,
+            0,
+            &["bench"],
+            Some((a.churn_rate, a.duration)),
+        );
         let mut churners = Pool::spawn(&spec)?;
         churners.ready(Duration::from_secs(30)).await?;
         churners.start().await?;
-        let mut with = s
-            .measure(
-                Topics::One("bench".into()),
-                a.rate,
-                a.duration,
-                c.payload,
-                0,
-                10.0,
-            )
-            .await?;
+        let mut with = s.measure_bench(a.rate, a.duration, c.payload).await?;
         with.phase = format!("with {} joins/s", a.churn_rate);
         let done = churners
             .churn_done(Duration::from_secs_f64(a.duration + 120.0))
@@ -1008,26 +1072,22 @@ pub async fn churn(a: ChurnArgs) -> Result<()> {
             .map(|v| v["cpu_s"].as_f64().unwrap_or(0.0))
             .sum();
         with.gen_cpu_s += churn_cpu;
-        with.note = format!(
-            "{cycles} connect+subscribe+close cycles ({failed} failed), cycle p50 {:.1} ms p99 {:.1} ms{}{}",
-            cyc.p50_ms,
-            cyc.p99_ms,
-            if with.note.is_empty() { "" } else { "; " },
-            with.note
+        prepend_note(
+            &mut with,
+            format!(
+                "{cycles} connect+subscribe+close cycles ({failed} failed), cycle p50 {:.1} ms p99 {:.1} ms",
+                cyc.p50_ms, cyc.p99_ms
+            ),
         );
         with.extra.insert("churn".into(), json!(done));
-        s.stop().await?;
-        check_complete(c, &steady)?;
-        check_complete(c, &with)?;
+        stop_and_check(c, s, &steady, &with).await?;
         if c.strict && failed > 0 {
             return err(format!("{}: {failed} churn cycles failed", t.name()));
         }
         doc.summary.push(format!(
-            "{}: p99 {:.2} ms steady, {:.2} ms with churn = {} (Herald target ≤ 1.2×)",
+            "{}: p99 {} (Herald target ≤ 1.2×)",
             t.name(),
-            steady.lat.p99_ms,
-            with.lat.p99_ms,
-            ratio(with.lat.p99_ms, steady.lat.p99_ms)
+            steady_vs_with(&steady, &with, "churn")
         ));
         doc.rows.push(steady);
         doc.rows.push(with);
@@ -1066,31 +1126,10 @@ pub struct SlowArgs {
 pub async fn slow(a: SlowArgs) -> Result<()> {
     let c = &a.common;
     let mut doc = RunDoc::new("slow");
-    for &t in c.targets.iter().filter(|t| **t != Target::Floor) {
-        let mut s = Setup::start(c, t, a.conns, &["bench"], false).await?;
-        let mut steady = s
-            .measure(
-                Topics::One("bench".into()),
-                a.rate,
-                a.duration,
-                c.payload,
-                0,
-                10.0,
-            )
-            .await?;
-        steady.phase = "steady".into();
+    for t in measured_targets(c) {
+        let (mut s, steady) = start_steady(c, t, a.conns, a.rate, a.duration).await?;
         let (rss_steady, _) = s.server.rss();
-        let spec = Spec {
-            mode: Mode::Slow,
-            target: s.server.ws_addr,
-            conns: a.slow,
-            topics: vec!["bench".into(), "bench:bulk".into()],
-            user_topics: false,
-            user_ids: false,
-            churn: None,
-            concurrency: c.concurrency,
-            per_worker: c.per_worker,
-        };
+        let spec = side_spec(c, &s, Mode::Slow, a.slow, &["bench", "bench:bulk"], None);
         let mut slow_pool = Pool::spawn(&spec)?;
         slow_pool.ready(Duration::from_secs(60)).await?;
         let producer = s.producer()?.clone();
@@ -1112,14 +1151,7 @@ pub async fn slow(a: SlowArgs) -> Result<()> {
             }
             samples
         };
-        let main = s.measure(
-            Topics::One("bench".into()),
-            a.rate,
-            a.duration,
-            c.payload,
-            0,
-            10.0,
-        );
+        let main = s.measure_bench(a.rate, a.duration, c.payload);
         let (with, bulk, samples) = tokio::join!(main, bulk, sampler);
         let mut with = with?;
         let bulk = bulk?;
@@ -1128,36 +1160,30 @@ pub async fn slow(a: SlowArgs) -> Result<()> {
         let max_rss = samples.iter().map(|s| s.1).max().unwrap_or(0);
         let last_rss = samples.last().map(|s| s.1).unwrap_or(0);
         with.phase = format!("with {} slow clients", a.slow);
-        with.note = format!(
-            "RSS {:.1} MiB before, max {:.1} MiB, end {:.1} MiB; bulk {} msgs of {} B{}{}",
-            rss_steady as f64 / 1024.0,
-            max_rss as f64 / 1024.0,
-            last_rss as f64 / 1024.0,
-            bulk.acked,
-            a.slow_payload,
-            info.as_ref()
-                .map(|i| format!(
-                    "; engine: {} slow disconnects, {} dropped",
-                    i.slow_disconnects, i.messages_dropped
-                ))
-                .unwrap_or_default(),
-            if with.note.is_empty() {
-                String::new()
-            } else {
-                format!("; {}", with.note)
-            }
+        prepend_note(
+            &mut with,
+            format!(
+                "RSS {:.1} MiB before, max {:.1} MiB, end {:.1} MiB; bulk {} msgs of {} B{}",
+                rss_steady as f64 / 1024.0,
+                max_rss as f64 / 1024.0,
+                last_rss as f64 / 1024.0,
+                bulk.acked,
+                a.slow_payload,
+                info.as_ref()
+                    .map(|i| format!(
+                        "; engine: {} slow disconnects, {} dropped",
+                        i.slow_disconnects, i.messages_dropped
+                    ))
+                    .unwrap_or_default(),
+            ),
         );
         with.extra.insert("rss_samples_kib".into(), json!(samples));
         with.extra.insert("bulk".into(), json!(bulk));
-        s.stop().await?;
-        check_complete(c, &steady)?;
-        check_complete(c, &with)?;
+        stop_and_check(c, s, &steady, &with).await?;
         doc.summary.push(format!(
-            "{}: others' p99 {:.2} ms steady, {:.2} ms with slow clients = {} (Herald target < 1.10×); RSS max {:.1} MiB vs {:.1} MiB before",
+            "{}: others' p99 {} (Herald target < 1.10×); RSS max {:.1} MiB vs {:.1} MiB before",
             t.name(),
-            steady.lat.p99_ms,
-            with.lat.p99_ms,
-            ratio(with.lat.p99_ms, steady.lat.p99_ms),
+            steady_vs_with(&steady, &with, "slow clients"),
             max_rss as f64 / 1024.0,
             rss_steady as f64 / 1024.0
         ));
