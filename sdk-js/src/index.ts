@@ -1,0 +1,678 @@
+/**
+ * Herald client for browsers and Node 20+: connect to a Herald engine over
+ * WebSocket, subscribe to topics, and stay connected (reconnect with backoff,
+ * resubscribe, heartbeat). The wire protocol is docs/protocol.md.
+ *
+ * ```ts
+ * import { Herald } from "@heraldrt/client";
+ *
+ * const herald = new Herald("ws://127.0.0.1:8080/ws", { user: "alice" });
+ * herald.subscribe("room:general", (msg) => console.log(msg.seq, msg.data));
+ * await herald.connect();
+ * ```
+ */
+
+/** The states of a {@link Herald} client. */
+export type State =
+  /** Not connected and not trying: before `connect()`. */
+  | "disconnected"
+  /** Opening a WebSocket and waiting for the server's `connected` frame. */
+  | "connecting"
+  /** Connected: commands flow, subscriptions are live. */
+  | "connected"
+  /** The connection was lost; waiting for the backoff delay before the next attempt. */
+  | "reconnecting"
+  /** Stopped for good: `close()` was called, or the server said not to reconnect. `connect()` starts again. */
+  | "closed";
+
+/** One message published to a topic. Exactly one of `data`, `text`, `b64` is set. */
+export interface Message {
+  topic: string;
+  /** The message's sequence number in its topic (1, 2, 3, …). */
+  seq: number;
+  /** The JSON value, for JSON payloads (`application/json`, `…+json`). */
+  data?: unknown;
+  /** The string, for `text/…` payloads. */
+  text?: string;
+  /** Standard base64 of the bytes, for any other payload. */
+  b64?: string;
+  /** The producer's content type, given with `b64` when not empty. */
+  contentType?: string;
+}
+
+/** Details of an established connection. */
+export interface ConnectedEvent {
+  /** The connection's id (backends use it in gRPC calls). */
+  connId: string;
+  pingIntervalMs: number;
+  idleTimeoutMs: number;
+  /** True when this is not the first connection of this client. */
+  reconnected: boolean;
+}
+
+/** Why a connection (or a connection attempt) ended. */
+export interface DisconnectedEvent {
+  /** The WebSocket close code (1006 when the connection just broke). */
+  code: number;
+  reason: string;
+  /** Whether the client will try again. */
+  reconnect: boolean;
+  /** True when the server announced the close with a `disconnect` frame first. */
+  announced: boolean;
+}
+
+/** Topics the server put the connection into or took it out of (a backend's gRPC call). */
+export interface ServerSubscriptionEvent {
+  topics: string[];
+}
+
+/** The next connection attempt. */
+export interface RetryEvent {
+  /** 1 for the first retry after a loss, then 2, 3, … until a connection succeeds. */
+  attempt: number;
+  delayMs: number;
+}
+
+/** The events of a {@link Herald} client and their arguments. */
+export interface Events {
+  state: [state: State, previous: State];
+  connected: [event: ConnectedEvent];
+  disconnected: [event: DisconnectedEvent];
+  retry: [event: RetryEvent];
+  /** Every message, whichever topic (including topics a backend subscribed the connection to). */
+  message: [message: Message];
+  serverSubscribed: [event: ServerSubscriptionEvent];
+  serverUnsubscribed: [event: ServerSubscriptionEvent];
+  /** Errors not tied to a call: unsolicited `error` frames, failed resubscribes, token failures. */
+  error: [error: HeraldError];
+}
+
+/** An error from the server (`code` is its error code) or from the client. */
+export class HeraldError extends Error {
+  /**
+   * The server's code (`invalid_topic`, `too_many_subscriptions`, `bad_frame`, …; see
+   * docs/protocol.md) or one of the client's: `timeout` (no reply in time),
+   * `not_connected` (the call needs a connection), `connection_lost` (it ended
+   * before the reply), `closed` (the client was closed), `token` (getToken failed).
+   */
+  readonly code: string;
+  constructor(code: string, message: string) {
+    super(message);
+    this.name = "HeraldError";
+    this.code = code;
+  }
+}
+
+/** The minimal WebSocket the client needs: the browser's, Node 22's, or the `ws` package's. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  onopen: ((ev: any) => void) | null;
+  onmessage: ((ev: { data: unknown }) => void) | null;
+  onclose: ((ev: { code: number; reason: string }) => void) | null;
+  onerror: ((ev: any) => void) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+export interface Options {
+  /** User id of the connection (`?user=`); taken as given until authentication exists. */
+  user?: string;
+  /** Client info shown to backends through presence (`?info=`, JSON, at most 1 KiB). */
+  info?: unknown;
+  /** A token sent as `?token=` (see README: the engine will check it once authentication exists). */
+  token?: string;
+  /** Called before every connection attempt for a fresh token (instead of `token`). */
+  getToken?: () => string | Promise<string>;
+  /** The WebSocket constructor; default `globalThis.WebSocket` (Node 20 needs one, e.g. from `ws`). */
+  WebSocket?: WebSocketConstructor;
+  /** First reconnect delay cap in ms (default 500); the cap doubles per failed attempt. */
+  minReconnectDelay?: number;
+  /** Largest reconnect delay cap in ms (default 20000). */
+  maxReconnectDelay?: number;
+  /** Time allowed to open the socket and get `connected`, in ms (default 10000). */
+  connectTimeout?: number;
+  /** Time to wait for a command's reply, in ms (default 10000). */
+  commandTimeout?: number;
+  /**
+   * Extra time after the server's ping interval before a quiet connection is taken as dead,
+   * in ms (default 10000). The client sends a `ping` once the connection has been quiet for
+   * the ping interval; nothing received for interval + grace means dead: close and reconnect.
+   */
+  heartbeatGrace?: number;
+}
+
+/** A handler for the messages of one topic. */
+export type Handler = (message: Message) => void;
+
+/** One handler's subscription to a topic (see {@link Herald.subscribe}). */
+export interface Subscription {
+  readonly topic: string;
+  /**
+   * Resolves once the server confirmed the subscription (on the first connection that
+   * has it); rejects with the server's error (for example `invalid_topic`), in which case the
+   * handler is removed.
+   */
+  readonly ready: Promise<void>;
+  /** Removes this handler; the topic is left when its last handler is removed. */
+  unsubscribe(): void;
+}
+
+interface Pending {
+  resolve(frame: Frame): void;
+  reject(err: HeraldError): void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+interface TopicState {
+  handlers: Set<Handler>;
+  /** Confirmed by the server on the current connection. */
+  live: boolean;
+  /** Settled on the first confirmation or refusal. */
+  waiters: Array<{ resolve(): void; reject(err: HeraldError): void }>;
+}
+
+type Frame = Record<string, unknown> & { type?: unknown; id?: unknown };
+type Listener<K extends keyof Events> = (...args: Events[K]) => void;
+
+const TOPICS_PER_COMMAND = 100;
+/** Close codes after which the client must not reconnect (besides 4500–4999). */
+const FATAL_CODES = new Set([1002, 1003, 1007, 1008, 1009, 1010]);
+
+/** Whether a close code allows reconnecting (docs/protocol.md, "Close codes"). */
+export function shouldReconnect(code: number): boolean {
+  if (code >= 4500 && code <= 4999) return false;
+  return !FATAL_CODES.has(code);
+}
+
+/** Exponential backoff with full jitter: a random delay in [0, min(max, min·2^(attempt-1))). */
+export function backoffDelay(attempt: number, min: number, max: number, random: () => number = Math.random): number {
+  const cap = Math.min(max, min * 2 ** Math.min(attempt - 1, 30));
+  return Math.floor(random() * cap);
+}
+
+/** A connection to a Herald engine that stays up by itself. */
+export class Herald {
+  readonly url: string;
+  private readonly opts: Required<
+    Pick<Options, "minReconnectDelay" | "maxReconnectDelay" | "connectTimeout" | "commandTimeout" | "heartbeatGrace">
+  > &
+    Options;
+  private readonly WS: WebSocketConstructor;
+  private _state: State = "disconnected";
+  private ws: WebSocketLike | null = null;
+  private _connId: string | null = null;
+  private connections = 0;
+  private attempt = 0;
+  private nextId = 1;
+  private readonly pending = new Map<number, Pending>();
+  private readonly topics = new Map<string, TopicState>();
+  private readonly seqs = new Map<string, number>();
+  private readonly listeners: { [K in keyof Events]?: Set<Listener<K>> } = {};
+  private retryTimer: ReturnType<typeof setTimeout> | undefined;
+  private connectTimer: ReturnType<typeof setTimeout> | undefined;
+  private heartbeatTimer: ReturnType<typeof setInterval> | undefined;
+  private pingIntervalMs = 25000;
+  private lastReceived = 0;
+  private pingSentAt = 0;
+  private notice: { code: number; reason: string; reconnect: boolean } | null = null;
+  private connectWaiters: Array<{ resolve(): void; reject(err: HeraldError): void }> = [];
+
+  constructor(url: string, options: Options = {}) {
+    if (typeof url !== "string" || !/^wss?:\/\//i.test(url)) {
+      throw new TypeError(`Herald: url must start with ws:// or wss://, got ${String(url)}`);
+    }
+    const WS = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (!WS) {
+      throw new TypeError(
+        "Herald: no global WebSocket here (Node 20): pass one as the WebSocket option, e.g. `import { WebSocket } from \"ws\"`",
+      );
+    }
+    for (const k of ["minReconnectDelay", "maxReconnectDelay", "connectTimeout", "commandTimeout", "heartbeatGrace"] as const) {
+      const v = options[k];
+      if (v !== undefined && !(typeof v === "number" && v >= 0 && Number.isFinite(v))) {
+        throw new TypeError(`Herald: ${k} must be a non-negative number of milliseconds, got ${String(v)}`);
+      }
+    }
+    if (options.user !== undefined && (typeof options.user !== "string" || options.user === "" || /[\u0000-\u001f\u007f]/.test(options.user))) {
+      throw new TypeError("Herald: user must be a non-empty string without control characters");
+    }
+    if (options.info !== undefined && JSON.stringify(options.info) === undefined) {
+      throw new TypeError("Herald: info must be a JSON value");
+    }
+    this.WS = WS;
+    this.url = url;
+    this.opts = {
+      minReconnectDelay: 500,
+      maxReconnectDelay: 20000,
+      connectTimeout: 10000,
+      commandTimeout: 10000,
+      heartbeatGrace: 10000,
+      ...options,
+    };
+  }
+
+  /** The current state. */
+  get state(): State {
+    return this._state;
+  }
+
+  /** The current connection's id, or null when not connected. */
+  get connId(): string | null {
+    return this._connId;
+  }
+
+  /** The topics this client subscribed to (whether or not currently connected). */
+  get subscriptions(): string[] {
+    return [...this.topics.keys()];
+  }
+
+  /** The sequence number of the last message received in `topic`, or undefined if none. */
+  lastSeq(topic: string): number | undefined {
+    return this.seqs.get(topic);
+  }
+
+  /** Listen to an event; returns a function that stops listening. */
+  on<K extends keyof Events>(event: K, listener: Listener<K>): () => void {
+    let set = this.listeners[event] as Set<Listener<K>> | undefined;
+    if (!set) {
+      set = new Set();
+      (this.listeners as Record<string, Set<Listener<K>>>)[event] = set;
+    }
+    set.add(listener);
+    return () => this.off(event, listener);
+  }
+
+  off<K extends keyof Events>(event: K, listener: Listener<K>): void {
+    (this.listeners[event] as Set<Listener<K>> | undefined)?.delete(listener);
+  }
+
+  /**
+   * Start connecting (a no-op when already connecting or connected). Resolves once
+   * connected; rejects if the client is closed first (by `close()` or a close code that
+   * forbids reconnecting). Failed attempts are retried with backoff meanwhile.
+   */
+  connect(): Promise<void> {
+    const done = new Promise<void>((resolve, reject) => {
+      if (this._state === "connected") resolve();
+      else this.connectWaiters.push({ resolve, reject });
+    });
+    if (this._state === "disconnected" || this._state === "closed") {
+      this.attempt = 0;
+      void this.open();
+    }
+    return done;
+  }
+
+  /** Close the connection and stop reconnecting. Subscriptions are kept for a later `connect()`. */
+  close(): void {
+    this.stop(1000, "client closed", new HeraldError("closed", "the client was closed"));
+  }
+
+  /**
+   * Call `handler` for every message of `topic`. The topic is subscribed on the server
+   * now if connected, else as soon as a connection is up, and again after every reconnect.
+   */
+  subscribe(topic: string, handler: Handler): Subscription {
+    if (typeof topic !== "string" || topic === "") {
+      throw new TypeError(`Herald.subscribe: topic must be a non-empty string, got ${JSON.stringify(topic)}`);
+    }
+    if (typeof handler !== "function") throw new TypeError("Herald.subscribe: handler must be a function");
+    let st = this.topics.get(topic);
+    const isNew = !st;
+    if (!st) {
+      st = { handlers: new Set(), live: false, waiters: [] };
+      this.topics.set(topic, st);
+    }
+    const state = st;
+    // The same function twice is two subscriptions: wrap it so each has its own identity.
+    const own: Handler = (m) => handler(m);
+    state.handlers.add(own);
+    const ready = new Promise<void>((resolve, reject) => {
+      if (state.live) resolve();
+      else state.waiters.push({ resolve, reject });
+    });
+    ready.catch(() => {}); // a refusal is also reported to whoever awaits `ready`
+    if (isNew && this._state === "connected") this.sendSubscribe([topic]);
+    return {
+      topic,
+      ready,
+      unsubscribe: () => {
+        if (!state.handlers.delete(own) || state.handlers.size > 0) return;
+        if (this.topics.get(topic) !== state) return;
+        this.topics.delete(topic);
+        for (const w of state.waiters.splice(0)) w.reject(new HeraldError("unsubscribed", `unsubscribed from ${topic}`));
+        if (this._state === "connected") {
+          this.command({ type: "unsubscribe", topics: [topic] }).catch(() => {});
+        }
+      },
+    };
+  }
+
+  /** Round trip of an application `ping`, in milliseconds. Needs a connection. */
+  async ping(): Promise<number> {
+    const start = now();
+    await this.command({ type: "ping" });
+    return now() - start;
+  }
+
+  // --- internals ------------------------------------------------------------------
+
+  private emit<K extends keyof Events>(event: K, ...args: Events[K]): void {
+    const set = this.listeners[event] as Set<Listener<K>> | undefined;
+    if (!set) return;
+    for (const fn of [...set]) {
+      try {
+        fn(...args);
+      } catch (err) {
+        reportLater(err);
+      }
+    }
+  }
+
+  private setState(next: State): void {
+    const prev = this._state;
+    if (prev === next) return;
+    this._state = next;
+    this.emit("state", next, prev);
+  }
+
+  private async open(): Promise<void> {
+    this.setState("connecting");
+    let url: string;
+    try {
+      url = await this.buildUrl();
+    } catch (err) {
+      if (this._state !== "connecting") return;
+      this.emit("error", new HeraldError("token", `getToken failed: ${errText(err)}`));
+      this.scheduleRetry();
+      return;
+    }
+    if (this._state !== "connecting") return; // closed while the token was fetched
+    let ws: WebSocketLike;
+    try {
+      ws = new this.WS(url);
+    } catch (err) {
+      // A malformed URL: no retry will fix it.
+      this.emit("error", new HeraldError("bad_url", `cannot open ${this.url}: ${errText(err)}`));
+      this.stop(1002, "bad url", new HeraldError("bad_url", errText(err)));
+      return;
+    }
+    this.ws = ws;
+    this.notice = null;
+    this.connectTimer = setTimeout(() => {
+      if (this.ws === ws) this.drop(ws, 4000, "connect timeout");
+    }, this.opts.connectTimeout);
+    ws.onmessage = (ev) => {
+      if (this.ws === ws) this.receive(ws, ev.data);
+    };
+    ws.onclose = (ev) => {
+      if (this.ws === ws) this.lost(ev.code, ev.reason);
+    };
+    ws.onerror = () => {
+      // Always followed by a close event, which decides what happens.
+    };
+  }
+
+  private async buildUrl(): Promise<string> {
+    const params: string[] = [];
+    const add = (k: string, v: string) => params.push(`${k}=${encodeURIComponent(v)}`);
+    if (this.opts.user !== undefined) add("user", this.opts.user);
+    if (this.opts.info !== undefined) add("info", JSON.stringify(this.opts.info));
+    const token = this.opts.getToken ? await this.opts.getToken() : this.opts.token;
+    if (token !== undefined && token !== "") add("token", token);
+    if (params.length === 0) return this.url;
+    return this.url + (this.url.includes("?") ? "&" : "?") + params.join("&");
+  }
+
+  private receive(ws: WebSocketLike, data: unknown): void {
+    this.lastReceived = now();
+    if (typeof data !== "string") return; // the server only sends text frames
+    let frame: Frame;
+    try {
+      frame = JSON.parse(data) as Frame;
+    } catch {
+      return;
+    }
+    if (frame === null || typeof frame !== "object") return;
+    switch (frame.type) {
+      case "message":
+        this.deliver(frame);
+        return;
+      case "connected":
+        this.established(ws, frame);
+        return;
+      case "disconnect":
+        this.notice = {
+          code: Number(frame.code),
+          reason: String(frame.reason ?? ""),
+          reconnect: frame.reconnect !== false,
+        };
+        return;
+      case "subscribed":
+      case "unsubscribed":
+        if (frame.server === true) {
+          const topics = Array.isArray(frame.topics) ? frame.topics.map(String) : [];
+          this.emit(frame.type === "subscribed" ? "serverSubscribed" : "serverUnsubscribed", { topics });
+          return;
+        }
+        break;
+      case "error":
+        if (typeof frame.id !== "number" || !this.pending.has(frame.id)) {
+          this.emit("error", new HeraldError(String(frame.code), String(frame.message ?? "")));
+          return;
+        }
+        break;
+    }
+    if (typeof frame.id === "number") {
+      const p = this.pending.get(frame.id);
+      if (!p) return;
+      this.pending.delete(frame.id);
+      clearTimeout(p.timer);
+      if (frame.type === "error") p.reject(new HeraldError(String(frame.code), String(frame.message ?? "")));
+      else p.resolve(frame);
+    }
+  }
+
+  private deliver(frame: Frame): void {
+    const msg: Message = { topic: String(frame.topic), seq: Number(frame.seq) };
+    if ("data" in frame) msg.data = frame.data;
+    if (typeof frame.text === "string") msg.text = frame.text;
+    if (typeof frame.b64 === "string") msg.b64 = frame.b64;
+    if (typeof frame.content_type === "string") msg.contentType = frame.content_type;
+    this.seqs.set(msg.topic, msg.seq);
+    const st = this.topics.get(msg.topic);
+    if (st) {
+      for (const h of [...st.handlers]) {
+        try {
+          h(msg);
+        } catch (err) {
+          reportLater(err);
+        }
+      }
+    }
+    this.emit("message", msg);
+  }
+
+  private established(ws: WebSocketLike, frame: Frame): void {
+    clearTimeout(this.connectTimer);
+    this.ws = ws;
+    this._connId = String(frame.conn_id);
+    const interval = Number(frame.ping_interval_ms);
+    this.pingIntervalMs = interval > 0 ? interval : 25000;
+    this.attempt = 0;
+    this.lastReceived = now();
+    this.pingSentAt = 0;
+    const tick = Math.max(100, Math.min(this.pingIntervalMs, this.opts.heartbeatGrace) / 4);
+    this.heartbeatTimer = setInterval(() => this.heartbeat(ws), tick);
+    const reconnected = this.connections > 0;
+    this.connections++;
+    this.setState("connected");
+    const topics = [...this.topics.keys()];
+    for (let i = 0; i < topics.length; i += TOPICS_PER_COMMAND) {
+      this.sendSubscribe(topics.slice(i, i + TOPICS_PER_COMMAND));
+    }
+    this.emit("connected", {
+      connId: this._connId,
+      pingIntervalMs: this.pingIntervalMs,
+      idleTimeoutMs: Number(frame.idle_timeout_ms),
+      reconnected,
+    });
+    for (const w of this.connectWaiters.splice(0)) w.resolve();
+  }
+
+  private heartbeat(ws: WebSocketLike): void {
+    if (this.ws !== ws || this._state !== "connected") return;
+    const t = now();
+    const quiet = t - this.lastReceived;
+    if (quiet >= this.pingIntervalMs + this.opts.heartbeatGrace) {
+      this.drop(ws, 4000, "heartbeat timeout");
+    } else if (quiet >= this.pingIntervalMs && this.pingSentAt <= this.lastReceived) {
+      this.pingSentAt = t;
+      this.command({ type: "ping" }).catch(() => {});
+    }
+  }
+
+  private sendSubscribe(topics: string[]): void {
+    this.command({ type: "subscribe", topics }).then(
+      () => {
+        for (const t of topics) {
+          const st = this.topics.get(t);
+          if (!st) continue;
+          st.live = true;
+          for (const w of st.waiters.splice(0)) w.resolve();
+        }
+      },
+      (err: HeraldError) => {
+        if (err.code === "connection_lost" || err.code === "closed") return; // redone on reconnect
+        if (err.code === "timeout") {
+          this.emit("error", new HeraldError("timeout", `subscribe to ${topics.join(", ")} got no reply`));
+          return;
+        }
+        // Refused (a bad topic name, too many subscriptions). The server refuses a whole
+        // command for one bad topic: ask for each topic on its own to find out which.
+        if (topics.length > 1) {
+          for (const t of topics) if (this.topics.has(t)) this.sendSubscribe([t]);
+          return;
+        }
+        for (const t of topics) {
+          const st = this.topics.get(t);
+          if (!st) continue;
+          if (st.waiters.length === 0) this.emit("error", new HeraldError(err.code, `subscribe to ${t}: ${err.message}`));
+          this.topics.delete(t);
+          for (const w of st.waiters.splice(0)) w.reject(err);
+        }
+      },
+    );
+  }
+
+  private command(cmd: { type: string; topics?: string[] }): Promise<Frame> {
+    const ws = this.ws;
+    if (this._state !== "connected" || !ws) {
+      return Promise.reject(new HeraldError("not_connected", `cannot send ${cmd.type}: not connected`));
+    }
+    const id = this.nextId++;
+    return new Promise<Frame>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new HeraldError("timeout", `no reply to ${cmd.type} within ${this.opts.commandTimeout} ms`));
+      }, this.opts.commandTimeout);
+      this.pending.set(id, { resolve, reject, timer });
+      try {
+        ws.send(JSON.stringify({ ...cmd, id }));
+      } catch (err) {
+        this.pending.delete(id);
+        clearTimeout(timer);
+        reject(new HeraldError("connection_lost", `send failed: ${errText(err)}`));
+      }
+    });
+  }
+
+  /** Give up on a socket from our side (timeouts) and go on as if the server had closed it. */
+  private drop(ws: WebSocketLike, code: number, reason: string): void {
+    try {
+      ws.close(code, reason);
+    } catch {
+      // already closing
+    }
+    this.lost(code, reason);
+  }
+
+  /** The current socket is gone: tidy up, then reconnect or stop as the close code says. */
+  private lost(code: number, reason: string): void {
+    const notice = this.notice;
+    this.detach();
+    const announced = notice !== null;
+    if (notice) {
+      code = notice.code || code;
+      reason = notice.reason || reason;
+    }
+    const reconnect = notice ? notice.reconnect && shouldReconnect(code) : shouldReconnect(code);
+    this.emit("disconnected", { code, reason, reconnect, announced });
+    if (reconnect) {
+      this.scheduleRetry();
+    } else {
+      this.stop(code, reason, new HeraldError(`closed`, `closed by the server: ${code} ${reason}`));
+    }
+  }
+
+  private detach(): void {
+    const ws = this.ws;
+    this.ws = null;
+    this._connId = null;
+    clearTimeout(this.connectTimer);
+    clearInterval(this.heartbeatTimer);
+    if (ws) {
+      // No-ops rather than null: some implementations (ws) throw an error event nobody listens to.
+      ws.onmessage = ws.onclose = ws.onerror = ws.onopen = ignore;
+    }
+    for (const st of this.topics.values()) st.live = false;
+    const pending = [...this.pending.values()];
+    this.pending.clear();
+    for (const p of pending) {
+      clearTimeout(p.timer);
+      p.reject(new HeraldError("connection_lost", "the connection ended before the reply"));
+    }
+  }
+
+  private scheduleRetry(): void {
+    this.attempt++;
+    const delayMs = backoffDelay(this.attempt, this.opts.minReconnectDelay, this.opts.maxReconnectDelay);
+    this.setState("reconnecting");
+    this.emit("retry", { attempt: this.attempt, delayMs });
+    this.retryTimer = setTimeout(() => {
+      if (this._state === "reconnecting") void this.open();
+    }, delayMs);
+  }
+
+  private stop(code: number, reason: string, err: HeraldError): void {
+    clearTimeout(this.retryTimer);
+    const ws = this.ws;
+    if (ws) {
+      this.detach();
+      try {
+        ws.close(code === 1000 || (code >= 3000 && code <= 4999) ? code : 1000, reason);
+      } catch {
+        // already closing
+      }
+    }
+    this.setState("closed");
+    for (const w of this.connectWaiters.splice(0)) w.reject(err);
+  }
+}
+
+function now(): number {
+  return typeof performance !== "undefined" ? performance.now() : Date.now();
+}
+
+function errText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+function ignore(): void {}
+
+/** A listener's exception must not break the client (nor the other listeners): log it. */
+function reportLater(err: unknown): void {
+  console.error("Herald: a listener threw", err);
+}
