@@ -216,6 +216,7 @@ impl Herald for Svc {
                 let resp = PublishStreamResponse {
                     client_seq: r.client_seq,
                     result: Some(result),
+                    more: Vec::new(),
                 };
                 if tx.send(Ok(resp)).await.is_err() {
                     break;

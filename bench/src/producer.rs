@@ -165,6 +165,7 @@ impl Producer {
                 let req = PublishStreamRequest {
                     client_seq: sent,
                     message: Some(request(topics.pick(&mut rng), payload)),
+                    more: Vec::new(),
                 };
                 if tx.send(req).await.is_err() {
                     break 'outer;

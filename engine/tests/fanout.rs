@@ -5,7 +5,7 @@ mod common;
 
 use common::{Client, config, grpc, publish_json, start};
 use herald::proto::{
-    BroadcastRequest, PublishRequest, PublishStreamRequest, publish_stream_response,
+    BroadcastRequest, PublishRequest, PublishStreamRequest, publish_result, publish_stream_response,
 };
 use serde_json::json;
 use std::time::Duration;
@@ -134,6 +134,7 @@ async fn publish_stream_acks_every_message_and_survives_a_bad_one() {
                 content_type: "application/json".into(),
                 ..Default::default()
             }),
+            ..Default::default()
         })
         .collect();
     let mut acks = producer
@@ -173,6 +174,89 @@ async fn publish_stream_acks_every_message_and_survives_a_bad_one() {
     for n in [1, 2, 5] {
         assert_eq!(client.next_message().await["data"]["n"], n);
     }
+}
+
+#[tokio::test]
+async fn one_stream_request_carries_many_messages_each_answered_in_order() {
+    let engine = start(config()).await;
+    let mut producer = grpc(&engine).await;
+    let mut client = Client::connect(&engine).await;
+    client.subscribe(&["ticks:b"]).await;
+
+    let message = |n: u64| PublishRequest {
+        // The third message of the batch has a bad topic.
+        topic: if n == 3 {
+            "bad topic".into()
+        } else {
+            "ticks:b".into()
+        },
+        data: format!("{{\"n\":{n}}}").into(),
+        content_type: "application/json".into(),
+        ..Default::default()
+    };
+    let requests = vec![
+        PublishStreamRequest {
+            client_seq: 1,
+            message: Some(message(1)),
+            more: (2..=5).map(message).collect(),
+        },
+        PublishStreamRequest {
+            client_seq: 6,
+            message: Some(message(6)),
+            more: Vec::new(),
+        },
+        PublishStreamRequest {
+            client_seq: 7,
+            message: Some(message(7)),
+            more: (0..1025).map(|_| message(8)).collect(),
+        },
+    ];
+    let mut acks = producer
+        .publish_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = acks.next().await.unwrap().unwrap();
+    assert_eq!(first.client_seq, 1);
+    assert!(matches!(
+        first.result,
+        Some(publish_stream_response::Result::Ack(ref a)) if a.sequence == 1
+    ));
+    let more: Vec<Option<u64>> = first
+        .more
+        .iter()
+        .map(|r| match &r.result {
+            Some(publish_result::Result::Ack(a)) => Some(a.sequence),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(more, vec![Some(2), None, Some(3), Some(4)]);
+    match &first.more[1].result {
+        Some(publish_result::Result::Error(e)) => {
+            assert_eq!(e.code, tonic::Code::InvalidArgument as i32);
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    let second = acks.next().await.unwrap().unwrap();
+    assert_eq!(second.client_seq, 6);
+    assert!(second.more.is_empty());
+    let third = acks.next().await.unwrap().unwrap();
+    assert_eq!(third.client_seq, 7);
+    assert!(matches!(
+        third.result,
+        Some(publish_stream_response::Result::Error(ref e)) if e.message.contains("1024")
+    ));
+    assert_eq!(
+        third.more.len(),
+        1025,
+        "an oversize batch answers every message"
+    );
+    for n in [1, 2, 4, 5, 6] {
+        assert_eq!(client.next_message().await["data"]["n"], n);
+    }
+    // Nothing of the oversize batch was published.
+    publish_json(&mut producer, "ticks:b", json!({"n": 9})).await;
+    assert_eq!(client.next_message().await["data"]["n"], 9);
 }
 
 #[tokio::test]

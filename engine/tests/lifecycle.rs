@@ -268,6 +268,7 @@ async fn shutdown_ends_open_grpc_streams_with_unavailable_at_once() {
         .send(herald::proto::PublishStreamRequest {
             client_seq: 1,
             message: Some(common::json_request("room:a", json!(1))),
+            ..Default::default()
         })
         .await
         .unwrap();

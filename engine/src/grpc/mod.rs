@@ -27,6 +27,9 @@ use crate::{
 /// reading that stream's requests.
 const STREAM_BUFFER: usize = 1024;
 
+/// Most messages one `PublishStream` request may carry in `more`.
+const MAX_STREAM_BATCH: usize = 1024;
+
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// The gRPC service state.
@@ -129,6 +132,58 @@ impl HeraldService {
     }
 }
 
+impl HeraldService {
+    /// Publishes the message of one `PublishStream` request and its `more`, in
+    /// order, and answers each.
+    async fn publish_batch(
+        &self,
+        req: proto::PublishStreamRequest,
+    ) -> proto::PublishStreamResponse {
+        use proto::{publish_result, publish_stream_response};
+        let client_seq = req.client_seq;
+        if req.more.len() > MAX_STREAM_BATCH {
+            let status = Status::invalid_argument(format!(
+                "{} messages in `more`; the limit per request is {MAX_STREAM_BATCH}",
+                req.more.len()
+            ));
+            let error = item_error(&status);
+            return proto::PublishStreamResponse {
+                client_seq,
+                result: Some(publish_stream_response::Result::Error(error.clone())),
+                more: vec![
+                    proto::PublishResult {
+                        result: Some(publish_result::Result::Error(error)),
+                    };
+                    req.more.len()
+                ],
+            };
+        }
+        let result = match req.message {
+            None => Err(Status::invalid_argument("message is missing")),
+            Some(message) => self.publish_one(message).await,
+        };
+        let result = Some(match result {
+            Ok(ack) => publish_stream_response::Result::Ack(ack),
+            Err(status) => publish_stream_response::Result::Error(item_error(&status)),
+        });
+        let mut more = Vec::with_capacity(req.more.len());
+        for message in req.more {
+            let result = match self.publish_one(message).await {
+                Ok(ack) => publish_result::Result::Ack(ack),
+                Err(status) => publish_result::Result::Error(item_error(&status)),
+            };
+            more.push(proto::PublishResult {
+                result: Some(result),
+            });
+        }
+        proto::PublishStreamResponse {
+            client_seq,
+            result,
+            more,
+        }
+    }
+}
+
 fn response(r: Receipt) -> proto::PublishResponse {
     proto::PublishResponse {
         sequence: r.seq,
@@ -200,18 +255,7 @@ impl Herald for HeraldService {
             let stop = Self::shutting_down(service.shutdown.clone());
             tokio::pin!(stop);
             while let Some(req) = next_request(&mut requests, stop.as_mut(), &tx).await {
-                let client_seq = req.client_seq;
-                let result = match req.message {
-                    None => Err(Status::invalid_argument("message is missing")),
-                    Some(message) => service.publish_one(message).await,
-                };
-                let result = Some(match result {
-                    Ok(ack) => proto::publish_stream_response::Result::Ack(ack),
-                    Err(status) => {
-                        proto::publish_stream_response::Result::Error(item_error(&status))
-                    }
-                });
-                let response = proto::PublishStreamResponse { client_seq, result };
+                let response = service.publish_batch(req).await;
                 if tx.send(Ok(response)).await.is_err() {
                     break;
                 }
