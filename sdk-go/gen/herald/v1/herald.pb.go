@@ -260,7 +260,14 @@ type PublishStreamRequest struct {
 	// Chosen by the producer, echoed in the response; usually 1, 2, 3, ...
 	ClientSeq uint64 `protobuf:"varint,1,opt,name=client_seq,json=clientSeq,proto3" json:"client_seq,omitempty"`
 	// The message itself.
-	Message       *PublishRequest `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	Message *PublishRequest `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// Optional: more messages in the same request, so that a producer can send many
+	// small messages per stream write. They are applied right after `message`, in
+	// order, exactly as if each had come in a request of its own numbered
+	// client_seq + 1, client_seq + 2, ...; the one response answers them all
+	// (PublishStreamResponse.more). At most 1024 per request: a request with more is
+	// answered with INVALID_ARGUMENT for every message in it and publishes nothing.
+	More          []*PublishRequest `protobuf:"bytes,3,rep,name=more,proto3" json:"more,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -309,6 +316,13 @@ func (x *PublishStreamRequest) GetMessage() *PublishRequest {
 	return nil
 }
 
+func (x *PublishStreamRequest) GetMore() []*PublishRequest {
+	if x != nil {
+		return x.More
+	}
+	return nil
+}
+
 // The answer to one PublishStreamRequest.
 type PublishStreamResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -318,7 +332,10 @@ type PublishStreamResponse struct {
 	//
 	//	*PublishStreamResponse_Ack
 	//	*PublishStreamResponse_Error
-	Result        isPublishStreamResponse_Result `protobuf_oneof:"result"`
+	Result isPublishStreamResponse_Result `protobuf_oneof:"result"`
+	// The results of the request's `more` messages, in the same order (answering
+	// client_seq + 1, client_seq + 2, ...). Empty when the request had none.
+	More          []*PublishResult `protobuf:"bytes,4,rep,name=more,proto3" json:"more,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -385,6 +402,13 @@ func (x *PublishStreamResponse) GetError() *Error {
 	return nil
 }
 
+func (x *PublishStreamResponse) GetMore() []*PublishResult {
+	if x != nil {
+		return x.More
+	}
+	return nil
+}
+
 type isPublishStreamResponse_Result interface {
 	isPublishStreamResponse_Result()
 }
@@ -402,6 +426,91 @@ type PublishStreamResponse_Error struct {
 func (*PublishStreamResponse_Ack) isPublishStreamResponse_Result() {}
 
 func (*PublishStreamResponse_Error) isPublishStreamResponse_Result() {}
+
+// The result of one message of a PublishStreamRequest's `more`.
+type PublishResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Result:
+	//
+	//	*PublishResult_Ack
+	//	*PublishResult_Error
+	Result        isPublishResult_Result `protobuf_oneof:"result"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PublishResult) Reset() {
+	*x = PublishResult{}
+	mi := &file_herald_v1_herald_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PublishResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PublishResult) ProtoMessage() {}
+
+func (x *PublishResult) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_herald_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PublishResult.ProtoReflect.Descriptor instead.
+func (*PublishResult) Descriptor() ([]byte, []int) {
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *PublishResult) GetResult() isPublishResult_Result {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *PublishResult) GetAck() *PublishResponse {
+	if x != nil {
+		if x, ok := x.Result.(*PublishResult_Ack); ok {
+			return x.Ack
+		}
+	}
+	return nil
+}
+
+func (x *PublishResult) GetError() *Error {
+	if x != nil {
+		if x, ok := x.Result.(*PublishResult_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isPublishResult_Result interface {
+	isPublishResult_Result()
+}
+
+type PublishResult_Ack struct {
+	// The message was accepted.
+	Ack *PublishResponse `protobuf:"bytes,1,opt,name=ack,proto3,oneof"`
+}
+
+type PublishResult_Error struct {
+	// The message was refused.
+	Error *Error `protobuf:"bytes,2,opt,name=error,proto3,oneof"`
+}
+
+func (*PublishResult_Ack) isPublishResult_Result() {}
+
+func (*PublishResult_Error) isPublishResult_Result() {}
 
 // One payload for many topics.
 type BroadcastRequest struct {
@@ -423,7 +532,7 @@ type BroadcastRequest struct {
 
 func (x *BroadcastRequest) Reset() {
 	*x = BroadcastRequest{}
-	mi := &file_herald_v1_herald_proto_msgTypes[4]
+	mi := &file_herald_v1_herald_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -435,7 +544,7 @@ func (x *BroadcastRequest) String() string {
 func (*BroadcastRequest) ProtoMessage() {}
 
 func (x *BroadcastRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[4]
+	mi := &file_herald_v1_herald_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -448,7 +557,7 @@ func (x *BroadcastRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BroadcastRequest.ProtoReflect.Descriptor instead.
 func (*BroadcastRequest) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{4}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *BroadcastRequest) GetTopics() []string {
@@ -497,7 +606,7 @@ type BroadcastResponse struct {
 
 func (x *BroadcastResponse) Reset() {
 	*x = BroadcastResponse{}
-	mi := &file_herald_v1_herald_proto_msgTypes[5]
+	mi := &file_herald_v1_herald_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -509,7 +618,7 @@ func (x *BroadcastResponse) String() string {
 func (*BroadcastResponse) ProtoMessage() {}
 
 func (x *BroadcastResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[5]
+	mi := &file_herald_v1_herald_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -522,7 +631,7 @@ func (x *BroadcastResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BroadcastResponse.ProtoReflect.Descriptor instead.
 func (*BroadcastResponse) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{5}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *BroadcastResponse) GetResults() []*PublishResponse {
@@ -545,7 +654,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_herald_v1_herald_proto_msgTypes[6]
+	mi := &file_herald_v1_herald_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -557,7 +666,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[6]
+	mi := &file_herald_v1_herald_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -570,7 +679,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{6}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Error) GetCode() int32 {
@@ -601,7 +710,7 @@ type Target struct {
 
 func (x *Target) Reset() {
 	*x = Target{}
-	mi := &file_herald_v1_herald_proto_msgTypes[7]
+	mi := &file_herald_v1_herald_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -613,7 +722,7 @@ func (x *Target) String() string {
 func (*Target) ProtoMessage() {}
 
 func (x *Target) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[7]
+	mi := &file_herald_v1_herald_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -626,7 +735,7 @@ func (x *Target) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Target.ProtoReflect.Descriptor instead.
 func (*Target) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{7}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Target) GetTarget() isTarget_Target {
@@ -685,7 +794,7 @@ type SubscribeRequest struct {
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_herald_v1_herald_proto_msgTypes[8]
+	mi := &file_herald_v1_herald_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -697,7 +806,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[8]
+	mi := &file_herald_v1_herald_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -710,7 +819,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{8}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SubscribeRequest) GetTarget() *Target {
@@ -738,7 +847,7 @@ type SubscribeResponse struct {
 
 func (x *SubscribeResponse) Reset() {
 	*x = SubscribeResponse{}
-	mi := &file_herald_v1_herald_proto_msgTypes[9]
+	mi := &file_herald_v1_herald_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -750,7 +859,7 @@ func (x *SubscribeResponse) String() string {
 func (*SubscribeResponse) ProtoMessage() {}
 
 func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[9]
+	mi := &file_herald_v1_herald_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -763,7 +872,7 @@ func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeResponse.ProtoReflect.Descriptor instead.
 func (*SubscribeResponse) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{9}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SubscribeResponse) GetConnections() uint32 {
@@ -786,7 +895,7 @@ type UnsubscribeRequest struct {
 
 func (x *UnsubscribeRequest) Reset() {
 	*x = UnsubscribeRequest{}
-	mi := &file_herald_v1_herald_proto_msgTypes[10]
+	mi := &file_herald_v1_herald_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -798,7 +907,7 @@ func (x *UnsubscribeRequest) String() string {
 func (*UnsubscribeRequest) ProtoMessage() {}
 
 func (x *UnsubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[10]
+	mi := &file_herald_v1_herald_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -811,7 +920,7 @@ func (x *UnsubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnsubscribeRequest.ProtoReflect.Descriptor instead.
 func (*UnsubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{10}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *UnsubscribeRequest) GetTarget() *Target {
@@ -839,7 +948,7 @@ type UnsubscribeResponse struct {
 
 func (x *UnsubscribeResponse) Reset() {
 	*x = UnsubscribeResponse{}
-	mi := &file_herald_v1_herald_proto_msgTypes[11]
+	mi := &file_herald_v1_herald_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -851,7 +960,7 @@ func (x *UnsubscribeResponse) String() string {
 func (*UnsubscribeResponse) ProtoMessage() {}
 
 func (x *UnsubscribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[11]
+	mi := &file_herald_v1_herald_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -864,7 +973,7 @@ func (x *UnsubscribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnsubscribeResponse.ProtoReflect.Descriptor instead.
 func (*UnsubscribeResponse) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{11}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *UnsubscribeResponse) GetConnections() uint32 {
@@ -892,7 +1001,7 @@ type DisconnectRequest struct {
 
 func (x *DisconnectRequest) Reset() {
 	*x = DisconnectRequest{}
-	mi := &file_herald_v1_herald_proto_msgTypes[12]
+	mi := &file_herald_v1_herald_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -904,7 +1013,7 @@ func (x *DisconnectRequest) String() string {
 func (*DisconnectRequest) ProtoMessage() {}
 
 func (x *DisconnectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[12]
+	mi := &file_herald_v1_herald_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -917,7 +1026,7 @@ func (x *DisconnectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisconnectRequest.ProtoReflect.Descriptor instead.
 func (*DisconnectRequest) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{12}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DisconnectRequest) GetTarget() *Target {
@@ -959,7 +1068,7 @@ type DisconnectResponse struct {
 
 func (x *DisconnectResponse) Reset() {
 	*x = DisconnectResponse{}
-	mi := &file_herald_v1_herald_proto_msgTypes[13]
+	mi := &file_herald_v1_herald_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -971,7 +1080,7 @@ func (x *DisconnectResponse) String() string {
 func (*DisconnectResponse) ProtoMessage() {}
 
 func (x *DisconnectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[13]
+	mi := &file_herald_v1_herald_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -984,7 +1093,7 @@ func (x *DisconnectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisconnectResponse.ProtoReflect.Descriptor instead.
 func (*DisconnectResponse) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{13}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DisconnectResponse) GetConnections() uint32 {
@@ -1011,7 +1120,7 @@ type ControlRequest struct {
 
 func (x *ControlRequest) Reset() {
 	*x = ControlRequest{}
-	mi := &file_herald_v1_herald_proto_msgTypes[14]
+	mi := &file_herald_v1_herald_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1023,7 +1132,7 @@ func (x *ControlRequest) String() string {
 func (*ControlRequest) ProtoMessage() {}
 
 func (x *ControlRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[14]
+	mi := &file_herald_v1_herald_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1036,7 +1145,7 @@ func (x *ControlRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlRequest.ProtoReflect.Descriptor instead.
 func (*ControlRequest) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{14}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ControlRequest) GetRequestId() uint64 {
@@ -1120,7 +1229,7 @@ type ControlResponse struct {
 
 func (x *ControlResponse) Reset() {
 	*x = ControlResponse{}
-	mi := &file_herald_v1_herald_proto_msgTypes[15]
+	mi := &file_herald_v1_herald_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1132,7 +1241,7 @@ func (x *ControlResponse) String() string {
 func (*ControlResponse) ProtoMessage() {}
 
 func (x *ControlResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[15]
+	mi := &file_herald_v1_herald_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1145,7 +1254,7 @@ func (x *ControlResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlResponse.ProtoReflect.Descriptor instead.
 func (*ControlResponse) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{15}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ControlResponse) GetRequestId() uint64 {
@@ -1242,7 +1351,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_herald_v1_herald_proto_msgTypes[16]
+	mi := &file_herald_v1_herald_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1254,7 +1363,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[16]
+	mi := &file_herald_v1_herald_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1267,7 +1376,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{16}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Member) GetConnectionId() string {
@@ -1306,7 +1415,7 @@ type PresenceRequest struct {
 
 func (x *PresenceRequest) Reset() {
 	*x = PresenceRequest{}
-	mi := &file_herald_v1_herald_proto_msgTypes[17]
+	mi := &file_herald_v1_herald_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1318,7 +1427,7 @@ func (x *PresenceRequest) String() string {
 func (*PresenceRequest) ProtoMessage() {}
 
 func (x *PresenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[17]
+	mi := &file_herald_v1_herald_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1331,7 +1440,7 @@ func (x *PresenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceRequest.ProtoReflect.Descriptor instead.
 func (*PresenceRequest) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{17}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PresenceRequest) GetTopic() string {
@@ -1368,7 +1477,7 @@ type PresenceResponse struct {
 
 func (x *PresenceResponse) Reset() {
 	*x = PresenceResponse{}
-	mi := &file_herald_v1_herald_proto_msgTypes[18]
+	mi := &file_herald_v1_herald_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1380,7 +1489,7 @@ func (x *PresenceResponse) String() string {
 func (*PresenceResponse) ProtoMessage() {}
 
 func (x *PresenceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[18]
+	mi := &file_herald_v1_herald_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1393,7 +1502,7 @@ func (x *PresenceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceResponse.ProtoReflect.Descriptor instead.
 func (*PresenceResponse) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{18}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PresenceResponse) GetMembers() []*Member {
@@ -1421,7 +1530,7 @@ type PresenceStatsRequest struct {
 
 func (x *PresenceStatsRequest) Reset() {
 	*x = PresenceStatsRequest{}
-	mi := &file_herald_v1_herald_proto_msgTypes[19]
+	mi := &file_herald_v1_herald_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1433,7 +1542,7 @@ func (x *PresenceStatsRequest) String() string {
 func (*PresenceStatsRequest) ProtoMessage() {}
 
 func (x *PresenceStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[19]
+	mi := &file_herald_v1_herald_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1446,7 +1555,7 @@ func (x *PresenceStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceStatsRequest.ProtoReflect.Descriptor instead.
 func (*PresenceStatsRequest) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{19}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PresenceStatsRequest) GetTopic() string {
@@ -1469,7 +1578,7 @@ type PresenceStatsResponse struct {
 
 func (x *PresenceStatsResponse) Reset() {
 	*x = PresenceStatsResponse{}
-	mi := &file_herald_v1_herald_proto_msgTypes[20]
+	mi := &file_herald_v1_herald_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1481,7 +1590,7 @@ func (x *PresenceStatsResponse) String() string {
 func (*PresenceStatsResponse) ProtoMessage() {}
 
 func (x *PresenceStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[20]
+	mi := &file_herald_v1_herald_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1494,7 +1603,7 @@ func (x *PresenceStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceStatsResponse.ProtoReflect.Descriptor instead.
 func (*PresenceStatsResponse) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{20}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PresenceStatsResponse) GetConnections() uint64 {
@@ -1528,7 +1637,7 @@ type WatchPresenceRequest struct {
 
 func (x *WatchPresenceRequest) Reset() {
 	*x = WatchPresenceRequest{}
-	mi := &file_herald_v1_herald_proto_msgTypes[21]
+	mi := &file_herald_v1_herald_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1540,7 +1649,7 @@ func (x *WatchPresenceRequest) String() string {
 func (*WatchPresenceRequest) ProtoMessage() {}
 
 func (x *WatchPresenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[21]
+	mi := &file_herald_v1_herald_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1553,7 +1662,7 @@ func (x *WatchPresenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchPresenceRequest.ProtoReflect.Descriptor instead.
 func (*WatchPresenceRequest) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{21}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WatchPresenceRequest) GetTopics() []string {
@@ -1596,7 +1705,7 @@ type PresenceEvent struct {
 
 func (x *PresenceEvent) Reset() {
 	*x = PresenceEvent{}
-	mi := &file_herald_v1_herald_proto_msgTypes[22]
+	mi := &file_herald_v1_herald_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1608,7 +1717,7 @@ func (x *PresenceEvent) String() string {
 func (*PresenceEvent) ProtoMessage() {}
 
 func (x *PresenceEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[22]
+	mi := &file_herald_v1_herald_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1621,7 +1730,7 @@ func (x *PresenceEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceEvent.ProtoReflect.Descriptor instead.
 func (*PresenceEvent) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{22}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PresenceEvent) GetKind() PresenceEventKind {
@@ -1668,7 +1777,7 @@ type InfoRequest struct {
 
 func (x *InfoRequest) Reset() {
 	*x = InfoRequest{}
-	mi := &file_herald_v1_herald_proto_msgTypes[23]
+	mi := &file_herald_v1_herald_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1680,7 +1789,7 @@ func (x *InfoRequest) String() string {
 func (*InfoRequest) ProtoMessage() {}
 
 func (x *InfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[23]
+	mi := &file_herald_v1_herald_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1693,7 +1802,7 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{23}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{24}
 }
 
 // Node identity and counters since start.
@@ -1725,7 +1834,7 @@ type InfoResponse struct {
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_herald_v1_herald_proto_msgTypes[24]
+	mi := &file_herald_v1_herald_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1737,7 +1846,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[24]
+	mi := &file_herald_v1_herald_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1750,7 +1859,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{24}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *InfoResponse) GetNodeId() string {
@@ -1838,16 +1947,22 @@ const file_herald_v1_herald_proto_rawDesc = "" +
 	"\a_ttl_ms\"K\n" +
 	"\x0fPublishResponse\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x1c\n" +
-	"\tduplicate\x18\x02 \x01(\bR\tduplicate\"j\n" +
+	"\tduplicate\x18\x02 \x01(\bR\tduplicate\"\x99\x01\n" +
 	"\x14PublishStreamRequest\x12\x1d\n" +
 	"\n" +
 	"client_seq\x18\x01 \x01(\x04R\tclientSeq\x123\n" +
-	"\amessage\x18\x02 \x01(\v2\x19.herald.v1.PublishRequestR\amessage\"\x9a\x01\n" +
+	"\amessage\x18\x02 \x01(\v2\x19.herald.v1.PublishRequestR\amessage\x12-\n" +
+	"\x04more\x18\x03 \x03(\v2\x19.herald.v1.PublishRequestR\x04more\"\xc8\x01\n" +
 	"\x15PublishStreamResponse\x12\x1d\n" +
 	"\n" +
 	"client_seq\x18\x01 \x01(\x04R\tclientSeq\x12.\n" +
 	"\x03ack\x18\x02 \x01(\v2\x1a.herald.v1.PublishResponseH\x00R\x03ack\x12(\n" +
-	"\x05error\x18\x03 \x01(\v2\x10.herald.v1.ErrorH\x00R\x05errorB\b\n" +
+	"\x05error\x18\x03 \x01(\v2\x10.herald.v1.ErrorH\x00R\x05error\x12,\n" +
+	"\x04more\x18\x04 \x03(\v2\x18.herald.v1.PublishResultR\x04moreB\b\n" +
+	"\x06result\"s\n" +
+	"\rPublishResult\x12.\n" +
+	"\x03ack\x18\x01 \x01(\v2\x1a.herald.v1.PublishResponseH\x00R\x03ack\x12(\n" +
+	"\x05error\x18\x02 \x01(\v2\x10.herald.v1.ErrorH\x00R\x05errorB\b\n" +
 	"\x06result\"\xca\x01\n" +
 	"\x10BroadcastRequest\x12\x16\n" +
 	"\x06topics\x18\x01 \x03(\tR\x06topics\x12\x12\n" +
@@ -1978,80 +2093,85 @@ func file_herald_v1_herald_proto_rawDescGZIP() []byte {
 }
 
 var file_herald_v1_herald_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_herald_v1_herald_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_herald_v1_herald_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_herald_v1_herald_proto_goTypes = []any{
 	(PresenceEventKind)(0),        // 0: herald.v1.PresenceEventKind
 	(*PublishRequest)(nil),        // 1: herald.v1.PublishRequest
 	(*PublishResponse)(nil),       // 2: herald.v1.PublishResponse
 	(*PublishStreamRequest)(nil),  // 3: herald.v1.PublishStreamRequest
 	(*PublishStreamResponse)(nil), // 4: herald.v1.PublishStreamResponse
-	(*BroadcastRequest)(nil),      // 5: herald.v1.BroadcastRequest
-	(*BroadcastResponse)(nil),     // 6: herald.v1.BroadcastResponse
-	(*Error)(nil),                 // 7: herald.v1.Error
-	(*Target)(nil),                // 8: herald.v1.Target
-	(*SubscribeRequest)(nil),      // 9: herald.v1.SubscribeRequest
-	(*SubscribeResponse)(nil),     // 10: herald.v1.SubscribeResponse
-	(*UnsubscribeRequest)(nil),    // 11: herald.v1.UnsubscribeRequest
-	(*UnsubscribeResponse)(nil),   // 12: herald.v1.UnsubscribeResponse
-	(*DisconnectRequest)(nil),     // 13: herald.v1.DisconnectRequest
-	(*DisconnectResponse)(nil),    // 14: herald.v1.DisconnectResponse
-	(*ControlRequest)(nil),        // 15: herald.v1.ControlRequest
-	(*ControlResponse)(nil),       // 16: herald.v1.ControlResponse
-	(*Member)(nil),                // 17: herald.v1.Member
-	(*PresenceRequest)(nil),       // 18: herald.v1.PresenceRequest
-	(*PresenceResponse)(nil),      // 19: herald.v1.PresenceResponse
-	(*PresenceStatsRequest)(nil),  // 20: herald.v1.PresenceStatsRequest
-	(*PresenceStatsResponse)(nil), // 21: herald.v1.PresenceStatsResponse
-	(*WatchPresenceRequest)(nil),  // 22: herald.v1.WatchPresenceRequest
-	(*PresenceEvent)(nil),         // 23: herald.v1.PresenceEvent
-	(*InfoRequest)(nil),           // 24: herald.v1.InfoRequest
-	(*InfoResponse)(nil),          // 25: herald.v1.InfoResponse
+	(*PublishResult)(nil),         // 5: herald.v1.PublishResult
+	(*BroadcastRequest)(nil),      // 6: herald.v1.BroadcastRequest
+	(*BroadcastResponse)(nil),     // 7: herald.v1.BroadcastResponse
+	(*Error)(nil),                 // 8: herald.v1.Error
+	(*Target)(nil),                // 9: herald.v1.Target
+	(*SubscribeRequest)(nil),      // 10: herald.v1.SubscribeRequest
+	(*SubscribeResponse)(nil),     // 11: herald.v1.SubscribeResponse
+	(*UnsubscribeRequest)(nil),    // 12: herald.v1.UnsubscribeRequest
+	(*UnsubscribeResponse)(nil),   // 13: herald.v1.UnsubscribeResponse
+	(*DisconnectRequest)(nil),     // 14: herald.v1.DisconnectRequest
+	(*DisconnectResponse)(nil),    // 15: herald.v1.DisconnectResponse
+	(*ControlRequest)(nil),        // 16: herald.v1.ControlRequest
+	(*ControlResponse)(nil),       // 17: herald.v1.ControlResponse
+	(*Member)(nil),                // 18: herald.v1.Member
+	(*PresenceRequest)(nil),       // 19: herald.v1.PresenceRequest
+	(*PresenceResponse)(nil),      // 20: herald.v1.PresenceResponse
+	(*PresenceStatsRequest)(nil),  // 21: herald.v1.PresenceStatsRequest
+	(*PresenceStatsResponse)(nil), // 22: herald.v1.PresenceStatsResponse
+	(*WatchPresenceRequest)(nil),  // 23: herald.v1.WatchPresenceRequest
+	(*PresenceEvent)(nil),         // 24: herald.v1.PresenceEvent
+	(*InfoRequest)(nil),           // 25: herald.v1.InfoRequest
+	(*InfoResponse)(nil),          // 26: herald.v1.InfoResponse
 }
 var file_herald_v1_herald_proto_depIdxs = []int32{
 	1,  // 0: herald.v1.PublishStreamRequest.message:type_name -> herald.v1.PublishRequest
-	2,  // 1: herald.v1.PublishStreamResponse.ack:type_name -> herald.v1.PublishResponse
-	7,  // 2: herald.v1.PublishStreamResponse.error:type_name -> herald.v1.Error
-	2,  // 3: herald.v1.BroadcastResponse.results:type_name -> herald.v1.PublishResponse
-	8,  // 4: herald.v1.SubscribeRequest.target:type_name -> herald.v1.Target
-	8,  // 5: herald.v1.UnsubscribeRequest.target:type_name -> herald.v1.Target
-	8,  // 6: herald.v1.DisconnectRequest.target:type_name -> herald.v1.Target
-	9,  // 7: herald.v1.ControlRequest.subscribe:type_name -> herald.v1.SubscribeRequest
-	11, // 8: herald.v1.ControlRequest.unsubscribe:type_name -> herald.v1.UnsubscribeRequest
-	13, // 9: herald.v1.ControlRequest.disconnect:type_name -> herald.v1.DisconnectRequest
-	10, // 10: herald.v1.ControlResponse.subscribe:type_name -> herald.v1.SubscribeResponse
-	12, // 11: herald.v1.ControlResponse.unsubscribe:type_name -> herald.v1.UnsubscribeResponse
-	14, // 12: herald.v1.ControlResponse.disconnect:type_name -> herald.v1.DisconnectResponse
-	7,  // 13: herald.v1.ControlResponse.error:type_name -> herald.v1.Error
-	17, // 14: herald.v1.PresenceResponse.members:type_name -> herald.v1.Member
-	0,  // 15: herald.v1.PresenceEvent.kind:type_name -> herald.v1.PresenceEventKind
-	17, // 16: herald.v1.PresenceEvent.member:type_name -> herald.v1.Member
-	1,  // 17: herald.v1.Herald.Publish:input_type -> herald.v1.PublishRequest
-	3,  // 18: herald.v1.Herald.PublishStream:input_type -> herald.v1.PublishStreamRequest
-	5,  // 19: herald.v1.Herald.Broadcast:input_type -> herald.v1.BroadcastRequest
-	9,  // 20: herald.v1.Herald.Subscribe:input_type -> herald.v1.SubscribeRequest
-	11, // 21: herald.v1.Herald.Unsubscribe:input_type -> herald.v1.UnsubscribeRequest
-	13, // 22: herald.v1.Herald.Disconnect:input_type -> herald.v1.DisconnectRequest
-	15, // 23: herald.v1.Herald.Control:input_type -> herald.v1.ControlRequest
-	18, // 24: herald.v1.Herald.Presence:input_type -> herald.v1.PresenceRequest
-	20, // 25: herald.v1.Herald.PresenceStats:input_type -> herald.v1.PresenceStatsRequest
-	22, // 26: herald.v1.Herald.WatchPresence:input_type -> herald.v1.WatchPresenceRequest
-	24, // 27: herald.v1.Herald.Info:input_type -> herald.v1.InfoRequest
-	2,  // 28: herald.v1.Herald.Publish:output_type -> herald.v1.PublishResponse
-	4,  // 29: herald.v1.Herald.PublishStream:output_type -> herald.v1.PublishStreamResponse
-	6,  // 30: herald.v1.Herald.Broadcast:output_type -> herald.v1.BroadcastResponse
-	10, // 31: herald.v1.Herald.Subscribe:output_type -> herald.v1.SubscribeResponse
-	12, // 32: herald.v1.Herald.Unsubscribe:output_type -> herald.v1.UnsubscribeResponse
-	14, // 33: herald.v1.Herald.Disconnect:output_type -> herald.v1.DisconnectResponse
-	16, // 34: herald.v1.Herald.Control:output_type -> herald.v1.ControlResponse
-	19, // 35: herald.v1.Herald.Presence:output_type -> herald.v1.PresenceResponse
-	21, // 36: herald.v1.Herald.PresenceStats:output_type -> herald.v1.PresenceStatsResponse
-	23, // 37: herald.v1.Herald.WatchPresence:output_type -> herald.v1.PresenceEvent
-	25, // 38: herald.v1.Herald.Info:output_type -> herald.v1.InfoResponse
-	28, // [28:39] is the sub-list for method output_type
-	17, // [17:28] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	1,  // 1: herald.v1.PublishStreamRequest.more:type_name -> herald.v1.PublishRequest
+	2,  // 2: herald.v1.PublishStreamResponse.ack:type_name -> herald.v1.PublishResponse
+	8,  // 3: herald.v1.PublishStreamResponse.error:type_name -> herald.v1.Error
+	5,  // 4: herald.v1.PublishStreamResponse.more:type_name -> herald.v1.PublishResult
+	2,  // 5: herald.v1.PublishResult.ack:type_name -> herald.v1.PublishResponse
+	8,  // 6: herald.v1.PublishResult.error:type_name -> herald.v1.Error
+	2,  // 7: herald.v1.BroadcastResponse.results:type_name -> herald.v1.PublishResponse
+	9,  // 8: herald.v1.SubscribeRequest.target:type_name -> herald.v1.Target
+	9,  // 9: herald.v1.UnsubscribeRequest.target:type_name -> herald.v1.Target
+	9,  // 10: herald.v1.DisconnectRequest.target:type_name -> herald.v1.Target
+	10, // 11: herald.v1.ControlRequest.subscribe:type_name -> herald.v1.SubscribeRequest
+	12, // 12: herald.v1.ControlRequest.unsubscribe:type_name -> herald.v1.UnsubscribeRequest
+	14, // 13: herald.v1.ControlRequest.disconnect:type_name -> herald.v1.DisconnectRequest
+	11, // 14: herald.v1.ControlResponse.subscribe:type_name -> herald.v1.SubscribeResponse
+	13, // 15: herald.v1.ControlResponse.unsubscribe:type_name -> herald.v1.UnsubscribeResponse
+	15, // 16: herald.v1.ControlResponse.disconnect:type_name -> herald.v1.DisconnectResponse
+	8,  // 17: herald.v1.ControlResponse.error:type_name -> herald.v1.Error
+	18, // 18: herald.v1.PresenceResponse.members:type_name -> herald.v1.Member
+	0,  // 19: herald.v1.PresenceEvent.kind:type_name -> herald.v1.PresenceEventKind
+	18, // 20: herald.v1.PresenceEvent.member:type_name -> herald.v1.Member
+	1,  // 21: herald.v1.Herald.Publish:input_type -> herald.v1.PublishRequest
+	3,  // 22: herald.v1.Herald.PublishStream:input_type -> herald.v1.PublishStreamRequest
+	6,  // 23: herald.v1.Herald.Broadcast:input_type -> herald.v1.BroadcastRequest
+	10, // 24: herald.v1.Herald.Subscribe:input_type -> herald.v1.SubscribeRequest
+	12, // 25: herald.v1.Herald.Unsubscribe:input_type -> herald.v1.UnsubscribeRequest
+	14, // 26: herald.v1.Herald.Disconnect:input_type -> herald.v1.DisconnectRequest
+	16, // 27: herald.v1.Herald.Control:input_type -> herald.v1.ControlRequest
+	19, // 28: herald.v1.Herald.Presence:input_type -> herald.v1.PresenceRequest
+	21, // 29: herald.v1.Herald.PresenceStats:input_type -> herald.v1.PresenceStatsRequest
+	23, // 30: herald.v1.Herald.WatchPresence:input_type -> herald.v1.WatchPresenceRequest
+	25, // 31: herald.v1.Herald.Info:input_type -> herald.v1.InfoRequest
+	2,  // 32: herald.v1.Herald.Publish:output_type -> herald.v1.PublishResponse
+	4,  // 33: herald.v1.Herald.PublishStream:output_type -> herald.v1.PublishStreamResponse
+	7,  // 34: herald.v1.Herald.Broadcast:output_type -> herald.v1.BroadcastResponse
+	11, // 35: herald.v1.Herald.Subscribe:output_type -> herald.v1.SubscribeResponse
+	13, // 36: herald.v1.Herald.Unsubscribe:output_type -> herald.v1.UnsubscribeResponse
+	15, // 37: herald.v1.Herald.Disconnect:output_type -> herald.v1.DisconnectResponse
+	17, // 38: herald.v1.Herald.Control:output_type -> herald.v1.ControlResponse
+	20, // 39: herald.v1.Herald.Presence:output_type -> herald.v1.PresenceResponse
+	22, // 40: herald.v1.Herald.PresenceStats:output_type -> herald.v1.PresenceStatsResponse
+	24, // 41: herald.v1.Herald.WatchPresence:output_type -> herald.v1.PresenceEvent
+	26, // 42: herald.v1.Herald.Info:output_type -> herald.v1.InfoResponse
+	32, // [32:43] is the sub-list for method output_type
+	21, // [21:32] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_herald_v1_herald_proto_init() }
@@ -2064,17 +2184,21 @@ func file_herald_v1_herald_proto_init() {
 		(*PublishStreamResponse_Ack)(nil),
 		(*PublishStreamResponse_Error)(nil),
 	}
-	file_herald_v1_herald_proto_msgTypes[4].OneofWrappers = []any{}
-	file_herald_v1_herald_proto_msgTypes[7].OneofWrappers = []any{
+	file_herald_v1_herald_proto_msgTypes[4].OneofWrappers = []any{
+		(*PublishResult_Ack)(nil),
+		(*PublishResult_Error)(nil),
+	}
+	file_herald_v1_herald_proto_msgTypes[5].OneofWrappers = []any{}
+	file_herald_v1_herald_proto_msgTypes[8].OneofWrappers = []any{
 		(*Target_ConnectionId)(nil),
 		(*Target_UserId)(nil),
 	}
-	file_herald_v1_herald_proto_msgTypes[14].OneofWrappers = []any{
+	file_herald_v1_herald_proto_msgTypes[15].OneofWrappers = []any{
 		(*ControlRequest_Subscribe)(nil),
 		(*ControlRequest_Unsubscribe)(nil),
 		(*ControlRequest_Disconnect)(nil),
 	}
-	file_herald_v1_herald_proto_msgTypes[15].OneofWrappers = []any{
+	file_herald_v1_herald_proto_msgTypes[16].OneofWrappers = []any{
 		(*ControlResponse_Subscribe)(nil),
 		(*ControlResponse_Unsubscribe)(nil),
 		(*ControlResponse_Disconnect)(nil),
@@ -2086,7 +2210,7 @@ func file_herald_v1_herald_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_v1_herald_proto_rawDesc), len(file_herald_v1_herald_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   25,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

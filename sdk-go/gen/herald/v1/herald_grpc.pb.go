@@ -59,7 +59,9 @@ type HeraldClient interface {
 	// number and receives exactly one response with that number: an ack with the
 	// topic sequence, or an error for that message alone. A bad message never ends
 	// the stream. Requests are applied in the order they are sent, so the order of
-	// messages within a topic is kept. Responses arrive in request order.
+	// messages within a topic is kept. Responses arrive in request order. A request
+	// may carry several messages (`more`) to save per-message stream overhead; each
+	// still gets its own result.
 	PublishStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[PublishStreamRequest, PublishStreamResponse], error)
 	// Publish one payload to many topics in one call. All topics are validated
 	// first: if any is bad, nothing is published and the call is INVALID_ARGUMENT.
@@ -245,7 +247,9 @@ type HeraldServer interface {
 	// number and receives exactly one response with that number: an ack with the
 	// topic sequence, or an error for that message alone. A bad message never ends
 	// the stream. Requests are applied in the order they are sent, so the order of
-	// messages within a topic is kept. Responses arrive in request order.
+	// messages within a topic is kept. Responses arrive in request order. A request
+	// may carry several messages (`more`) to save per-message stream overhead; each
+	// still gets its own result.
 	PublishStream(grpc.BidiStreamingServer[PublishStreamRequest, PublishStreamResponse]) error
 	// Publish one payload to many topics in one call. All topics are validated
 	// first: if any is bad, nothing is published and the call is INVALID_ARGUMENT.
