@@ -18,11 +18,7 @@ func TestBroadcast(t *testing.T) {
 	if _, err := c.Publish(ctx, b, herald.Text("before")); err != nil {
 		t.Fatal(err)
 	}
-	p, err := herald.JSON(map[string]string{"alert": "market closed"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := c.Broadcast(ctx, []string{a, b, d}, p)
+	res, err := c.Broadcast(ctx, []string{a, b, d}, herald.JSON(map[string]string{"alert": "market closed"}))
 	if err != nil {
 		t.Fatalf("Broadcast: %v", err)
 	}

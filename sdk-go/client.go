@@ -85,17 +85,24 @@ func (c *Client) Close() error {
 // not wrap.
 func (c *Client) Raw() heraldv1.HeraldClient { return c.rpc }
 
-// Conn returns the underlying gRPC connection.
-func (c *Client) Conn() *grpc.ClientConn { return c.conn }
+// GRPCConn returns the underlying gRPC connection, for example to create
+// other gRPC service stubs on it or to watch its connectivity state. (Not to be
+// confused with [Conn], which names a WebSocket connection as a [Target].)
+func (c *Client) GRPCConn() *grpc.ClientConn { return c.conn }
 
 // Publish publishes one message to one topic and returns its sequence number in
 // that topic. A bad topic, an oversize payload, or a JSON payload that is not
-// valid JSON is INVALID_ARGUMENT ([IsInvalidArgument]). With an idempotency key
-// the call is retried while the engine is UNAVAILABLE (see [RetryPolicy]).
+// valid JSON is INVALID_ARGUMENT ([IsInvalidArgument]), and so is a [JSON]
+// payload whose value could not be marshaled (then nothing is sent). With an
+// idempotency key the call is retried while the engine is UNAVAILABLE (see
+// [RetryPolicy]).
 func (c *Client) Publish(ctx context.Context, topic string, payload Payload, opts ...PublishOption) (PublishResult, error) {
-	req := newPublishRequest(topic, payload, opts)
+	req, err := newPublishRequest(topic, payload, opts)
+	if err != nil {
+		return PublishResult{}, err
+	}
 	var resp *heraldv1.PublishResponse
-	err := c.maybeRetry(ctx, req.IdempotencyKey != nil, func() (err error) {
+	err = c.maybeRetry(ctx, req.IdempotencyKey != nil, func() (err error) {
 		resp, err = c.rpc.Publish(ctx, req)
 		return err
 	})
@@ -115,9 +122,13 @@ func (c *Client) maybeRetry(ctx context.Context, retry bool, call func() error) 
 
 // Broadcast publishes one payload to many topics in one call and returns one
 // result per topic, in the order given. All topics are checked first: if any is
-// bad, nothing is published and the error is INVALID_ARGUMENT. With an
-// idempotency key the call is retried while the engine is UNAVAILABLE.
+// bad, nothing is published and the error is INVALID_ARGUMENT (as for a [JSON]
+// payload whose value could not be marshaled). With an idempotency key the
+// call is retried while the engine is UNAVAILABLE.
 func (c *Client) Broadcast(ctx context.Context, topics []string, payload Payload, opts ...PublishOption) ([]PublishResult, error) {
+	if payload.err != nil {
+		return nil, payload.err
+	}
 	o := buildPublishOptions(opts)
 	req := &heraldv1.BroadcastRequest{
 		Topics:         topics,

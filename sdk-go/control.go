@@ -10,6 +10,11 @@ import (
 
 // Target names the connections a subscribe, unsubscribe or disconnect applies
 // to: one connection ([Conn]) or every current connection of a user ([User]).
+//
+// The zero Target names nothing: a call given it (or Conn(""), or User(""))
+// fails with INVALID_ARGUMENT before anything is sent, with the engine's own
+// message ("target is missing: set connection_id or user_id", or "user_id is
+// empty").
 type Target struct {
 	connectionID string
 	userID       string
@@ -25,10 +30,26 @@ func User(userID string) Target { return Target{userID: userID, byUser: true} }
 
 // String describes the target, for logs.
 func (t Target) String() string {
-	if t.byUser {
+	switch {
+	case t.byUser:
 		return "user " + t.userID
+	case t.connectionID == "":
+		return "no target"
+	default:
+		return "connection " + t.connectionID
 	}
-	return "connection " + t.connectionID
+}
+
+// check refuses a target that names nothing, as the engine would.
+func (t Target) check() error {
+	switch {
+	case t.byUser && t.userID == "":
+		return status.Error(codes.InvalidArgument, "user_id is empty")
+	case !t.byUser && t.connectionID == "":
+		return status.Error(codes.InvalidArgument, "target is missing: set connection_id or user_id")
+	default:
+		return nil
+	}
 }
 
 func (t Target) proto() *heraldv1.Target {
@@ -38,36 +59,72 @@ func (t Target) proto() *heraldv1.Target {
 	return &heraldv1.Target{Target: &heraldv1.Target_ConnectionId{ConnectionId: t.connectionID}}
 }
 
-// DisconnectOptions say how connections are closed.
-type DisconnectOptions struct {
-	// Code is the WebSocket close code, 4000-4999. 0 means the default: 4003
-	// when Reconnect is true, 4500 when it is false.
-	Code uint32
-	// Reason is a short text for people, at most 120 bytes.
-	Reason string
-	// Reconnect tells the client whether it should reconnect.
-	Reconnect bool
+// DisconnectOption adjusts how [Client.Disconnect] and [ControlStream.Disconnect]
+// close connections. Without any, connections are closed with code 4500, no
+// reason, and the hint not to reconnect.
+type DisconnectOption func(*disconnectOptions)
+
+type disconnectOptions struct {
+	code      uint32
+	reason    string
+	reconnect bool
 }
 
-func subscribeRequest(t Target, topics []string) *heraldv1.SubscribeRequest {
-	return &heraldv1.SubscribeRequest{Target: t.proto(), Topics: topics}
+// WithCloseCode sets the WebSocket close code, 4000-4999 (anything else is
+// INVALID_ARGUMENT). 0, the default, means 4003 when [WithReconnect](true) is
+// given and 4500 otherwise.
+func WithCloseCode(code uint32) DisconnectOption {
+	return func(o *disconnectOptions) { o.code = code }
 }
 
-func unsubscribeRequest(t Target, topics []string) *heraldv1.UnsubscribeRequest {
-	return &heraldv1.UnsubscribeRequest{Target: t.proto(), Topics: topics}
+// WithReason sets a short text for people sent with the disconnect, at most 120
+// bytes.
+func WithReason(reason string) DisconnectOption {
+	return func(o *disconnectOptions) { o.reason = reason }
 }
 
-func disconnectRequest(t Target, o DisconnectOptions) *heraldv1.DisconnectRequest {
-	return &heraldv1.DisconnectRequest{Target: t.proto(), Code: o.Code, Reason: o.Reason, Reconnect: o.Reconnect}
+// WithReconnect sets the hint telling the client whether it should reconnect
+// (default false).
+func WithReconnect(reconnect bool) DisconnectOption {
+	return func(o *disconnectOptions) { o.reconnect = reconnect }
+}
+
+func subscribeRequest(t Target, topics []string) (*heraldv1.SubscribeRequest, error) {
+	if err := t.check(); err != nil {
+		return nil, err
+	}
+	return &heraldv1.SubscribeRequest{Target: t.proto(), Topics: topics}, nil
+}
+
+func unsubscribeRequest(t Target, topics []string) (*heraldv1.UnsubscribeRequest, error) {
+	if err := t.check(); err != nil {
+		return nil, err
+	}
+	return &heraldv1.UnsubscribeRequest{Target: t.proto(), Topics: topics}, nil
+}
+
+func disconnectRequest(t Target, opts []DisconnectOption) (*heraldv1.DisconnectRequest, error) {
+	if err := t.check(); err != nil {
+		return nil, err
+	}
+	var o disconnectOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return &heraldv1.DisconnectRequest{Target: t.proto(), Code: o.code, Reason: o.reason, Reconnect: o.reconnect}, nil
 }
 
 // Subscribe puts the target's connections into topics and returns how many
 // connections it reached. Each client is told with a server-initiated
 // "subscribed" push. NOT_FOUND ([IsNotFound]) for an unknown connection or user,
-// INVALID_ARGUMENT for a bad topic. Retried while the engine is UNAVAILABLE
-// (subscribing twice is harmless).
+// INVALID_ARGUMENT for a bad topic or a target that names nothing. Retried
+// while the engine is UNAVAILABLE (subscribing twice is harmless).
 func (c *Client) Subscribe(ctx context.Context, target Target, topics ...string) (int, error) {
-	r, err := c.rpc.Subscribe(ctx, subscribeRequest(target, topics))
+	req, err := subscribeRequest(target, topics)
+	if err != nil {
+		return 0, err
+	}
+	r, err := c.rpc.Subscribe(ctx, req)
 	if err != nil {
 		return 0, err
 	}
@@ -78,7 +135,11 @@ func (c *Client) Subscribe(ctx context.Context, target Target, topics ...string)
 // connections it reached. Topics a connection is not in are ignored. Retried
 // while the engine is UNAVAILABLE.
 func (c *Client) Unsubscribe(ctx context.Context, target Target, topics ...string) (int, error) {
-	r, err := c.rpc.Unsubscribe(ctx, unsubscribeRequest(target, topics))
+	req, err := unsubscribeRequest(target, topics)
+	if err != nil {
+		return 0, err
+	}
+	r, err := c.rpc.Unsubscribe(ctx, req)
 	if err != nil {
 		return 0, err
 	}
@@ -87,9 +148,16 @@ func (c *Client) Unsubscribe(ctx context.Context, target Target, topics ...strin
 
 // Disconnect closes the target's connections and returns how many it closed.
 // Each client receives a "disconnect" frame with the code, reason and reconnect
-// hint, then a close frame. Never retried.
-func (c *Client) Disconnect(ctx context.Context, target Target, opts DisconnectOptions) (int, error) {
-	r, err := c.rpc.Disconnect(ctx, disconnectRequest(target, opts))
+// hint ([WithCloseCode], [WithReason], [WithReconnect]), then a close frame.
+// Never retried.
+//
+//	n, err := c.Disconnect(ctx, herald.User("mallory"), herald.WithReason("banned"))
+func (c *Client) Disconnect(ctx context.Context, target Target, opts ...DisconnectOption) (int, error) {
+	req, err := disconnectRequest(target, opts)
+	if err != nil {
+		return 0, err
+	}
+	r, err := c.rpc.Disconnect(ctx, req)
 	if err != nil {
 		return 0, err
 	}
@@ -137,12 +205,14 @@ func decodeControlResponse(resp *heraldv1.ControlResponse) (uint64, uint32, erro
 	return resp.GetRequestId(), n, resErr
 }
 
-func (s *ControlStream) do(ctx context.Context, build func(req *heraldv1.ControlRequest)) (int, error) {
+func (s *ControlStream) do(ctx context.Context, build func(req *heraldv1.ControlRequest) error) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, status.FromContextError(err).Err()
 	}
 	req := &heraldv1.ControlRequest{}
-	build(req)
+	if err := build(req); err != nil {
+		return 0, err
+	}
 
 	pend, err := s.mux.send(func(id uint64) *heraldv1.ControlRequest {
 		req.RequestId = id
@@ -162,22 +232,28 @@ func (s *ControlStream) do(ctx context.Context, build func(req *heraldv1.Control
 
 // Subscribe is [Client.Subscribe] over the stream.
 func (s *ControlStream) Subscribe(ctx context.Context, target Target, topics ...string) (int, error) {
-	return s.do(ctx, func(req *heraldv1.ControlRequest) {
-		req.Command = &heraldv1.ControlRequest_Subscribe{Subscribe: subscribeRequest(target, topics)}
+	return s.do(ctx, func(req *heraldv1.ControlRequest) error {
+		sub, err := subscribeRequest(target, topics)
+		req.Command = &heraldv1.ControlRequest_Subscribe{Subscribe: sub}
+		return err
 	})
 }
 
 // Unsubscribe is [Client.Unsubscribe] over the stream.
 func (s *ControlStream) Unsubscribe(ctx context.Context, target Target, topics ...string) (int, error) {
-	return s.do(ctx, func(req *heraldv1.ControlRequest) {
-		req.Command = &heraldv1.ControlRequest_Unsubscribe{Unsubscribe: unsubscribeRequest(target, topics)}
+	return s.do(ctx, func(req *heraldv1.ControlRequest) error {
+		unsub, err := unsubscribeRequest(target, topics)
+		req.Command = &heraldv1.ControlRequest_Unsubscribe{Unsubscribe: unsub}
+		return err
 	})
 }
 
 // Disconnect is [Client.Disconnect] over the stream.
-func (s *ControlStream) Disconnect(ctx context.Context, target Target, opts DisconnectOptions) (int, error) {
-	return s.do(ctx, func(req *heraldv1.ControlRequest) {
-		req.Command = &heraldv1.ControlRequest_Disconnect{Disconnect: disconnectRequest(target, opts)}
+func (s *ControlStream) Disconnect(ctx context.Context, target Target, opts ...DisconnectOption) (int, error) {
+	return s.do(ctx, func(req *heraldv1.ControlRequest) error {
+		dis, err := disconnectRequest(target, opts)
+		req.Command = &heraldv1.ControlRequest_Disconnect{Disconnect: dis}
+		return err
 	})
 }
 

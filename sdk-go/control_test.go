@@ -95,7 +95,7 @@ func TestSubscribeErrors(t *testing.T) {
 	if _, err := c.Subscribe(ctx, herald.Conn(ws.connID), "room::bad"); !herald.IsInvalidArgument(err) {
 		t.Errorf("bad topic: err = %v, want INVALID_ARGUMENT", err)
 	}
-	if _, err := c.Disconnect(ctx, herald.Conn("no-such-connection"), herald.DisconnectOptions{}); !herald.IsNotFound(err) {
+	if _, err := c.Disconnect(ctx, herald.Conn("no-such-connection")); !herald.IsNotFound(err) {
 		t.Errorf("disconnect unknown: err = %v, want NOT_FOUND", err)
 	}
 }
@@ -118,7 +118,7 @@ func TestDisconnect(t *testing.T) {
 	ctx := testCtx(t)
 
 	ws := dialWS(t, e, "erin")
-	n, err := c.Disconnect(ctx, herald.Conn(ws.connID), herald.DisconnectOptions{Code: 4100, Reason: "maintenance", Reconnect: true})
+	n, err := c.Disconnect(ctx, herald.Conn(ws.connID), herald.WithCloseCode(4100), herald.WithReason("maintenance"), herald.WithReconnect(true))
 	if err != nil || n != 1 {
 		t.Fatalf("Disconnect = %d, %v; want 1", n, err)
 	}
@@ -126,18 +126,18 @@ func TestDisconnect(t *testing.T) {
 
 	// Code 0 takes the default for the reconnect hint.
 	ws = dialWS(t, e, "erin")
-	if _, err := c.Disconnect(ctx, herald.Conn(ws.connID), herald.DisconnectOptions{Reason: "banned"}); err != nil {
+	if _, err := c.Disconnect(ctx, herald.Conn(ws.connID), herald.WithReason("banned")); err != nil {
 		t.Fatalf("Disconnect: %v", err)
 	}
 	expectDisconnect(t, ws, 4500, "banned", false)
 
 	ws = dialWS(t, e, "erin")
-	if _, err := c.Disconnect(ctx, herald.Conn(ws.connID), herald.DisconnectOptions{Reconnect: true}); err != nil {
+	if _, err := c.Disconnect(ctx, herald.Conn(ws.connID), herald.WithReconnect(true)); err != nil {
 		t.Fatalf("Disconnect: %v", err)
 	}
 	expectDisconnect(t, ws, 4003, "", true)
 
-	if _, err := c.Disconnect(ctx, herald.Conn(dialWS(t, e, "").connID), herald.DisconnectOptions{Code: 1000}); !herald.IsInvalidArgument(err) {
+	if _, err := c.Disconnect(ctx, herald.Conn(dialWS(t, e, "").connID), herald.WithCloseCode(1000)); !herald.IsInvalidArgument(err) {
 		t.Fatalf("code 1000: err = %v, want INVALID_ARGUMENT", err)
 	}
 }
@@ -165,7 +165,7 @@ func TestControlStream(t *testing.T) {
 		t.Fatalf("stream Unsubscribe = %d, %v", n, err)
 	}
 	serverPush(t, ws, "unsubscribed", topic)
-	if n, err := s.Disconnect(ctx, herald.User("frank"), herald.DisconnectOptions{Code: 4200, Reason: "stream", Reconnect: true}); err != nil || n != 1 {
+	if n, err := s.Disconnect(ctx, herald.User("frank"), herald.WithCloseCode(4200), herald.WithReason("stream"), herald.WithReconnect(true)); err != nil || n != 1 {
 		t.Fatalf("stream Disconnect = %d, %v", n, err)
 	}
 	expectDisconnect(t, ws, 4200, "stream", true)
@@ -239,7 +239,7 @@ func TestControlStreamConcurrentAnswersMatch(t *testing.T) {
 					return
 				}
 			}
-			if n, err := s.Disconnect(ctx, herald.User(w.user), herald.DisconnectOptions{Reason: "done"}); err != nil || n != want {
+			if n, err := s.Disconnect(ctx, herald.User(w.user), herald.WithReason("done")); err != nil || n != want {
 				t.Errorf("worker %d: Disconnect = %d, %v; want %d", g, n, err, want)
 			}
 		})

@@ -13,11 +13,7 @@
 //	}
 //	defer c.Close()
 //
-//	p, err := herald.JSON(map[string]any{"price": 101.5})
-//	if err != nil {
-//		return err
-//	}
-//	res, err := c.Publish(ctx, "prices:EUR-USD", p)
+//	res, err := c.Publish(ctx, "prices:EUR-USD", herald.JSON(map[string]any{"price": 101.5}))
 //
 // Every call takes a context first. Errors returned by calls keep their gRPC
 // status, so [Code], [IsNotFound], [IsInvalidArgument] and friends (or

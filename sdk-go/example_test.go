@@ -25,11 +25,8 @@ func ExampleClient_Publish() {
 	}
 	defer c.Close()
 
-	p, err := herald.JSON(map[string]any{"symbol": "EUR-USD", "price": 1.0841})
-	if err != nil {
-		log.Fatal(err)
-	}
-	res, err := c.Publish(ctx, "prices:EUR-USD", p, herald.WithTTL(time.Second))
+	tick := map[string]any{"symbol": "EUR-USD", "price": 1.0841}
+	res, err := c.Publish(ctx, "prices:EUR-USD", herald.JSON(tick), herald.WithTTL(time.Second))
 	switch {
 	case herald.IsInvalidArgument(err):
 		log.Printf("refused: %v", err)
@@ -91,14 +88,14 @@ func ExampleClient_WatchPresence() {
 	defer c.Close()
 
 	members := map[string]herald.Member{} // by topic and connection
-	for ev, err := range c.WatchPresence(ctx, herald.WatchOptions{Topics: []string{"room:*"}, IncludeSnapshot: true}) {
+	for ev, err := range c.WatchPresence(ctx, []string{"room:*"}) {
 		if err != nil {
 			log.Fatal(err)
 		}
 		key := ev.Topic + " " + ev.Member.ConnectionID
 		switch ev.Kind {
 		case herald.EventResync:
-			clear(members) // a fresh snapshot follows
+			clear(members) // a fresh snapshot follows (snapshots are on by default)
 		case herald.EventSnapshot, herald.EventJoin:
 			members[key] = ev.Member
 		case herald.EventLeave:

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	heraldv1 "github.com/heraldrt/herald/sdk-go/gen/herald/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // Content types understood by the engine. They decide how WebSocket clients see
@@ -22,6 +24,26 @@ type Payload struct {
 	// ContentType is "application/json" (or any "+json" type), "text/..." or
 	// anything else for opaque bytes. Empty means application/octet-stream.
 	ContentType string
+
+	// err is why the payload could not be built ([JSON] of a value
+	// encoding/json cannot marshal); publishing it fails with this error.
+	err error
+}
+
+// Err reports why the payload could not be built: non-nil only for a [JSON]
+// payload whose value encoding/json could not marshal. Publishing such a
+// payload fails with the same error before anything is sent, so checking Err
+// first is optional.
+func (p Payload) Err() error { return p.err }
+
+// payloadError is a payload that could not be built. It is INVALID_ARGUMENT
+// for [Code] and status.FromError, and unwraps to the encoding/json error.
+type payloadError struct{ err error }
+
+func (e *payloadError) Error() string { return "herald: payload: " + e.err.Error() }
+func (e *payloadError) Unwrap() error { return e.err }
+func (e *payloadError) GRPCStatus() *status.Status {
+	return status.New(codes.InvalidArgument, e.Error())
 }
 
 // Bytes is an opaque binary payload with no content type (that is,
@@ -40,12 +62,22 @@ func Text(s string) Payload {
 
 // JSON marshals v with encoding/json into an application/json payload;
 // WebSocket clients receive the JSON value itself in the "data" field.
-func JSON(v any) (Payload, error) {
+//
+// A value encoding/json cannot marshal (a channel, a function, a NaN, a
+// failing MarshalJSON, ...) gives a payload that carries the error: Publish,
+// Broadcast and PublishAsync return it, as INVALID_ARGUMENT ([IsInvalidArgument])
+// wrapping the encoding/json error, without sending anything. So one error
+// check per publish is enough:
+//
+//	res, err := c.Publish(ctx, "prices:EUR-USD", herald.JSON(tick))
+//
+// [Payload.Err] tells it before publishing, if wanted.
+func JSON(v any) Payload {
 	data, err := json.Marshal(v)
 	if err != nil {
-		return Payload{}, err
+		return Payload{ContentType: ContentTypeJSON, err: &payloadError{err: err}}
 	}
-	return Payload{Data: data, ContentType: ContentTypeJSON}, nil
+	return Payload{Data: data, ContentType: ContentTypeJSON}
 }
 
 // RawJSON is an application/json payload from bytes that already hold JSON. The
@@ -91,7 +123,11 @@ func buildPublishOptions(opts []PublishOption) publishOptions {
 	return o
 }
 
-func newPublishRequest(topic string, p Payload, opts []PublishOption) *heraldv1.PublishRequest {
+// newPublishRequest builds the request, or returns the payload's error.
+func newPublishRequest(topic string, p Payload, opts []PublishOption) (*heraldv1.PublishRequest, error) {
+	if p.err != nil {
+		return nil, p.err
+	}
 	o := buildPublishOptions(opts)
 	return &heraldv1.PublishRequest{
 		Topic:          topic,
@@ -99,7 +135,7 @@ func newPublishRequest(topic string, p Payload, opts []PublishOption) *heraldv1.
 		ContentType:    p.ContentType,
 		IdempotencyKey: o.idempotencyKey,
 		TtlMs:          o.ttlMs,
-	}
+	}, nil
 }
 
 // PublishResult is the engine's answer to one accepted message.

@@ -22,11 +22,7 @@ func TestPublishPayloadsReachWebSocketClients(t *testing.T) {
 
 	// JSON: the client sees the value itself.
 	tick := map[string]any{"symbol": "EUR-USD", "price": 101.5, "tags": []any{"fx", true}}
-	p, err := herald.JSON(tick)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r1, err := c.Publish(ctx, topic, p)
+	r1, err := c.Publish(ctx, topic, herald.JSON(tick))
 	if err != nil {
 		t.Fatalf("Publish JSON: %v", err)
 	}

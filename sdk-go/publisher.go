@@ -92,7 +92,10 @@ func (p *Publisher) PublishAsync(ctx context.Context, topic string, payload Payl
 	if err := ctx.Err(); err != nil {
 		return failedPublish(status.FromContextError(err).Err())
 	}
-	msg := newPublishRequest(topic, payload, opts)
+	msg, err := newPublishRequest(topic, payload, opts)
+	if err != nil {
+		return failedPublish(err)
+	}
 
 	pend, err := p.mux.send(func(seq uint64) *heraldv1.PublishStreamRequest {
 		return &heraldv1.PublishStreamRequest{ClientSeq: seq, Message: msg}

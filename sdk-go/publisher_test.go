@@ -34,10 +34,7 @@ func TestPublisherStreamsInOrder(t *testing.T) {
 		if i == badTopic {
 			tp = "not a topic"
 		}
-		pl, err := herald.JSON(map[string]int{"i": i})
-		if err != nil {
-			t.Fatal(err)
-		}
+		pl := herald.JSON(map[string]int{"i": i})
 		if i == badJSON {
 			pl = herald.RawJSON([]byte(`{"i":`))
 		}

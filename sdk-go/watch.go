@@ -19,8 +19,8 @@ type EventKind int
 
 // Presence event kinds, as in herald.v1.PresenceEventKind.
 const (
-	// EventSnapshot is a current member, sent before live events when
-	// WatchOptions.IncludeSnapshot is set.
+	// EventSnapshot is a current member, sent before live events unless the
+	// snapshot was turned off with WithSnapshot(false).
 	EventSnapshot EventKind = EventKind(heraldv1.PresenceEventKind_PRESENCE_EVENT_KIND_SNAPSHOT)
 	// EventSnapshotEnd says the snapshot is complete; live events follow.
 	EventSnapshotEnd EventKind = EventKind(heraldv1.PresenceEventKind_PRESENCE_EVENT_KIND_SNAPSHOT_END)
@@ -28,13 +28,13 @@ const (
 	EventJoin EventKind = EventKind(heraldv1.PresenceEventKind_PRESENCE_EVENT_KIND_JOIN)
 	// EventLeave is a connection leaving a topic.
 	EventLeave EventKind = EventKind(heraldv1.PresenceEventKind_PRESENCE_EVENT_KIND_LEAVE)
-	// EventConnect is a connection being opened (IncludeConnections only).
+	// EventConnect is a connection being opened (WithConnectionEvents only).
 	EventConnect EventKind = EventKind(heraldv1.PresenceEventKind_PRESENCE_EVENT_KIND_CONNECT)
-	// EventDisconnect is a connection being closed (IncludeConnections only).
+	// EventDisconnect is a connection being closed (WithConnectionEvents only).
 	EventDisconnect EventKind = EventKind(heraldv1.PresenceEventKind_PRESENCE_EVENT_KIND_DISCONNECT)
 	// EventResync means events were lost: drop the view built so far. The
-	// watch starts over by itself; with IncludeSnapshot a fresh snapshot
-	// (EventSnapshot... EventSnapshotEnd) follows.
+	// watch starts over by itself and a fresh snapshot (EventSnapshot...
+	// EventSnapshotEnd) follows, unless the snapshot was turned off.
 	EventResync EventKind = EventKind(heraldv1.PresenceEventKind_PRESENCE_EVENT_KIND_RESYNC)
 )
 
@@ -81,42 +81,61 @@ type PresenceEvent struct {
 	Cause error
 }
 
-// WatchOptions say what [Client.WatchPresence] watches.
-type WatchOptions struct {
-	// Topics are topics ("room:general") and patterns: a last segment "*"
-	// matches any one segment ("room:*"), a last segment ">" matches one or
-	// more ("room:>").
-	Topics []string
-	// IncludeSnapshot sends the current members of the matching topics first
-	// (EventSnapshot events, then one EventSnapshotEnd), and again after every
-	// resync.
-	IncludeSnapshot bool
-	// IncludeConnections also sends EventConnect and EventDisconnect for every
-	// connection of the node.
-	IncludeConnections bool
-	// MinBackoff is the first wait before reconnecting (default 100ms).
-	MinBackoff time.Duration
-	// MaxBackoff caps the wait between reconnect attempts (default 5s).
-	MaxBackoff time.Duration
+// WatchOption adjusts a [Client.WatchPresence] watch.
+type WatchOption func(*watchOptions)
+
+type watchOptions struct {
+	snapshot    bool
+	connections bool
+	minBackoff  time.Duration
+	maxBackoff  time.Duration
+}
+
+// WithSnapshot says whether the watch starts with the current members of the
+// matching topics (EventSnapshot events, then one EventSnapshotEnd), again
+// after every resync. On by default; WithSnapshot(false) sends live events
+// only.
+func WithSnapshot(on bool) WatchOption {
+	return func(o *watchOptions) { o.snapshot = on }
+}
+
+// WithConnectionEvents says whether the watch also sends EventConnect and
+// EventDisconnect for every connection of the node (off by default).
+func WithConnectionEvents(on bool) WatchOption {
+	return func(o *watchOptions) { o.connections = on }
+}
+
+// WithWatchBackoff sets the first wait before reconnecting (default 100ms) and
+// the cap of the waits between attempts (default 5s); zero keeps a default.
+func WithWatchBackoff(minBackoff, maxBackoff time.Duration) WatchOption {
+	return func(o *watchOptions) { o.minBackoff, o.maxBackoff = minBackoff, maxBackoff }
 }
 
 // WatchPresence streams presence events for topics and patterns, and keeps
 // doing so across engine restarts and network failures until ctx is canceled or
-// the loop stops.
+// the loop stops. A topic is "room:general"; in a pattern a last segment "*"
+// matches any one segment ("room:*") and a last segment ">" one or more
+// ("room:>").
+//
+// By default the watch starts with a snapshot of the current members
+// (EventSnapshot events, then EventSnapshotEnd) before live events;
+// [WithSnapshot](false) turns that off, [WithConnectionEvents](true) adds the
+// node's connects and disconnects, [WithWatchBackoff] tunes the reconnects.
 //
 // When the stream breaks after it was established, the iteration yields an
 // EventResync whose Cause is the error, then reconnects with exponential
 // backoff and jitter; when the engine itself sends RESYNC (the watcher fell
 // behind), that event is yielded with a nil Cause and the watch reconnects at
-// once (with backoff if the engine keeps sending RESYNC). Either way the caller must drop its view: with IncludeSnapshot, a fresh
-// snapshot follows on the new stream, ending with EventSnapshotEnd.
+// once (with backoff if the engine keeps sending RESYNC). Either way the caller
+// must drop its view: a fresh snapshot follows on the new stream, ending with
+// EventSnapshotEnd (unless the snapshot was turned off).
 //
 // Errors that retrying cannot fix (INVALID_ARGUMENT for a bad topic or pattern,
 // UNIMPLEMENTED, an authentication error, a closed client) are yielded once
 // with a zero event and end the iteration. Canceling ctx ends the iteration
 // without an error.
 //
-//	for ev, err := range c.WatchPresence(ctx, herald.WatchOptions{Topics: []string{"room:*"}, IncludeSnapshot: true}) {
+//	for ev, err := range c.WatchPresence(ctx, []string{"room:*"}) {
 //		if err != nil {
 //			return err
 //		}
@@ -129,8 +148,12 @@ type WatchOptions struct {
 //			delete(view, ev.Member.ConnectionID)
 //		}
 //	}
-func (c *Client) WatchPresence(ctx context.Context, opts WatchOptions) iter.Seq2[PresenceEvent, error] {
-	minB, maxB := opts.MinBackoff, opts.MaxBackoff
+func (c *Client) WatchPresence(ctx context.Context, topics []string, opts ...WatchOption) iter.Seq2[PresenceEvent, error] {
+	o := watchOptions{snapshot: true}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	minB, maxB := o.minBackoff, o.maxBackoff
 	if minB <= 0 {
 		minB = 100 * time.Millisecond
 	}
@@ -139,9 +162,9 @@ func (c *Client) WatchPresence(ctx context.Context, opts WatchOptions) iter.Seq2
 	}
 	maxB = max(maxB, minB)
 	req := &heraldv1.WatchPresenceRequest{
-		Topics:             opts.Topics,
-		IncludeSnapshot:    opts.IncludeSnapshot,
-		IncludeConnections: opts.IncludeConnections,
+		Topics:             topics,
+		IncludeSnapshot:    o.snapshot,
+		IncludeConnections: o.connections,
 	}
 
 	return func(yield func(PresenceEvent, error) bool) {

@@ -24,14 +24,14 @@ type eventStream struct {
 	errs   chan error
 }
 
-func startWatch(t *testing.T, c *herald.Client, opts herald.WatchOptions) *eventStream {
+func startWatch(t *testing.T, c *herald.Client, topics []string, opts ...herald.WatchOption) *eventStream {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	es := &eventStream{t: t, events: make(chan herald.PresenceEvent, 256), errs: make(chan error, 1)}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for ev, err := range c.WatchPresence(ctx, opts) {
+		for ev, err := range c.WatchPresence(ctx, topics, opts...) {
 			if err != nil {
 				es.errs <- err
 				return
@@ -75,7 +75,8 @@ func TestWatchPresenceSnapshotThenLive(t *testing.T) {
 	first := dialWS(t, e, "judy")
 	first.subscribe(a)
 
-	es := startWatch(t, c, herald.WatchOptions{Topics: []string{root + ":*"}, IncludeSnapshot: true})
+	// No options: the snapshot comes first by default.
+	es := startWatch(t, c, []string{root + ":*"})
 	snap := es.expect(herald.EventSnapshot, a, first.connID)
 	if snap.Member.UserID != "judy" || snap.NodeID == "" || snap.Time.IsZero() {
 		t.Fatalf("snapshot event %+v", snap)
@@ -109,7 +110,7 @@ func TestWatchPresenceConnections(t *testing.T) {
 	e := needEngine(t)
 	c := e.client(t)
 	root := watchRoot(t)
-	es := startWatch(t, c, herald.WatchOptions{Topics: []string{root + ":>"}, IncludeConnections: true, IncludeSnapshot: true})
+	es := startWatch(t, c, []string{root + ":>"}, herald.WithConnectionEvents(true))
 	// The (empty) snapshot's end shows the watch is live before the connection opens.
 	es.expect(herald.EventSnapshotEnd, "", "")
 
@@ -152,7 +153,7 @@ func TestWatchPresencePermanentErrorEnds(t *testing.T) {
 	for _, pattern := range []string{"ro*m", "room:*:x", "room::a"} {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		var errs []error
-		for ev, err := range c.WatchPresence(ctx, herald.WatchOptions{Topics: []string{pattern}, IncludeSnapshot: true}) {
+		for ev, err := range c.WatchPresence(ctx, []string{pattern}) {
 			if err == nil {
 				t.Fatalf("pattern %q: event %+v", pattern, ev)
 			}
@@ -184,7 +185,7 @@ func TestWatchPresenceCancelEndsQuietly(t *testing.T) {
 		var errs []error
 		go func() {
 			defer close(done)
-			for ev, err := range c.WatchPresence(ctx, herald.WatchOptions{Topics: []string{root + ":*"}, IncludeSnapshot: true}) {
+			for ev, err := range c.WatchPresence(ctx, []string{root + ":*"}, herald.WithSnapshot(true)) {
 				if err != nil {
 					errs = append(errs, err)
 					continue
@@ -210,10 +211,11 @@ func TestWatchPresenceCancelEndsQuietly(t *testing.T) {
 		}
 	}
 
-	// A watch that never sees an event ends quietly at its deadline.
+	// A watch that never sees an event (no snapshot asked for, nobody in its
+	// topics) ends quietly at its deadline.
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	for ev, err := range c.WatchPresence(ctx, herald.WatchOptions{Topics: []string{root + "-none:*"}}) {
+	for ev, err := range c.WatchPresence(ctx, []string{root + "-none:*"}, herald.WithSnapshot(false)) {
 		t.Fatalf("idle watch yielded %+v, %v", ev, err)
 	}
 }
@@ -236,7 +238,7 @@ func TestWatchPresenceEngineResync(t *testing.T) {
 	go func() {
 		defer close(done)
 		paused := false
-		for ev, err := range c.WatchPresence(ctx, herald.WatchOptions{Topics: []string{root + ":*"}, IncludeSnapshot: true}) {
+		for ev, err := range c.WatchPresence(ctx, []string{root + ":*"}, herald.WithSnapshot(true)) {
 			if err != nil {
 				errs <- err
 				return
@@ -317,10 +319,7 @@ func TestWatchPresenceSurvivesEngineRestart(t *testing.T) {
 
 	before := dialWS(t, e, "peggy")
 	before.subscribe(topic)
-	es := startWatch(t, c, herald.WatchOptions{
-		Topics: []string{root + ":*"}, IncludeSnapshot: true,
-		MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
-	})
+	es := startWatch(t, c, []string{root + ":*"}, herald.WithWatchBackoff(50*time.Millisecond, 200*time.Millisecond))
 	es.expect(herald.EventSnapshot, topic, before.connID)
 	es.expect(herald.EventSnapshotEnd, "", "")
 

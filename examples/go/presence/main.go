@@ -34,8 +34,9 @@ func main() {
 	defer c.Close()
 
 	v := newView()
-	opts := herald.WatchOptions{Topics: strings.Split(*topics, ","), IncludeSnapshot: true}
-	for ev, err := range c.WatchPresence(ctx, opts) {
+	// A snapshot of the current members comes first (the default), then live
+	// joins and leaves.
+	for ev, err := range c.WatchPresence(ctx, strings.Split(*topics, ",")) {
 		if err != nil {
 			log.Fatal(err)
 		}

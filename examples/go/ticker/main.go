@@ -67,13 +67,10 @@ func run(ctx context.Context, addr, topic, symbol string, interval time.Duration
 			return nil
 		case now := <-ticker.C:
 			price = math.Max(0.01, price*(1+rand.NormFloat64()*0.0005))
-			payload, err := herald.JSON(Tick{Symbol: symbol, Price: math.Round(price*1e5) / 1e5, TS: now.UnixMilli()})
-			if err != nil {
-				return err
-			}
+			tick := Tick{Symbol: symbol, Price: math.Round(price*1e5) / 1e5, TS: now.UnixMilli()}
 			// A tick is worthless once stale: let slow connections drop it.
 			callCtx, cancel := context.WithTimeout(ctx, interval*5)
-			res, err := c.Publish(callCtx, topic, payload, herald.WithTTL(time.Second))
+			res, err := c.Publish(callCtx, topic, herald.JSON(tick), herald.WithTTL(time.Second))
 			cancel()
 			switch {
 			case err == nil:

@@ -5,7 +5,7 @@
 //	heraldctl -addr 127.0.0.1:50051 publish -topic room:a -json '{"n":1}'
 //	heraldctl -addr 127.0.0.1:50051 subscribe -user alice room:a room:b
 //	heraldctl -addr 127.0.0.1:50051 disconnect -user alice -code 4321 -reason bye -reconnect
-//	heraldctl -addr 127.0.0.1:50051 watch -snapshot -n 5 'room:*'
+//	heraldctl -addr 127.0.0.1:50051 watch -n 5 'room:*'
 //	heraldctl -addr 127.0.0.1:50051 stats room:a
 //
 // Every command prints one JSON object per line on stdout.
@@ -71,20 +71,19 @@ func run(ctx context.Context, c *herald.Client, cmd string, args []string) error
 		reason := fs.String("reason", "", "reason")
 		reconnect := fs.Bool("reconnect", false, "tell the client to reconnect")
 		_ = fs.Parse(args)
-		n, err := c.Disconnect(ctx, target(), herald.DisconnectOptions{Code: uint32(*code), Reason: *reason, Reconnect: *reconnect})
+		n, err := c.Disconnect(ctx, target(), herald.WithCloseCode(uint32(*code)), herald.WithReason(*reason), herald.WithReconnect(*reconnect))
 		if err != nil {
 			return err
 		}
 		return emit(map[string]any{"connections": n})
 	case "watch":
-		snapshot := fs.Bool("snapshot", false, "send the current members first")
+		snapshot := fs.Bool("snapshot", true, "send the current members first (-snapshot=false: live events only)")
 		count := fs.Int("n", 1, "stop after this many events")
 		_ = fs.Parse(args)
 		// A line on stderr once the watch is open, so callers know when to act.
-		opts := herald.WatchOptions{Topics: fs.Args(), IncludeSnapshot: *snapshot}
 		seen := 0
 		fmt.Fprintln(os.Stderr, "watching")
-		for ev, err := range c.WatchPresence(ctx, opts) {
+		for ev, err := range c.WatchPresence(ctx, fs.Args(), herald.WithSnapshot(*snapshot)) {
 			if err != nil {
 				return err
 			}
