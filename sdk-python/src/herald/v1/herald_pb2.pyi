@@ -173,21 +173,33 @@ class PublishStreamRequest(_message.Message):
 
     CLIENT_SEQ_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
     client_seq: _builtins.int
     """Chosen by the producer, echoed in the response; usually 1, 2, 3, ..."""
     @_builtins.property
     def message(self) -> Global___PublishRequest:
         """The message itself."""
 
+    @_builtins.property
+    def more(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublishRequest]:
+        """Optional: more messages in the same request, so that a producer can send many
+        small messages per stream write. They are applied right after `message`, in
+        order, exactly as if each had come in a request of its own numbered
+        client_seq + 1, client_seq + 2, ...; the one response answers them all
+        (PublishStreamResponse.more). At most 1024 per request: a request with more is
+        answered with INVALID_ARGUMENT for every message in it and publishes nothing.
+        """
+
     def __init__(
         self,
         *,
         client_seq: _builtins.int = ...,
         message: Global___PublishRequest | None = ...,
+        more: _abc.Iterable[Global___PublishRequest] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_seq", b"client_seq", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_seq", b"client_seq", "message", b"message", "more", b"more"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -202,6 +214,7 @@ class PublishStreamResponse(_message.Message):
     CLIENT_SEQ_FIELD_NUMBER: _builtins.int
     ACK_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
     client_seq: _builtins.int
     """The client_seq of the request this answers."""
     @_builtins.property
@@ -212,22 +225,61 @@ class PublishStreamResponse(_message.Message):
     def error(self) -> Global___Error:
         """The message was refused; the stream goes on."""
 
+    @_builtins.property
+    def more(self) -> _containers.RepeatedCompositeFieldContainer[Global___PublishResult]:
+        """The results of the request's `more` messages, in the same order (answering
+        client_seq + 1, client_seq + 2, ...). Empty when the request had none.
+        """
+
     def __init__(
         self,
         *,
         client_seq: _builtins.int = ...,
         ack: Global___PublishResponse | None = ...,
         error: Global___Error | None = ...,
+        more: _abc.Iterable[Global___PublishResult] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "error", b"error", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "client_seq", b"client_seq", "error", b"error", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "client_seq", b"client_seq", "error", b"error", "more", b"more", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["ack", "error"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
 Global___PublishStreamResponse: _TypeAlias = PublishStreamResponse  # noqa: Y015
+
+@_typing.final
+class PublishResult(_message.Message):
+    """The result of one message of a PublishStreamRequest's `more`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACK_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ack(self) -> Global___PublishResponse:
+        """The message was accepted."""
+
+    @_builtins.property
+    def error(self) -> Global___Error:
+        """The message was refused."""
+
+    def __init__(
+        self,
+        *,
+        ack: Global___PublishResponse | None = ...,
+        error: Global___Error | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "error", b"error", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "error", b"error", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["ack", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___PublishResult: _TypeAlias = PublishResult  # noqa: Y015
 
 @_typing.final
 class BroadcastRequest(_message.Message):

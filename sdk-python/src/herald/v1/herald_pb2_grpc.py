@@ -110,7 +110,9 @@ class HeraldServicer:
         number and receives exactly one response with that number: an ack with the
         topic sequence, or an error for that message alone. A bad message never ends
         the stream. Requests are applied in the order they are sent, so the order of
-        messages within a topic is kept. Responses arrive in request order.
+        messages within a topic is kept. Responses arrive in request order. A request
+        may carry several messages (`more`) to save per-message stream overhead; each
+        still gets its own result.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -55,7 +55,9 @@ class HeraldStub:
     number and receives exactly one response with that number: an ack with the
     topic sequence, or an error for that message alone. A bad message never ends
     the stream. Requests are applied in the order they are sent, so the order of
-    messages within a topic is kept. Responses arrive in request order.
+    messages within a topic is kept. Responses arrive in request order. A request
+    may carry several messages (`more`) to save per-message stream overhead; each
+    still gets its own result.
     """
     Broadcast: _grpc.UnaryUnaryMultiCallable[_herald_pb2.BroadcastRequest, _herald_pb2.BroadcastResponse]
     """Publish one payload to many topics in one call. All topics are validated
@@ -115,7 +117,9 @@ class HeraldAsyncStub(HeraldStub):
     number and receives exactly one response with that number: an ack with the
     topic sequence, or an error for that message alone. A bad message never ends
     the stream. Requests are applied in the order they are sent, so the order of
-    messages within a topic is kept. Responses arrive in request order.
+    messages within a topic is kept. Responses arrive in request order. A request
+    may carry several messages (`more`) to save per-message stream overhead; each
+    still gets its own result.
     """
     Broadcast: _aio.UnaryUnaryMultiCallable[_herald_pb2.BroadcastRequest, _herald_pb2.BroadcastResponse]  # type: ignore[assignment]
     """Publish one payload to many topics in one call. All topics are validated
@@ -184,7 +188,9 @@ class HeraldServicer(metaclass=_abc_1.ABCMeta):
         number and receives exactly one response with that number: an ack with the
         topic sequence, or an error for that message alone. A bad message never ends
         the stream. Requests are applied in the order they are sent, so the order of
-        messages within a topic is kept. Responses arrive in request order.
+        messages within a topic is kept. Responses arrive in request order. A request
+        may carry several messages (`more`) to save per-message stream overhead; each
+        still gets its own result.
         """
 
     @_abc_1.abstractmethod
