@@ -31,8 +31,8 @@ step "generated stubs are up to date"
 PYTHON="$py" "$here/scripts/check-gen.sh"
 
 step "ruff"
-"$py" -m ruff check . ../examples/python
-"$py" -m ruff format --check . ../examples/python
+"$py" -m ruff check . ../examples/python ../bench/sdk/python
+"$py" -m ruff format --check . ../examples/python ../bench/sdk/python
 
 step "mypy --strict"
 "$py" -m mypy --strict
