@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import threading
+import time
 from datetime import timedelta
 
 import grpc
 import pytest
 
 import herald
-from herald import _requests, payload
+from herald import _futures, _requests, payload
 from herald.config import RetryPolicy, Settings
 from herald.errors import error_for_number
 from herald.v1 import herald_pb2 as pb
@@ -99,12 +102,35 @@ def test_error_mapping() -> None:
 
 def test_stream_results() -> None:
     ok = pb.PublishStreamResponse(client_seq=3, ack=pb.PublishResponse(sequence=9, duplicate=True))
-    assert _requests.publish_stream_result(ok) == (3, herald.PublishResult(9, True))
+    assert _requests.publish_stream_results(ok, 1) == [herald.PublishResult(9, True)]
     bad = pb.PublishStreamResponse(client_seq=4, error=pb.Error(code=3, message="bad topic"))
-    seq, err = _requests.publish_stream_result(bad)
-    assert seq == 4 and isinstance(err, herald.InvalidArgument) and err.message == "bad topic"
+    [err] = _requests.publish_stream_results(bad, 1)
+    assert isinstance(err, herald.InvalidArgument) and err.message == "bad topic"
     ctl = pb.ControlResponse(request_id=7, disconnect=pb.DisconnectResponse(connections=2))
     assert _requests.control_result(ctl) == (7, 2)
+
+
+def test_batched_stream_request_and_results() -> None:
+    msgs = [_requests.publish(f"t:{i}", i, ttl=None, idempotency_key=None, content_type=None)
+            for i in range(3)]  # fmt: skip
+    req = _requests.publish_stream_request(10, msgs)
+    assert req.client_seq == 10 and req.message == msgs[0] and list(req.more) == msgs[1:]
+    assert not _requests.publish_stream_request(1, msgs[:1]).more
+
+    resp = pb.PublishStreamResponse(
+        client_seq=10,
+        ack=pb.PublishResponse(sequence=1),
+        more=[
+            pb.PublishResult(error=pb.Error(code=5, message="gone")),
+            pb.PublishResult(ack=pb.PublishResponse(sequence=2, duplicate=True)),
+        ],
+    )
+    first, second, third = _requests.publish_stream_results(resp, 3)
+    assert first == herald.PublishResult(1) and third == herald.PublishResult(2, True)
+    assert isinstance(second, herald.NotFound) and second.message == "gone"
+    # a message the answer says nothing about fails instead of vanishing
+    *_, missing = _requests.publish_stream_results(resp, 4)
+    assert isinstance(missing, herald.HeraldError) and "no result" in missing.message
 
 
 def test_settings_metadata() -> None:
@@ -145,3 +171,57 @@ def test_retry_policy() -> None:
     assert s.attempts(idempotent=True, timeout=None).next_delay(herald.NotFound("x")) is None
     # the call's timeout bounds the attempts
     assert s.attempts(idempotent=True, timeout=0.05).next_delay(unavailable) is None
+
+
+def test_enums_print_as_names() -> None:
+    assert str(herald.HealthStatus.SERVING) == "HealthStatus.SERVING"
+    assert f"{herald.HealthStatus.NOT_SERVING}" == "HealthStatus.NOT_SERVING"
+    assert f"{herald.PresenceEventKind.JOIN:>25}" == "   PresenceEventKind.JOIN"
+    assert int(herald.HealthStatus.SERVING) == 1 and herald.HealthStatus(2).name == "NOT_SERVING"
+
+
+def test_shared_condition_futures_behave_like_futures() -> None:
+    make = _futures.factory()
+    futs = [make() for _ in range(40)]
+    assert all(isinstance(f, concurrent.futures.Future) for f in futs)
+    assert all(type(f) is _futures.SharedConditionFuture for f in futs)  # this Python's layout
+
+    # result()/exception() with a timeout wait for their own future only
+    other = threading.Timer(0.05, lambda: futs[1].set_result(herald.PublishResult(1)))
+    other.start()
+    started = time.monotonic()
+    with pytest.raises(concurrent.futures.TimeoutError):
+        futs[17].result(timeout=0.3)  # woken by futs[1] (same condition), still waits
+    assert time.monotonic() - started >= 0.29
+    with pytest.raises(concurrent.futures.TimeoutError):
+        futs[17].exception(timeout=0.01)
+    other.join()
+
+    # blocking waits, callbacks, wait() and as_completed()
+    seen: list[object] = []
+    futs[2].add_done_callback(lambda f: seen.append(f.result()))
+    setter = threading.Timer(0.05, lambda: futs[2].set_result(herald.PublishResult(2)))
+    setter.start()
+    assert futs[2].result() == herald.PublishResult(2)
+    setter.join()
+    assert seen == [herald.PublishResult(2)]
+    futs[3].set_exception(herald.NotFound("x"))
+    assert isinstance(futs[3].exception(), herald.NotFound)
+    with pytest.raises(herald.NotFound):
+        futs[3].result()
+    assert futs[4].cancel() and futs[4].cancelled()
+    with pytest.raises(concurrent.futures.CancelledError):
+        futs[4].result()
+    # (a cancelled future outside an executor is never "notified": wait() counts it
+    # as pending, exactly as with a plain Future)
+    done, pending = concurrent.futures.wait(futs[:5], timeout=0.01)
+    assert done == set(futs[1:4]) and pending == {futs[0], futs[4]}
+    later = threading.Timer(0.05, lambda: futs[0].set_result(herald.PublishResult(0)))
+    later.start()
+    assert len(list(concurrent.futures.as_completed(futs[:4], timeout=5))) == 4
+    later.join()
+
+
+def test_publisher_window_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        herald.Publisher(lambda requests: iter(()), max_in_flight=0)

@@ -101,19 +101,47 @@ def broadcast_results(resp: pb.BroadcastResponse) -> list[PublishResult]:
 # --- stream responses: (id, result or error) --------------------------------------
 
 
-def publish_stream_request(client_seq: int, msg: pb.PublishRequest) -> pb.PublishStreamRequest:
-    return pb.PublishStreamRequest(client_seq=client_seq, message=msg)
+#: Most messages one PublishStream request carries (``message`` and ``more`` together);
+#: the engine refuses more than 1024 in ``more``.
+MAX_STREAM_BATCH = 1025
 
 
-def publish_stream_result(
-    resp: pb.PublishStreamResponse,
-) -> tuple[int, PublishResult | HeraldError]:
-    which = resp.WhichOneof("result")
+def publish_stream_request(
+    client_seq: int, msgs: list[pb.PublishRequest]
+) -> pb.PublishStreamRequest:
+    """One request for ``msgs`` (at least one), numbered ``client_seq``, ``client_seq + 1``, ..."""
+    return pb.PublishStreamRequest(client_seq=client_seq, message=msgs[0], more=msgs[1:])
+
+
+def _no_result() -> HeraldError:
+    return HeraldError(
+        "the engine's answer has no result for this message (an engine that predates"
+        " batched PublishStream requests ignores all but the first message of a request)"
+    )
+
+
+def _publish_result(
+    which: str | None, r: pb.PublishStreamResponse | pb.PublishResult
+) -> PublishResult | HeraldError:
     if which == "ack":
-        return resp.client_seq, PublishResult.from_pb(resp.ack)
+        return PublishResult(r.ack.sequence, r.ack.duplicate)
     if which == "error":
-        return resp.client_seq, error_for_number(resp.error.code, resp.error.message)
-    return resp.client_seq, HeraldError("publish stream response without a result")
+        return error_for_number(r.error.code, r.error.message)
+    return _no_result()
+
+
+def publish_stream_results(
+    resp: pb.PublishStreamResponse, count: int
+) -> list[PublishResult | HeraldError]:
+    """The results of the ``count`` messages of the request ``resp`` answers, in order.
+
+    A message the response has no result for gets an error (never silence).
+    """
+    results = [_publish_result(resp.WhichOneof("result"), resp)]
+    results.extend(_publish_result(r.WhichOneof("result"), r) for r in resp.more[: count - 1])
+    while len(results) < count:
+        results.append(_no_result())
+    return results
 
 
 ControlCommand = pb.SubscribeRequest | pb.UnsubscribeRequest | pb.DisconnectRequest

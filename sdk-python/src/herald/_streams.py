@@ -1,10 +1,15 @@
-"""Request/response multiplexing over one bidirectional stream.
+"""What the SDK's streams share.
 
-PublishStream and Control share one shape: every request carries an id chosen by
-the client and receives exactly one response with that id. :class:`StreamMux`
-(threads) and :class:`AsyncStreamMux` (asyncio) hand back a future per request,
-send requests in the order they were submitted, and fail every pending future
-with the stream's error if the stream breaks.
+:class:`SyncStream` and :class:`AsyncStream` are the bases of the six stream
+classes (publisher, control stream and presence watch, blocking and asyncio): one
+``close()`` / ``cancel()`` and one context manager each.
+
+Control has one shape: every request carries an id chosen by the client and
+receives exactly one response with that id. :class:`StreamMux` (threads) and
+:class:`AsyncStreamMux` (asyncio) hand back a future per request, send requests in
+the order they were submitted, and fail every pending future with the stream's
+error if the stream breaks. (The publishers batch messages; see
+:mod:`herald.publisher`.)
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import itertools
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
 from typing import Generic, Protocol, TypeVar
 
 import grpc
@@ -28,6 +34,78 @@ Result = TypeVar("Result")
 _Result_contra = TypeVar("_Result_contra", contravariant=True)
 
 DEFAULT_MAX_IN_FLIGHT = 1024
+
+_S = TypeVar("_S", bound="SyncStream")
+_A = TypeVar("_A", bound="AsyncStream")
+
+
+class _SyncCore(Protocol):
+    def close(self, timeout: float | None = None) -> None: ...
+    def cancel(self) -> None: ...
+
+
+class _AsyncCore(Protocol):
+    async def close(self) -> None: ...
+    async def cancel(self) -> None: ...
+
+
+class SyncStream:
+    """Base of the blocking streams: ``close()``, ``cancel()`` and ``with``.
+
+    Leaving a ``with`` block closes the stream (even on an exception).
+    """
+
+    _core: _SyncCore
+
+    def close(self, timeout: float | None = None) -> None:
+        """End the stream gracefully: wait for the answers to everything sent.
+
+        With a ``timeout`` (seconds), cancel the stream when the answers take longer.
+        """
+        self._core.close(timeout)
+
+    def cancel(self) -> None:
+        """End the stream now; unanswered futures fail with :class:`~herald.Cancelled`."""
+        self._core.cancel()
+
+    def __enter__(self: _S) -> _S:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncStream:
+    """Base of the asyncio streams: ``await close()``, ``await cancel()`` and ``async with``.
+
+    Leaving an ``async with`` block closes the stream (even on an exception).
+    """
+
+    _core: _AsyncCore
+
+    async def close(self) -> None:
+        """End the stream gracefully: wait for the answers to everything sent."""
+        await self._core.close()
+
+    async def cancel(self) -> None:
+        """End the stream now; unanswered futures fail with :class:`~herald.Cancelled`."""
+        await self._core.cancel()
+
+    async def __aenter__(self: _A) -> _A:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
 
 
 def _closed_error(what: str) -> HeraldError:
@@ -44,10 +122,13 @@ class _Future(Protocol[_Result_contra]):
 
 def _settle(fut: _Future[Result], result: Result | HeraldError) -> None:
     """Resolve ``fut`` with a response's result, or fail it with its error."""
-    if isinstance(result, HeraldError):
-        fut.set_exception(result)
-    else:
-        fut.set_result(result)
+    try:
+        if isinstance(result, HeraldError):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)
+    except (concurrent.futures.InvalidStateError, asyncio.InvalidStateError):
+        pass  # cancelled by its owner (from another thread) just now
 
 
 def _fail_all(pending: Iterable[_Future[Result]], err: HeraldError) -> None:

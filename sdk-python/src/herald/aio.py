@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, TypeAlias, TypeVar, overload
 
 import grpc
 import grpc.aio
@@ -169,6 +169,24 @@ class AsyncClient:
 
     # --- subscribe-control ------------------------------------------------------------
 
+    @overload
+    async def subscribe(
+        self,
+        topics: str | Iterable[str],
+        *,
+        connection_id: str,
+        user_id: None = None,
+        timeout: float | None = None,
+    ) -> int: ...
+    @overload
+    async def subscribe(
+        self,
+        topics: str | Iterable[str],
+        *,
+        connection_id: None = None,
+        user_id: str,
+        timeout: float | None = None,
+    ) -> int: ...
     async def subscribe(
         self,
         topics: str | Iterable[str],
@@ -182,6 +200,24 @@ class AsyncClient:
         resp = await self._unary(self._stub.Subscribe, req, idempotent=True, timeout=timeout)
         return resp.connections
 
+    @overload
+    async def unsubscribe(
+        self,
+        topics: str | Iterable[str],
+        *,
+        connection_id: str,
+        user_id: None = None,
+        timeout: float | None = None,
+    ) -> int: ...
+    @overload
+    async def unsubscribe(
+        self,
+        topics: str | Iterable[str],
+        *,
+        connection_id: None = None,
+        user_id: str,
+        timeout: float | None = None,
+    ) -> int: ...
     async def unsubscribe(
         self,
         topics: str | Iterable[str],
@@ -195,6 +231,28 @@ class AsyncClient:
         resp = await self._unary(self._stub.Unsubscribe, req, idempotent=True, timeout=timeout)
         return resp.connections
 
+    @overload
+    async def disconnect(
+        self,
+        *,
+        connection_id: str,
+        user_id: None = None,
+        code: int = 0,
+        reason: str = "",
+        reconnect: bool = False,
+        timeout: float | None = None,
+    ) -> int: ...
+    @overload
+    async def disconnect(
+        self,
+        *,
+        connection_id: None = None,
+        user_id: str,
+        code: int = 0,
+        reason: str = "",
+        reconnect: bool = False,
+        timeout: float | None = None,
+    ) -> int: ...
     async def disconnect(
         self,
         *,

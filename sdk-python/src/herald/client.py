@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import TypeVar
+from typing import TypeVar, overload
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -161,6 +161,24 @@ class Client:
 
     # --- subscribe-control ------------------------------------------------------------
 
+    @overload
+    def subscribe(
+        self,
+        topics: str | Iterable[str],
+        *,
+        connection_id: str,
+        user_id: None = None,
+        timeout: float | None = None,
+    ) -> int: ...
+    @overload
+    def subscribe(
+        self,
+        topics: str | Iterable[str],
+        *,
+        connection_id: None = None,
+        user_id: str,
+        timeout: float | None = None,
+    ) -> int: ...
     def subscribe(
         self,
         topics: str | Iterable[str],
@@ -177,6 +195,24 @@ class Client:
         req = _requests.subscribe(topics, connection_id, user_id)
         return self._unary(self._stub.Subscribe, req, idempotent=True, timeout=timeout).connections
 
+    @overload
+    def unsubscribe(
+        self,
+        topics: str | Iterable[str],
+        *,
+        connection_id: str,
+        user_id: None = None,
+        timeout: float | None = None,
+    ) -> int: ...
+    @overload
+    def unsubscribe(
+        self,
+        topics: str | Iterable[str],
+        *,
+        connection_id: None = None,
+        user_id: str,
+        timeout: float | None = None,
+    ) -> int: ...
     def unsubscribe(
         self,
         topics: str | Iterable[str],
@@ -191,6 +227,28 @@ class Client:
             self._stub.Unsubscribe, req, idempotent=True, timeout=timeout
         ).connections
 
+    @overload
+    def disconnect(
+        self,
+        *,
+        connection_id: str,
+        user_id: None = None,
+        code: int = 0,
+        reason: str = "",
+        reconnect: bool = False,
+        timeout: float | None = None,
+    ) -> int: ...
+    @overload
+    def disconnect(
+        self,
+        *,
+        connection_id: None = None,
+        user_id: str,
+        code: int = 0,
+        reason: str = "",
+        reconnect: bool = False,
+        timeout: float | None = None,
+    ) -> int: ...
     def disconnect(
         self,
         *,

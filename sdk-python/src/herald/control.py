@@ -15,18 +15,24 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 from collections.abc import Callable, Iterable, Iterator
-from types import TracebackType
+from typing import overload
 
 import grpc.aio
 
 from herald import _requests
-from herald._streams import DEFAULT_MAX_IN_FLIGHT, AsyncStreamMux, StreamMux
+from herald._streams import (
+    DEFAULT_MAX_IN_FLIGHT,
+    AsyncStream,
+    AsyncStreamMux,
+    StreamMux,
+    SyncStream,
+)
 from herald.v1 import herald_pb2 as pb
 
 _Call = grpc.aio.StreamStreamCall[pb.ControlRequest, pb.ControlResponse]
 
 
-class ControlStream:
+class ControlStream(SyncStream):
     """A Control stream for the sync client; get one from ``Client.control()``."""
 
     def __init__(
@@ -34,14 +40,29 @@ class ControlStream:
         open_stream: Callable[[Iterator[pb.ControlRequest]], Iterator[pb.ControlResponse]],
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> None:
-        self._mux: StreamMux[pb.ControlRequest, pb.ControlResponse, int]
-        self._mux = StreamMux(
+        self._core = self._mux = StreamMux[pb.ControlRequest, pb.ControlResponse, int](
             "control stream", open_stream, _requests.control_result, max_in_flight
         )
 
     def _send(self, command: _requests.ControlCommand) -> concurrent.futures.Future[int]:
         return self._mux.submit(lambda rid: _requests.control_request(rid, command))
 
+    @overload
+    def subscribe(
+        self,
+        topics: str | Iterable[str],
+        *,
+        connection_id: str,
+        user_id: None = None,
+    ) -> concurrent.futures.Future[int]: ...
+    @overload
+    def subscribe(
+        self,
+        topics: str | Iterable[str],
+        *,
+        connection_id: None = None,
+        user_id: str,
+    ) -> concurrent.futures.Future[int]: ...
     def subscribe(
         self,
         topics: str | Iterable[str],
@@ -52,6 +73,22 @@ class ControlStream:
         """Put a connection, or every connection of a user, into topics."""
         return self._send(_requests.subscribe(topics, connection_id, user_id))
 
+    @overload
+    def unsubscribe(
+        self,
+        topics: str | Iterable[str],
+        *,
+        connection_id: str,
+        user_id: None = None,
+    ) -> concurrent.futures.Future[int]: ...
+    @overload
+    def unsubscribe(
+        self,
+        topics: str | Iterable[str],
+        *,
+        connection_id: None = None,
+        user_id: str,
+    ) -> concurrent.futures.Future[int]: ...
     def unsubscribe(
         self,
         topics: str | Iterable[str],
@@ -62,6 +99,26 @@ class ControlStream:
         """Take a connection, or every connection of a user, out of topics."""
         return self._send(_requests.unsubscribe(topics, connection_id, user_id))
 
+    @overload
+    def disconnect(
+        self,
+        *,
+        connection_id: str,
+        user_id: None = None,
+        code: int = 0,
+        reason: str = "",
+        reconnect: bool = False,
+    ) -> concurrent.futures.Future[int]: ...
+    @overload
+    def disconnect(
+        self,
+        *,
+        connection_id: None = None,
+        user_id: str,
+        code: int = 0,
+        reason: str = "",
+        reconnect: bool = False,
+    ) -> concurrent.futures.Future[int]: ...
     def disconnect(
         self,
         *,
@@ -74,39 +131,37 @@ class ControlStream:
         """Close a connection, or every connection of a user."""
         return self._send(_requests.disconnect(connection_id, user_id, code, reason, reconnect))
 
-    def close(self, timeout: float | None = None) -> None:
-        """Wait for the results of everything sent, then end the stream."""
-        self._mux.close(timeout)
 
-    def cancel(self) -> None:
-        """End the stream now; unanswered futures fail with :class:`~herald.Cancelled`."""
-        self._mux.cancel()
-
-    def __enter__(self) -> ControlStream:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class AsyncControlStream:
+class AsyncControlStream(AsyncStream):
     """A Control stream for the asyncio client; get one from ``AsyncClient.control()``.
 
     Each command returns, once written, an ``asyncio.Future`` of its result.
     """
 
     def __init__(self, call: _Call, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
-        self._mux: AsyncStreamMux[pb.ControlRequest, pb.ControlResponse, int]
-        self._mux = AsyncStreamMux("control stream", call, _requests.control_result, max_in_flight)
+        self._core = self._mux = AsyncStreamMux[pb.ControlRequest, pb.ControlResponse, int](
+            "control stream", call, _requests.control_result, max_in_flight
+        )
 
     async def _send(self, command: _requests.ControlCommand) -> asyncio.Future[int]:
         return await self._mux.submit(lambda rid: _requests.control_request(rid, command))
 
+    @overload
+    async def subscribe(
+        self,
+        topics: str | Iterable[str],
+        *,
+        connection_id: str,
+        user_id: None = None,
+    ) -> asyncio.Future[int]: ...
+    @overload
+    async def subscribe(
+        self,
+        topics: str | Iterable[str],
+        *,
+        connection_id: None = None,
+        user_id: str,
+    ) -> asyncio.Future[int]: ...
     async def subscribe(
         self,
         topics: str | Iterable[str],
@@ -117,6 +172,22 @@ class AsyncControlStream:
         """Put a connection, or every connection of a user, into topics."""
         return await self._send(_requests.subscribe(topics, connection_id, user_id))
 
+    @overload
+    async def unsubscribe(
+        self,
+        topics: str | Iterable[str],
+        *,
+        connection_id: str,
+        user_id: None = None,
+    ) -> asyncio.Future[int]: ...
+    @overload
+    async def unsubscribe(
+        self,
+        topics: str | Iterable[str],
+        *,
+        connection_id: None = None,
+        user_id: str,
+    ) -> asyncio.Future[int]: ...
     async def unsubscribe(
         self,
         topics: str | Iterable[str],
@@ -127,6 +198,26 @@ class AsyncControlStream:
         """Take a connection, or every connection of a user, out of topics."""
         return await self._send(_requests.unsubscribe(topics, connection_id, user_id))
 
+    @overload
+    async def disconnect(
+        self,
+        *,
+        connection_id: str,
+        user_id: None = None,
+        code: int = 0,
+        reason: str = "",
+        reconnect: bool = False,
+    ) -> asyncio.Future[int]: ...
+    @overload
+    async def disconnect(
+        self,
+        *,
+        connection_id: None = None,
+        user_id: str,
+        code: int = 0,
+        reason: str = "",
+        reconnect: bool = False,
+    ) -> asyncio.Future[int]: ...
     async def disconnect(
         self,
         *,
@@ -140,22 +231,3 @@ class AsyncControlStream:
         return await self._send(
             _requests.disconnect(connection_id, user_id, code, reason, reconnect)
         )
-
-    async def close(self) -> None:
-        """Wait for the results of everything sent, then end the stream."""
-        await self._mux.close()
-
-    async def cancel(self) -> None:
-        """End the stream now; unanswered futures fail with :class:`~herald.Cancelled`."""
-        await self._mux.cancel()
-
-    async def __aenter__(self) -> AsyncControlStream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

@@ -80,7 +80,17 @@ class NodeInfo:
         )
 
 
-class PresenceEventKind(enum.IntEnum):
+class _NamedIntEnum(enum.IntEnum):
+    """An IntEnum that prints as its name (``HealthStatus.SERVING``), not as a number."""
+
+    def __str__(self) -> str:
+        return f"{type(self).__name__}.{self.name}"
+
+    def __format__(self, format_spec: str) -> str:
+        return format(str(self), format_spec)
+
+
+class PresenceEventKind(_NamedIntEnum):
     """The kind of a presence event (mirrors ``herald.v1.PresenceEventKind``)."""
 
     UNSPECIFIED = pb.PRESENCE_EVENT_KIND_UNSPECIFIED
@@ -132,8 +142,12 @@ class PresenceEvent:
         )
 
 
-class HealthStatus(enum.IntEnum):
-    """The serving status reported by the standard grpc.health.v1 service."""
+class HealthStatus(_NamedIntEnum):
+    """The serving status reported by the standard grpc.health.v1 service.
+
+    ``print(client.health())`` prints ``HealthStatus.SERVING``; the values are the
+    protocol's numbers (``HealthStatus.SERVING == 1``).
+    """
 
     UNKNOWN = 0
     SERVING = 1

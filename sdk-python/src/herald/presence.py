@@ -26,11 +26,11 @@ import collections
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from types import TracebackType
 
 import grpc
 import grpc.aio
 
+from herald._streams import AsyncStream, SyncStream
 from herald.config import RetryPolicy, log
 from herald.errors import HeraldError, Unavailable, from_rpc_error
 from herald.models import PresenceEvent, PresenceEventKind
@@ -113,7 +113,7 @@ class _Reconnects:
         return _LOCAL_RESYNC if resync else None
 
 
-class PresenceWatch:
+class PresenceWatch(SyncStream):
     """Sync iterator over presence events; get one from ``Client.watch_presence()``.
 
     Use it in a ``for`` loop; ``close()`` (from any thread) or leaving a ``with``
@@ -182,24 +182,20 @@ class PresenceWatch:
         if isinstance(call, grpc.Future):
             call.cancel()
 
-    def close(self) -> None:
-        """Stop watching; a blocked ``next()`` in another thread ends the iteration."""
+    def close(self, timeout: float | None = None) -> None:
+        """Stop watching; a blocked ``next()`` in another thread ends the iteration.
+
+        (``timeout`` is accepted for symmetry with the other streams: nothing waits.)
+        """
         self._closed.set()
         self._drop_call()
 
-    def __enter__(self) -> PresenceWatch:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def cancel(self) -> None:
+        """The same as :meth:`close`: a watch has nothing to wait for."""
         self.close()
 
 
-class AsyncPresenceWatch:
+class AsyncPresenceWatch(AsyncStream):
     """Async iterator over presence events; get one from ``AsyncClient.watch_presence()``.
 
     Use it in an ``async for`` loop; ``close()`` or leaving an ``async with`` block
@@ -287,13 +283,6 @@ class AsyncPresenceWatch:
         self._closed = True
         self._drop_call()
 
-    async def __aenter__(self) -> AsyncPresenceWatch:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def cancel(self) -> None:
+        """The same as :meth:`close`: a watch has nothing to wait for."""
         await self.close()
