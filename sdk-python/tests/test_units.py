@@ -225,3 +225,9 @@ def test_shared_condition_futures_behave_like_futures() -> None:
 def test_publisher_window_must_be_positive() -> None:
     with pytest.raises(ValueError):
         herald.Publisher(lambda requests: iter(()), max_in_flight=0)
+
+
+def test_the_version_is_written_once() -> None:
+    from importlib.metadata import version
+
+    assert version("herald-sdk") == herald.__version__

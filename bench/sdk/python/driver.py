@@ -193,7 +193,7 @@ def main() -> int:
     parser.add_argument("--topic", default="bench:sdk-python")
     parser.add_argument("--payload-bytes", type=int, default=64)
     parser.add_argument(
-        "--window", type=int, default=8192, help="stream modes: messages waiting for an ack at most"
+        "--window", type=int, default=4096, help="stream modes: messages waiting for an ack at most"
     )
     args = parser.parse_args()
     if args.duration <= 0 or args.payload_bytes < 0 or args.window < 1:

@@ -135,7 +135,17 @@ class ControlStream(SyncStream):
 class AsyncControlStream(AsyncStream):
     """A Control stream for the asyncio client; get one from ``AsyncClient.control()``.
 
-    Each command returns, once written, an ``asyncio.Future`` of its result.
+    A command takes two steps: ``await ctl.subscribe(...)`` writes it (waiting only
+    while ``max_in_flight`` commands are unanswered) and returns an ``asyncio.Future``;
+    awaiting that future gives the number of connections reached or raises the
+    command's error. Send a batch, then collect the answers::
+
+        async with client.control() as ctl:
+            joined = await ctl.subscribe("room:vip", user_id="alice")
+            kicked = await ctl.disconnect(connection_id=conn_id, reason="bye")
+        print(await joined, await kicked)
+
+    For one command, ``await client.subscribe(...)`` (unary) returns the count at once.
     """
 
     def __init__(self, call: _Call, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
