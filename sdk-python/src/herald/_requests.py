@@ -27,13 +27,14 @@ def publish(
     content_type: str | None,
 ) -> pb.PublishRequest:
     body, ctype = payload.encode(data, content_type)
-    return pb.PublishRequest(
-        topic=topic,
-        data=body,
-        content_type=ctype,
-        idempotency_key=idempotency_key,
-        ttl_ms=payload.ttl_ms(ttl),
-    )
+    # Only the fields that are set: this runs once per message of a publisher.
+    msg = pb.PublishRequest(topic=topic, data=body, content_type=ctype)
+    if idempotency_key is not None:
+        msg.idempotency_key = idempotency_key
+    ttl_ms = payload.ttl_ms(ttl)
+    if ttl_ms is not None:
+        msg.ttl_ms = ttl_ms
+    return msg
 
 
 def broadcast(
