@@ -134,8 +134,7 @@ def _settle(fut: _Future[Result], result: Result | HeraldError) -> None:
 def _fail_all(pending: Iterable[_Future[Result]], err: HeraldError) -> None:
     """Fail every future in ``pending`` that is not done yet with ``err``."""
     for fut in pending:
-        if not fut.done():
-            fut.set_exception(err)
+        _settle(fut, err)
 
 
 class StreamMux(Generic[Req, Resp, Result]):

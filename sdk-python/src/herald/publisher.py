@@ -135,6 +135,8 @@ class _Batcher:
             err = _closed_error(_NAME)
         except grpc.RpcError as e:
             err = from_rpc_error(e)
+        except Exception as e:  # never leave futures unanswered, whatever went wrong
+            err = HeraldError(f"publisher stream failed: {e!r}")
         self._end(err)
 
     def _end(self, err: HeraldError) -> None:
@@ -298,6 +300,8 @@ class _AsyncBatcher:
             err = from_rpc_error(e)
         except asyncio.CancelledError:
             err = _closed_error(_NAME)
+        except Exception as e:  # never leave futures unanswered, whatever went wrong
+            err = HeraldError(f"publisher stream failed: {e!r}")
         self._over = True
         if self._error is None and not self._closed:
             self._error = err
