@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -133,22 +134,37 @@ def test_close_answers_everything_queued_and_in_flight(client: herald.Client, to
         pub.publish(topic, "late")
 
 
+@pytest.fixture
+def paused(new_engine: EngineFactory) -> Iterator[Engine]:
+    """An engine of its own; ``os.kill(pid, SIGSTOP)`` by the test holds its answers back."""
+    engine = new_engine()
+    engine.start()
+    yield engine
+    assert engine.proc is not None
+    os.kill(engine.proc.pid, signal.SIGCONT)
+
+
 def test_cancel_fails_what_is_unanswered_and_keeps_what_was_acked(
-    client: herald.Client, topic: str
+    paused: Engine, topic: str
 ) -> None:
-    pub = client.publisher(max_in_flight=20_000)
-    futures = [pub.publish(topic, i) for i in range(20_000)]
-    pub.cancel()
-    assert all(f.done() for f in futures)
-    acked = [f.result().sequence for f in futures if f.exception() is None]
-    failed = [f.exception() for f in futures if f.exception() is not None]
-    # the acks are a prefix in order; everything after them failed with Cancelled
-    assert acked == list(range(1, len(acked) + 1))
-    assert failed and all(isinstance(e, herald.Cancelled) for e in failed)
-    with pytest.raises(herald.Cancelled):
-        pub.publish(topic, "late")
-    # the stream is gone, the client is not
-    assert client.publish(topic, "after").sequence > len(acked)
+    assert paused.proc is not None
+    with herald.Client(paused.target) as client:
+        pub = client.publisher(max_in_flight=20_000)
+        futures = [pub.publish(topic, i) for i in range(10_000)]
+        os.kill(paused.proc.pid, signal.SIGSTOP)  # from here on nothing is answered
+        futures += [pub.publish(topic, i) for i in range(10_000, 20_000)]
+        pub.cancel()
+        assert all(f.done() for f in futures)
+        acked = [f.result().sequence for f in futures if f.exception() is None]
+        failed = [f.exception() for f in futures if f.exception() is not None]
+        # the acks are a prefix in order; everything after them failed with Cancelled
+        assert acked == list(range(1, len(acked) + 1))
+        assert len(failed) >= 10_000 and all(isinstance(e, herald.Cancelled) for e in failed)
+        with pytest.raises(herald.Cancelled):
+            pub.publish(topic, "late")
+        os.kill(paused.proc.pid, signal.SIGCONT)
+        # the stream is gone, the client is not
+        assert client.publish(topic, "after", timeout=10).sequence > len(acked)
 
 
 def test_a_cancelled_future_does_not_disturb_the_others(client: herald.Client, topic: str) -> None:
@@ -229,20 +245,25 @@ async def test_async_close_answers_everything_queued(engine: Engine, topic: str)
             await pub.publish(topic, "late")
 
 
-async def test_async_cancel_with_messages_in_flight(engine: Engine, topic: str) -> None:
-    async with herald.AsyncClient(engine.target) as client:
+async def test_async_cancel_with_messages_in_flight(paused: Engine, topic: str) -> None:
+    assert paused.proc is not None
+    async with herald.AsyncClient(paused.target) as client:
         pub = client.publisher(max_in_flight=20_000)
-        futures = [await pub.publish(topic, i) for i in range(20_000)]
-        await asyncio.sleep(0)  # let the first request go out
+        futures = [await pub.publish(topic, i) for i in range(10_000)]
+        await asyncio.sleep(0.2)  # let some go out and be answered
+        os.kill(paused.proc.pid, signal.SIGSTOP)
+        futures += [await pub.publish(topic, i) for i in range(10_000, 20_000)]
+        await asyncio.sleep(0)  # the writer may start sending them: they stay unanswered
         await pub.cancel()
         assert all(f.done() for f in futures)
         acked = [f.result().sequence for f in futures if f.exception() is None]
         failed = [f.exception() for f in futures if f.exception() is not None]
         assert acked == list(range(1, len(acked) + 1))
-        assert failed and all(isinstance(e, herald.Cancelled) for e in failed)
+        assert len(failed) >= 10_000 and all(isinstance(e, herald.Cancelled) for e in failed)
         with pytest.raises(herald.Cancelled):
             await pub.publish(topic, "late")
-        assert (await client.publish(topic, "after")).sequence > len(acked)
+        os.kill(paused.proc.pid, signal.SIGCONT)
+        assert (await client.publish(topic, "after", timeout=10)).sequence > len(acked)
 
 
 async def test_async_publisher_waiting_for_room_is_released_by_close(
