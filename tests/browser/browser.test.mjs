@@ -4,7 +4,8 @@
 // Screenshots go to tests/browser/output/.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
+import http from "node:http";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -237,4 +238,78 @@ test("notifications: one user per tab, started with its own engine", { timeout: 
   assert.match((await res.json()).error, /to must be a user id/);
   await sleep(300);
   assert.deepEqual(await texts(alice, "#notes li"), [], "alice got nothing");
+});
+
+test("the SDK bundle in Chromium: payloads, ping, close codes, heartbeat on a frozen engine", { timeout: 120_000 }, async (t) => {
+  const engine = await Engine.start("--ping-interval", "500ms");
+  t.after(async () => {
+    engine.resume();
+    await engine.close();
+  });
+  // A blank page and the bundle, from a server of the test's own.
+  const bundle = readFileSync(path.join(root, "sdk-js/dist/herald.min.js"));
+  const server = http.createServer((req, res) => {
+    if (req.url === "/herald.min.js") {
+      res.writeHead(200, { "Content-Type": "text/javascript" }).end(bundle);
+    } else {
+      res.writeHead(200, { "Content-Type": "text/html" }).end('<!doctype html><link rel="icon" href="data:,"><title>sdk</title>');
+    }
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  t.after(() => new Promise((resolve) => server.close(resolve)));
+  const page = await open(t, `http://127.0.0.1:${server.address().port}/`);
+
+  await page.evaluate(async (url) => {
+    const { Herald } = await import("/herald.min.js");
+    const herald = new Herald(url, { user: "browser", minReconnectDelay: 50, maxReconnectDelay: 300, heartbeatGrace: 1500, connectTimeout: 1000 });
+    window.herald = herald;
+    window.log = { messages: [], disconnected: [], connected: [], states: [] };
+    herald.on("message", (m) => window.log.messages.push(m));
+    herald.on("disconnected", (e) => window.log.disconnected.push(e));
+    herald.on("connected", (e) => window.log.connected.push(e));
+    herald.on("state", (s) => window.log.states.push(s));
+    const sub = herald.subscribe("browser:test", () => {});
+    await herald.connect();
+    await sub.ready;
+  }, engine.wsUrl);
+  const log = () => page.evaluate(() => window.log);
+  const connId = () => page.evaluate(() => window.herald.connId);
+  await waitFor(async () => (await engine.call("PresenceStats", { topic: "browser:test" })).connections === 1, "subscribed");
+
+  await engine.publish("browser:test", { n: 1 });
+  await engine.publish("browser:test", "two");
+  await engine.publish("browser:test", Buffer.from([3]));
+  await waitFor(async () => (await log()).messages.length === 3, "three messages");
+  assert.deepEqual((await log()).messages, [
+    { topic: "browser:test", seq: 1, data: { n: 1 } },
+    { topic: "browser:test", seq: 2, text: "two" },
+    { topic: "browser:test", seq: 3, b64: "Aw==" },
+  ]);
+  assert.equal(await page.evaluate(() => window.herald.lastSeq("browser:test")), 3);
+  const rtt = await page.evaluate(() => window.herald.ping());
+  assert.ok(rtt >= 0 && rtt < 5000);
+
+  // 4100 from a backend: back with a new connection and resubscribed.
+  const first = await connId();
+  await engine.disconnect(first, 4100, "moved", true);
+  await waitFor(async () => (await log()).connected.length === 2, "the reconnect");
+  assert.deepEqual((await log()).disconnected, [{ code: 4100, reason: "moved", reconnect: true, announced: true }]);
+  await waitFor(async () => (await engine.call("PresenceStats", { topic: "browser:test" })).connections === 1, "resubscribed");
+
+  // A frozen engine: the browser cannot see WebSocket pings, the client's own pings find it.
+  await sleep(1500);
+  assert.equal((await log()).connected.length, 2, "a quiet connection stays up");
+  engine.pause();
+  await waitFor(async () => (await log()).disconnected.length === 2, "the heartbeat to give up", 8000);
+  assert.equal((await log()).disconnected[1].reason, "heartbeat timeout");
+  engine.resume();
+  await waitFor(async () => (await log()).connected.length === 3, "the reconnect after the thaw");
+
+  // 4500: closed for good, no more attempts.
+  await engine.disconnect(await connId(), 0, "banned", false);
+  await waitFor(async () => (await page.evaluate(() => window.herald.state)) === "closed", "closed");
+  assert.deepEqual((await log()).disconnected[2], { code: 4500, reason: "banned", reconnect: false, announced: true });
+  await sleep(500);
+  assert.equal((await log()).connected.length, 3);
+  assert.equal(await page.evaluate(() => window.herald.state), "closed");
 });
