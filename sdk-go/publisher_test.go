@@ -231,3 +231,76 @@ func TestPublisherStreamBreakFailsWaiting(t *testing.T) {
 		t.Fatal("Close after a broken stream returned nil")
 	}
 }
+
+// A producer publishing small messages as fast as it can: the Publisher sends
+// what is queued as one request (the request's message and its more), so the
+// engine's HTTP/2 server does not see a flood of tiny DATA frames (which it
+// answers with GOAWAY ENHANCE_YOUR_CALM), and every message is acked in order.
+func TestPublisherFloodOfSmallMessages(t *testing.T) {
+	e := needEngine(t)
+	c := e.client(t)
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "flood")
+	p, err := c.NewPublisher(ctx)
+	if err != nil {
+		t.Fatalf("NewPublisher: %v", err)
+	}
+	const n = 50_000
+	pend := make([]*herald.PendingPublish, 0, n)
+	for i := range n {
+		pend = append(pend, p.PublishAsync(ctx, topic, herald.Bytes([]byte{byte(i)})))
+	}
+	if err := p.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	for i, pp := range pend {
+		r, err := pp.Wait(ctx)
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		if r.Sequence != uint64(i+1) {
+			t.Fatalf("message %d: sequence %d", i, r.Sequence)
+		}
+	}
+}
+
+// WithMaxInFlight bounds the messages queued or unanswered: with a window of 1
+// every message still gets through, one at a time, in order.
+func TestPublisherMaxInFlight(t *testing.T) {
+	e := needEngine(t)
+	c := e.client(t)
+	ctx := testCtx(t)
+	topic := uniqueTopic(t, "window")
+	p, err := c.NewPublisher(ctx, herald.WithMaxInFlight(1))
+	if err != nil {
+		t.Fatalf("NewPublisher: %v", err)
+	}
+	defer p.Close()
+	var pend []*herald.PendingPublish
+	for i := range 50 {
+		pp := p.PublishAsync(ctx, topic, herald.Text(fmt.Sprint(i)))
+		// With one place, the previous message has been answered before this
+		// one was taken.
+		if len(pend) > 0 {
+			select {
+			case <-pend[len(pend)-1].Done():
+			default:
+				t.Fatalf("message %d taken while message %d was unanswered", i, i-1)
+			}
+		}
+		pend = append(pend, pp)
+	}
+	for i, pp := range pend {
+		if r, err := pp.Wait(ctx); err != nil || r.Sequence != uint64(i+1) {
+			t.Fatalf("message %d: %+v, %v", i, r, err)
+		}
+	}
+	// A context that ends while waiting for a place fails that message only.
+	blocked, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	_ = p.PublishAsync(ctx, topic, herald.Text("holds the place"))
+	pp := p.PublishAsync(blocked, topic, herald.Text("waits"))
+	if _, err := pp.Wait(ctx); err != nil && !herald.IsDeadlineExceeded(err) {
+		t.Fatalf("waiting for a place: err = %v, want an ack or DEADLINE_EXCEEDED", err)
+	}
+}
