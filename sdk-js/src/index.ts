@@ -136,9 +136,9 @@ export interface Options {
   /** Time to wait for a command's reply, in ms (default 10000). */
   commandTimeout?: number;
   /**
-   * Extra time after the server's ping interval before a quiet connection is taken as dead,
-   * in ms (default 10000). The client sends a `ping` once the connection has been quiet for
-   * the ping interval; nothing received for interval + grace means dead: close and reconnect.
+   * How long to wait for any frame after the client's own `ping`, in ms (default 10000). The
+   * client sends a `ping` once the connection has been quiet for the server's ping interval;
+   * nothing received within the grace after it means dead: close and reconnect.
    */
   heartbeatGrace?: number;
 }
@@ -177,6 +177,8 @@ type Frame = Record<string, unknown> & { type?: unknown; id?: unknown };
 type Listener<K extends keyof Events> = (...args: Events[K]) => void;
 
 const TOPICS_PER_COMMAND = 100;
+/** A connection that stayed up this long (ms) resets the backoff; shorter ones keep it growing. */
+const STABLE_MS = 5000;
 /** Close codes after which the client must not reconnect (besides 4500–4999). */
 const FATAL_CODES = new Set([1002, 1003, 1007, 1008, 1009, 1010]);
 
@@ -205,6 +207,9 @@ export class Herald {
   private _connId: string | null = null;
   private connections = 0;
   private attempt = 0;
+  /** Bumped by every open() and stop(): an open() that awaited a token checks it is still current. */
+  private epoch = 0;
+  private connectedAt = 0;
   private nextId = 1;
   private readonly pending = new Map<number, Pending>();
   private readonly topics = new Map<string, TopicState>();
@@ -268,7 +273,10 @@ export class Herald {
     return [...this.topics.keys()];
   }
 
-  /** The sequence number of the last message received in `topic`, or undefined if none. */
+  /**
+   * The sequence number of the last message received in `topic`, or undefined if none. Kept
+   * across reconnects; forgotten when the topic is left.
+   */
   lastSeq(topic: string): number | undefined {
     return this.seqs.get(topic);
   }
@@ -342,6 +350,7 @@ export class Herald {
         if (!state.handlers.delete(own) || state.handlers.size > 0) return;
         if (this.topics.get(topic) !== state) return;
         this.topics.delete(topic);
+        this.seqs.delete(topic);
         for (const w of state.waiters.splice(0)) w.reject(new HeraldError("unsubscribed", `unsubscribed from ${topic}`));
         if (this._state === "connected") {
           this.command({ type: "unsubscribe", topics: [topic] }).catch(() => {});
@@ -366,7 +375,7 @@ export class Herald {
       try {
         fn(...args);
       } catch (err) {
-        reportLater(err);
+        reportListenerError(err);
       }
     }
   }
@@ -379,17 +388,18 @@ export class Herald {
   }
 
   private async open(): Promise<void> {
+    const epoch = ++this.epoch;
     this.setState("connecting");
     let url: string;
     try {
       url = await this.buildUrl();
     } catch (err) {
-      if (this._state !== "connecting") return;
+      if (epoch !== this.epoch) return;
       this.emit("error", new HeraldError("token", `getToken failed: ${errText(err)}`));
       this.scheduleRetry();
       return;
     }
-    if (this._state !== "connecting") return; // closed while the token was fetched
+    if (epoch !== this.epoch) return; // closed (and maybe reopened) while the token was fetched
     let ws: WebSocketLike;
     try {
       ws = new this.WS(url);
@@ -488,7 +498,7 @@ export class Herald {
         try {
           h(msg);
         } catch (err) {
-          reportLater(err);
+          reportListenerError(err);
         }
       }
     }
@@ -501,8 +511,8 @@ export class Herald {
     this._connId = String(frame.conn_id);
     const interval = Number(frame.ping_interval_ms);
     this.pingIntervalMs = interval > 0 ? interval : 25000;
-    this.attempt = 0;
-    this.lastReceived = now();
+    this.connectedAt = now();
+    this.lastReceived = this.connectedAt;
     this.pingSentAt = 0;
     const tick = Math.max(100, Math.min(this.pingIntervalMs, this.opts.heartbeatGrace) / 4);
     this.heartbeatTimer = setInterval(() => this.heartbeat(ws), tick);
@@ -525,10 +535,12 @@ export class Herald {
   private heartbeat(ws: WebSocketLike): void {
     if (this.ws !== ws || this._state !== "connected") return;
     const t = now();
-    const quiet = t - this.lastReceived;
-    if (quiet >= this.pingIntervalMs + this.opts.heartbeatGrace) {
-      this.drop(ws, 4000, "heartbeat timeout");
-    } else if (quiet >= this.pingIntervalMs && this.pingSentAt <= this.lastReceived) {
+    if (this.pingSentAt > this.lastReceived) {
+      // Our ping is out: nothing at all since then for the grace period means dead. Timed
+      // from the ping, not from the last frame, so that a timer the browser delayed (a
+      // background tab) does not count against the connection.
+      if (t - this.pingSentAt >= this.opts.heartbeatGrace) this.drop(ws, 4000, "heartbeat timeout");
+    } else if (t - this.lastReceived >= this.pingIntervalMs) {
       this.pingSentAt = t;
       this.command({ type: "ping" }).catch(() => {});
     }
@@ -602,6 +614,7 @@ export class Herald {
   /** The current socket is gone: tidy up, then reconnect or stop as the close code says. */
   private lost(code: number, reason: string): void {
     const notice = this.notice;
+    if (this._state === "connected" && now() - this.connectedAt >= STABLE_MS) this.attempt = 0;
     this.detach();
     const announced = notice !== null;
     if (notice) {
@@ -647,6 +660,7 @@ export class Herald {
   }
 
   private stop(code: number, reason: string, err: HeraldError): void {
+    this.epoch++;
     clearTimeout(this.retryTimer);
     const ws = this.ws;
     if (ws) {
@@ -673,6 +687,6 @@ function errText(err: unknown): string {
 function ignore(): void {}
 
 /** A listener's exception must not break the client (nor the other listeners): log it. */
-function reportLater(err: unknown): void {
+function reportListenerError(err: unknown): void {
   console.error("Herald: a listener threw", err);
 }

@@ -212,6 +212,33 @@ describe("against one engine", () => {
     assert.equal(c.state, "connected");
   });
 
+  test("connections dropped at once keep the backoff growing", async (t) => {
+    const c = client(t, engine.wsUrl);
+    const retries = [];
+    c.on("retry", (e) => retries.push(e.attempt));
+    await c.connect();
+    for (let i = 0; i < 3; i++) {
+      const id = c.connId;
+      await engine.disconnect(id, 4001, "slow consumer", true);
+      await waitFor(() => c.state === "connected" && c.connId !== id, "the reconnect");
+    }
+    assert.deepEqual(retries, [1, 2, 3]);
+  });
+
+  test("close() and connect() while a token is being fetched make one connection", async (t) => {
+    const name = topic("epoch");
+    const c = client(t, engine.wsUrl, { getToken: () => sleep(200).then(() => "t") });
+    c.subscribe(name, () => {});
+    const first = c.connect();
+    first.catch(() => {});
+    await sleep(50);
+    c.close();
+    await assert.rejects(first, (e) => e.code === "closed");
+    await c.connect();
+    await sleep(500);
+    assert.equal((await engine.call("PresenceStats", { topic: name })).connections, 1);
+  });
+
   test("close() stops the client and rejects a pending connect()", async (t) => {
     const c = client(t, "ws://127.0.0.1:9/ws"); // nothing listens on port 9
     const p = c.connect();
