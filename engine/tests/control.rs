@@ -179,6 +179,22 @@ async fn unknown_targets_and_bad_input_get_clear_statuses() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // A zero-value target (what an SDK sends for an empty Target) is missing too.
+    for target in [conn(""), Some(Target::default())] {
+        let err = api
+            .subscribe(SubscribeRequest {
+                target,
+                topics: vec!["a".into()],
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(
+            err.message().contains("target is missing"),
+            "{}",
+            err.message()
+        );
+    }
     let err = api
         .subscribe(SubscribeRequest {
             target: conn(&c.conn_id),

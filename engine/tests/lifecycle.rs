@@ -211,6 +211,46 @@ async fn health_is_serving_then_not_serving_during_shutdown_and_clients_get_goin
 }
 
 #[tokio::test]
+async fn reflection_lists_and_describes_the_api_and_health() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let engine = start(config()).await;
+    let mut reflection = ServerReflectionClient::new(channel(&engine).await);
+    let requests = [
+        MessageRequest::ListServices(String::new()),
+        MessageRequest::FileContainingSymbol("grpc.health.v1.Health".into()),
+        MessageRequest::FileContainingSymbol("herald.v1.Herald".into()),
+    ]
+    .map(|m| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    });
+    let mut answers = reflection
+        .server_reflection_info(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        answers.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("expected a service list");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for service in ["herald.v1.Herald", "grpc.health.v1.Health"] {
+        assert!(names.contains(&service), "{service} in {names:?}");
+    }
+    for _ in 0..2 {
+        let answer = answers.next().await.unwrap().unwrap().message_response;
+        assert!(
+            matches!(answer, Some(MessageResponse::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()),
+            "{answer:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn shutdown_delivers_what_was_queued_before_the_close() {
     let engine = start(config()).await;
     let mut producer = grpc(&engine).await;

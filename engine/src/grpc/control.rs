@@ -21,13 +21,17 @@ use crate::{
     session,
 };
 
+fn missing_target() -> Status {
+    Status::invalid_argument("target is missing: set connection_id or user_id")
+}
+
 impl HeraldService {
     /// The connections a target names: NOT_FOUND when there are none.
     fn targets(&self, target: Option<proto::Target>) -> Result<Vec<Arc<Conn>>, Status> {
         match target.and_then(|t| t.target) {
-            None => Err(Status::invalid_argument(
-                "target is missing: set connection_id or user_id",
-            )),
+            // A zero-value target (an empty connection id) names nothing either.
+            None => Err(missing_target()),
+            Some(Target::ConnectionId(id)) if id.is_empty() => Err(missing_target()),
             Some(Target::ConnectionId(id)) => ConnId::parse(&id)
                 .and_then(|id| self.registry.get(id))
                 .map(|conn| vec![conn])
