@@ -36,5 +36,9 @@ run idle      idle      "${COMMON[@]}" --conns 500 --settle 1
 run churn     churn     "${COMMON[@]}" --conns 200 --churn-rate 100 --duration 2
 run slow      slow      "${COMMON[@]}" --conns 200 --duration 2 --slow 5 --slow-rate 20
 run control   control   "${COMMON[@]}" --conns 200 --duration 2
+# sdk needs the Go driver and a virtualenv with the Python SDK.
+(cd bench/sdk/go && go build -o ../../../target/sdk-bench/herald-sdk-bench-go .)
+[[ -x sdk-python/.venv/bin/python ]] || { python3 -m venv sdk-python/.venv && sdk-python/.venv/bin/pip install --quiet -e sdk-python; }
+run sdk       sdk       "${COMMON[@]}" --duration 1 --go-driver target/sdk-bench/herald-sdk-bench-go --python sdk-python/.venv/bin/python
 [[ -s $OUT/latency-vs-connections.png ]] || { echo "smoke: no plot written" >&2; exit 1; }
 echo "smoke: all scenarios ran; results in $OUT"

@@ -13,6 +13,7 @@ mod producer;
 mod proto;
 mod report;
 mod scenarios;
+mod sdk;
 mod servers;
 mod util;
 mod worker;
@@ -47,6 +48,8 @@ enum Cmd {
     Slow(scenarios::SlowArgs),
     /// Control: commands/s moving user connections between rooms over the Control stream (Herald only).
     Control(scenarios::ControlArgs),
+    /// SDKs: sequential unary Publish calls and streaming publishes from the Go and Python SDKs.
+    Sdk(sdk::SdkArgs),
     /// Redraw the latency chart from a saved fan-out result.
     Plot(plot::PlotArgs),
     /// (internal) a load-generator process.
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         Cmd::Churn(a) => coordinator(scenarios::churn(a)),
         Cmd::Slow(a) => coordinator(scenarios::slow(a)),
         Cmd::Control(a) => coordinator(scenarios::control(a)),
+        Cmd::Sdk(a) => coordinator(sdk::sdk(a)),
         Cmd::Plot(a) => plot::run(a),
         Cmd::Worker(a) => worker::run(a),
         Cmd::Naive(a) => naive::run(a),
