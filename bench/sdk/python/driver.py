@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import concurrent.futures
 import json
 import sys
@@ -52,9 +53,15 @@ class Stats:
         self.latencies.append(latency_ns)
         self.messages += 1
 
-    def count(self, messages: int, latencies: list[int]) -> None:
-        """For the stream modes: acked messages, and the sampled latencies."""
-        self.messages, self.latencies = messages, latencies
+    def tally(
+        self,
+        fut: concurrent.futures.Future[herald.PublishResult] | asyncio.Future[herald.PublishResult],
+    ) -> None:
+        """For the stream modes: count an answered message as acked or failed."""
+        if fut.cancelled() or fut.exception() is not None:
+            self.errors += 1
+        else:
+            self.messages += 1
 
     def line(self, mode: str) -> str:
         seconds = max(1e-9, (self.end - self.start) / 1e9)
@@ -136,23 +143,25 @@ def run_stream(
     def sample(sent_ns: int) -> Callable[[concurrent.futures.Future[herald.PublishResult]], None]:
         return lambda _: latencies.append(perf() - sent_ns)
 
-    futures: list[concurrent.futures.Future[herald.PublishResult]] = []
+    # Answers come in publish order: tally the answered ones from the front as we go,
+    # so that only the window's futures are alive at any time.
+    pending: collections.deque[concurrent.futures.Future[herald.PublishResult]]
+    pending = collections.deque()
     deadline = stats.start + int(duration * 1e9)
     with client.publisher(max_in_flight=window) as pub:
-        publish, keep = pub.publish, futures.append
+        publish, keep = pub.publish, pending.append
         while perf() < deadline:
             sampled = publish(topic, data)
             sampled.add_done_callback(sample(perf()))
             keep(sampled)
             for _ in range(SAMPLE - 1):
                 keep(publish(topic, data))
+            while pending and pending[0].done():
+                stats.tally(pending.popleft())
     stats.end = perf()  # leaving the block waited for the last answer
-    for fut in futures:
-        try:
-            fut.result()
-        except (herald.HeraldError, concurrent.futures.CancelledError):
-            stats.errors += 1
-    stats.count(len(futures) - stats.errors, latencies)
+    while pending:
+        stats.tally(pending.popleft())
+    stats.latencies = latencies
     return stats
 
 
@@ -167,21 +176,22 @@ async def run_stream_async(
     def sample(sent_ns: int) -> Callable[[asyncio.Future[herald.PublishResult]], None]:
         return lambda _: latencies.append(perf() - sent_ns)
 
-    futures: list[asyncio.Future[herald.PublishResult]] = []
+    pending: collections.deque[asyncio.Future[herald.PublishResult]] = collections.deque()
     deadline = stats.start + int(duration * 1e9)
     async with client.publisher(max_in_flight=window) as pub:
-        publish, keep = pub.publish, futures.append
+        publish, keep = pub.publish, pending.append
         while perf() < deadline:
             sampled = await publish(topic, data)
             sampled.add_done_callback(sample(perf()))
             keep(sampled)
             for _ in range(SAMPLE - 1):
                 keep(await publish(topic, data))
+            while pending and pending[0].done():
+                stats.tally(pending.popleft())
     stats.end = perf()
-    for fut in futures:
-        if fut.cancelled() or fut.exception() is not None:
-            stats.errors += 1
-    stats.count(len(futures) - stats.errors, latencies)
+    while pending:
+        stats.tally(pending.popleft())
+    stats.latencies = latencies
     return stats
 
 
