@@ -254,7 +254,8 @@ export class Herald {
       connectTimeout: 10000,
       commandTimeout: 10000,
       heartbeatGrace: 10000,
-      ...options,
+      // An option given as undefined keeps its default.
+      ...(Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as Options),
     };
   }
 

@@ -31,4 +31,8 @@ test("bad arguments are refused with clear errors", () => {
   assert.throws(() => c.subscribe("", () => {}), /non-empty string/);
   assert.throws(() => c.subscribe("a", null), /handler must be a function/);
   assert.equal(c.state, "disconnected");
+  // An option given as undefined keeps its default.
+  const d = new Herald("ws://x/ws", { WebSocket, minReconnectDelay: undefined, commandTimeout: undefined });
+  assert.equal(d.opts.minReconnectDelay, 500);
+  assert.equal(d.opts.commandTimeout, 10000);
 });
