@@ -25,3 +25,15 @@ test("the README's Node example", async (t) => {
   const { stdout } = await promisify(execFile)(process.execPath, [file], { timeout: 20000 });
   assert.match(stdout, /^connected as [0-9a-f]+\nround trip \d+(\.\d+)? ms\nlast seq undefined\n/);
 });
+
+test("the README states the bundle's current size", async () => {
+  const { gzipSync } = await import("node:zlib");
+  const readme = readFileSync(path.join(here, "../README.md"), "utf8");
+  const min = readFileSync(path.join(here, "../dist/herald.min.js"));
+  const gz = gzipSync(min, { level: 9 }).length;
+  const fmt = (n) => n.toLocaleString("en-US");
+  assert.ok(
+    readme.includes(`is ${fmt(min.length)} bytes minified, **${fmt(gz)} bytes minified +`),
+    `README.md should say ${fmt(min.length)} bytes minified, ${fmt(gz)} gzipped (node scripts/size.mjs)`,
+  );
+});
