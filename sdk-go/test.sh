@@ -4,8 +4,10 @@
 #   1. installs the pinned tools (protoc via grpcio-tools, protoc-gen-go,
 #      protoc-gen-go-grpc, grpc-health-probe) into sdk-go/.tools,
 #   2. checks that the committed generated code matches the proto,
-#   3. gofmt, go vet for the SDK and examples/go, and builds the examples,
-#   4. go test -race for the SDK and the examples against a real engine.
+#   3. gofmt, go vet for the SDK, examples/go, tests/e2e/heraldctl and the
+#      benchmark driver bench/sdk/go, and builds them,
+#   4. go test -race for the SDK (README.md included: readme_test.go) and the
+#      examples against a real engine.
 #
 # It does not build the engine: set HERALD_BIN to the engine binary, or build
 # ../target/release/herald first (cargo build --release -p herald).
@@ -13,6 +15,8 @@ set -euo pipefail
 
 SDK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 EXAMPLES_DIR="$(cd "$SDK_DIR/../examples/go" && pwd)"
+E2E_DIR="$(cd "$SDK_DIR/../tests/e2e" && pwd)"
+BENCH_DIR="$(cd "$SDK_DIR/../bench/sdk/go" && pwd)"
 cd "$SDK_DIR"
 
 step() { printf '\n==> %s\n' "$*"; }
@@ -24,12 +28,14 @@ export HEALTH_PROBE="${HEALTH_PROBE:-$SDK_DIR/.tools/bin/grpc-health-probe}"
 step "go modules"
 go mod download
 (cd "$EXAMPLES_DIR" && go mod download)
+(cd "$E2E_DIR" && go mod download)
+(cd "$BENCH_DIR" && go mod download)
 
 step "generated code"
 scripts/check-gen.sh
 
 step "gofmt"
-unformatted="$(gofmt -l "$SDK_DIR" "$EXAMPLES_DIR" | grep -v '/\.tools/' || true)"
+unformatted="$(gofmt -l "$SDK_DIR" "$EXAMPLES_DIR" "$E2E_DIR/heraldctl" "$BENCH_DIR" | grep -v '/\.tools/' || true)"
 if [[ -n "$unformatted" ]]; then
   echo "not gofmt-ed:" >&2
   echo "$unformatted" >&2
@@ -39,6 +45,8 @@ fi
 step "go vet"
 go vet ./...
 (cd "$EXAMPLES_DIR" && go vet ./... && go build -o /dev/null ./...)
+(cd "$E2E_DIR" && go vet ./heraldctl && go build -o /dev/null ./heraldctl)
+(cd "$BENCH_DIR" && go vet ./... && go build -o /dev/null .)
 
 step "engine"
 HERALD_BIN="${HERALD_BIN:-$SDK_DIR/../target/release/herald}"
