@@ -13,7 +13,8 @@ import (
 
 // muxStream is a bidirectional stream on which many requests are in flight at
 // once: each request carries an id, and a receive loop hands every response to
-// the request that waits for it. Publisher and ControlStream are built on it.
+// the request that waits for it. ControlStream is built on it (Publisher batches
+// its messages into requests of its own, see publisher.go).
 type muxStream[Req, Resp, T any] struct {
 	stream grpc.BidiStreamingClient[Req, Resp]
 	cancel context.CancelFunc
