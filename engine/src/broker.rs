@@ -10,39 +10,41 @@ use crate::{protocol::Payload, registry::Registry};
 
 /// One message on its way to a topic's subscribers, already validated.
 #[derive(Debug, Clone)]
-pub struct Publication {
+pub(crate) struct Publication {
     /// The topic.
-    pub topic: String,
+    pub(crate) topic: String,
     /// The checked payload.
-    pub payload: Payload,
+    pub(crate) payload: Payload,
     /// Drop from connection queues after this long.
-    pub ttl: Option<Duration>,
+    pub(crate) ttl: Option<Duration>,
     /// Deduplication key.
-    pub idempotency_key: Option<String>,
+    pub(crate) idempotency_key: Option<String>,
 }
 
 /// What a broker reports for an accepted publication.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Receipt {
+pub(crate) struct Receipt {
     /// The message's sequence number in its topic.
-    pub seq: u64,
+    pub(crate) seq: u64,
     /// The idempotency key matched an earlier message.
-    pub duplicate: bool,
+    pub(crate) duplicate: bool,
 }
 
 /// Why a broker could not take a publication.
 #[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
+pub(crate) enum BrokerError {
     /// The broker is not reachable now; the publication may be retried.
+    #[expect(dead_code, reason = "only brokers that span nodes can be unreachable")]
     #[error("broker unavailable: {0}")]
     Unavailable(String),
 }
 
 /// A boxed future returned by [`Broker`] methods.
-pub type BrokerFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BrokerError>> + Send + 'a>>;
+pub(crate) type BrokerFuture<'a, T> =
+    Pin<Box<dyn Future<Output = Result<T, BrokerError>> + Send + 'a>>;
 
 /// Carries publications to every node that has subscribers for their topic.
-pub trait Broker: Send + Sync + std::fmt::Debug {
+pub(crate) trait Broker: Send + Sync + std::fmt::Debug {
     /// Publishes one message. Publications to one topic through one broker are
     /// delivered in the order this method is called.
     fn publish(&self, publication: Publication) -> BrokerFuture<'_, Receipt>;
@@ -50,13 +52,13 @@ pub trait Broker: Send + Sync + std::fmt::Debug {
 
 /// The single-node broker: delivers to this node's registry directly.
 #[derive(Debug, Clone)]
-pub struct InProcess {
+pub(crate) struct InProcess {
     registry: Arc<Registry>,
 }
 
 impl InProcess {
     /// A broker over this node's registry.
-    pub fn new(registry: Arc<Registry>) -> Self {
+    pub(crate) fn new(registry: Arc<Registry>) -> Self {
         Self { registry }
     }
 }

@@ -119,6 +119,10 @@ settings! {
     max_topics_per_command: usize = 256, env "HERALD_MAX_TOPICS_PER_COMMAND";
     /// Most topics in one Broadcast call [default: 1000]
     max_broadcast_topics: usize = 1000, env "HERALD_MAX_BROADCAST_TOPICS";
+    /// Largest gRPC request in bytes; 0 derives it from max_payload_bytes and the per-call topic limits (larger requests get OUT_OF_RANGE) [default: 0]
+    grpc_max_message_bytes: usize = 0, env "HERALD_GRPC_MAX_MESSAGE_BYTES";
+    /// Pending-connection backlog of the WebSocket and gRPC listeners, sized for reconnect storms (the kernel caps it at net.core.somaxconn) [default: 4096]
+    listen_backlog: u32 = 4096, env "HERALD_LISTEN_BACKLOG";
     /// Most gRPC calls served at once; further calls wait (streams count while they are being opened) [default: 4096]
     grpc_max_concurrent_calls: usize = 4096, env "HERALD_GRPC_MAX_CONCURRENT_CALLS";
     /// Most concurrent HTTP/2 streams one gRPC connection may open [default: 1024]
@@ -149,6 +153,8 @@ settings! {
     topic_retention: Dur = Dur(Duration::from_secs(300)), env "HERALD_TOPIC_RETENTION";
     /// How long an idempotency key is remembered [default: 5m]
     idempotency_window: Dur = Dur(Duration::from_secs(300)), env "HERALD_IDEMPOTENCY_WINDOW";
+    /// Most idempotency keys the node remembers in all topics together; past it a topic's oldest keys are forgotten first [default: 1000000]
+    idempotency_max_keys: usize = 1_000_000, env "HERALD_IDEMPOTENCY_MAX_KEYS";
     /// Topics whose joins and leaves produce presence events, as comma-separated topics or patterns ("room:*", "room:>", ">" for all) [default: >]
     presence_topics: String = ">".to_owned(), env "HERALD_PRESENCE_TOPICS";
     /// Events one WatchPresence stream may have waiting before it is told to resync [default: 4096]
@@ -226,6 +232,8 @@ impl Config {
             ("queue_max_bytes", self.queue_max_bytes),
             ("read_buffer_bytes", self.read_buffer_bytes),
             ("presence_watch_buffer", self.presence_watch_buffer),
+            ("listen_backlog", self.listen_backlog as usize),
+            ("idempotency_max_keys", self.idempotency_max_keys),
             ("grpc_max_concurrent_calls", self.grpc_max_concurrent_calls),
             (
                 "grpc_max_streams_per_connection",
@@ -254,8 +262,18 @@ impl Config {
         Ok(())
     }
 
+    /// The largest gRPC request the engine decodes: the configured value, or room
+    /// for a full-size payload plus the largest topic list one call may carry.
+    pub fn grpc_message_limit(&self) -> usize {
+        if self.grpc_max_message_bytes > 0 {
+            return self.grpc_max_message_bytes;
+        }
+        let topics = self.max_broadcast_topics.max(self.max_topics_per_command);
+        self.max_payload_bytes + topics * (self.max_topic_len + 8) + 64 * 1024
+    }
+
     /// The parsed `presence_topics` patterns.
-    pub fn presence_patterns(&self) -> Result<Vec<TopicPattern>, ConfigError> {
+    pub(crate) fn presence_patterns(&self) -> Result<Vec<TopicPattern>, ConfigError> {
         self.presence_topics
             .split(',')
             .map(str::trim)
@@ -285,11 +303,11 @@ mod tests {
         let config = Config::from_arg_list([
             "herald",
             "--config",
-            file.to_str().unwrap_or_default(),
+            file.to_str().unwrap(),
             "--queue-max-messages",
             "9",
         ]);
-        let config = config.ok().unwrap_or_default();
+        let config = config.unwrap();
         assert_eq!(config.ws_addr, SocketAddr::from(([127, 0, 0, 1], 9000)));
         assert_eq!(config.ping_interval, Dur(Duration::from_secs(5)));
         assert_eq!(config.queue_max_messages, 9);

@@ -1,19 +1,24 @@
-//! One connection's shared state: its id, identity, outgoing queue, subscriptions
-//! and liveness. The session (reader) and the writer own the socket; everything
-//! else — publishers, the registry, the control plane — reaches the connection
-//! only through this.
+//! One connection's shared state: its id, identity, outgoing queue and liveness,
+//! and the one way anything is sent to it ([`Conn::send`]). The session (reader)
+//! and the writer own the socket; publishers, the registry and the control plane
+//! reach the connection only through this. Which topics it is in is the
+//! registry's business ([`crate::registry`]).
 
 use std::{
     fmt,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
 };
 
 use tokio::time::Instant;
 
-use crate::{queue::Queue, topic::Topic};
+use crate::{
+    protocol::Reply,
+    queue::{Close, Item, PushError, Queue},
+    stats::Counters,
+};
 
 /// A connection id: a slab slot plus a generation, so that a reused slot is never
 /// mistaken for its previous owner. Shown to clients and producers as 16 hex digits.
@@ -22,12 +27,12 @@ pub struct ConnId(u64);
 
 impl ConnId {
     /// Builds an id from a slot and a generation.
-    pub fn new(slot: usize, generation: u32) -> Self {
+    pub(crate) fn new(slot: usize, generation: u32) -> Self {
         Self((u64::from(generation) << 32) | (slot as u64 & 0xffff_ffff))
     }
 
     /// The slab slot.
-    pub fn slot(self) -> usize {
+    pub(crate) fn slot(self) -> usize {
         (self.0 & 0xffff_ffff) as usize
     }
 
@@ -46,87 +51,122 @@ impl fmt::Display for ConnId {
     }
 }
 
-/// The topics a connection is in. Guarded by the connection's own mutex, which is
-/// always taken before a topic's member lock.
-#[derive(Debug, Default)]
-pub struct Subscriptions {
-    /// The topics, in subscription order.
-    pub topics: Vec<Arc<Topic>>,
-    /// Set once the connection has left the registry: nothing may be added.
-    pub closed: bool,
-}
-
-impl Subscriptions {
-    /// Whether the connection is in `name`.
-    pub fn contains(&self, name: &str) -> bool {
-        self.topics.iter().any(|t| t.name() == name)
-    }
+/// What became of a frame given to [`Conn::send`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// Queued for the writer.
+    Queued,
+    /// The connection is closing; the frame is not needed.
+    Closed,
+    /// The queue was full: the connection is now closed as a slow consumer.
+    Slow,
 }
 
 /// The shared state of one connection.
 #[derive(Debug)]
-pub struct Conn {
+pub(crate) struct Conn {
     id: ConnId,
     user: Option<Arc<str>>,
     info: Option<Arc<str>>,
     /// Frames waiting for the writer.
-    pub queue: Queue,
-    /// The topics the connection is in.
-    subscriptions: Mutex<Subscriptions>,
+    queue: Queue,
+    counters: Arc<Counters>,
     /// Milliseconds since `epoch` at which the last frame was received.
     last_seen_ms: AtomicU64,
     epoch: Instant,
 }
 
 impl Conn {
-    /// A new connection with an empty queue of the given limits.
-    pub fn new(id: ConnId, user: Option<Arc<str>>, info: Option<Arc<str>>, queue: Queue) -> Self {
+    /// A new connection with an empty queue; overflows are counted in `counters`.
+    pub(crate) fn new(
+        id: ConnId,
+        user: Option<Arc<str>>,
+        info: Option<Arc<str>>,
+        queue: Queue,
+        counters: Arc<Counters>,
+    ) -> Self {
         Self {
             id,
             user,
             info,
             queue,
-            subscriptions: Mutex::new(Subscriptions::default()),
+            counters,
             last_seen_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }
 
     /// The connection's id.
-    pub fn id(&self) -> ConnId {
+    pub(crate) fn id(&self) -> ConnId {
         self.id
     }
 
     /// The user the connection belongs to, if any.
-    pub fn user(&self) -> Option<&Arc<str>> {
+    pub(crate) fn user(&self) -> Option<&Arc<str>> {
         self.user.as_ref()
     }
 
     /// The client info (JSON text), if any.
-    pub fn info(&self) -> Option<&Arc<str>> {
+    pub(crate) fn info(&self) -> Option<&Arc<str>> {
         self.info.as_ref()
     }
 
-    /// Locks the subscription list.
-    pub fn subscriptions(&self) -> std::sync::MutexGuard<'_, Subscriptions> {
-        // Every update is a single push, retain or flag: a poisoned lock is usable.
-        self.subscriptions.lock().unwrap_or_else(|e| e.into_inner())
+    /// The outgoing queue (the writer's side of it).
+    pub(crate) fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// Queues a frame, or — when the queue is full — closes the connection as a
+    /// slow consumer, discarding its backlog. This is the only way frames reach a
+    /// connection, so every overflow is handled and counted the same way.
+    pub(crate) fn send(&self, item: Item) -> Sent {
+        match self.queue.push(item) {
+            Ok(()) => Sent::Queued,
+            Err(PushError::Closed) => Sent::Closed,
+            Err(PushError::Full) => {
+                if let Some(discarded) = self.queue.close(Close::slow_consumer()) {
+                    Counters::add(&self.counters.slow_disconnects, 1);
+                    // The backlog, and the frame that did not fit.
+                    Counters::add(&self.counters.dropped, discarded as u64 + 1);
+                } else {
+                    Counters::add(&self.counters.dropped, 1);
+                }
+                Sent::Slow
+            }
+        }
+    }
+
+    /// Queues a reply or server push (see [`Conn::send`]).
+    pub(crate) fn reply(&self, reply: Reply<'_>) -> Sent {
+        self.send(Item::new(reply.encode()))
+    }
+
+    /// Asks the writer to close the connection; false if it was already closing.
+    pub(crate) fn close(&self, close: Close) -> bool {
+        self.queue.close(close).is_some()
+    }
+
+    /// Counts frames the writer dropped because they outlived their TTL.
+    pub(crate) fn expired(&self, n: u64) {
+        Counters::add(&self.counters.dropped, n);
     }
 
     /// Records that a frame was received now.
-    pub fn touch(&self) {
+    pub(crate) fn touch(&self) {
         let ms = self.epoch.elapsed().as_millis() as u64;
         self.last_seen_ms.store(ms, Ordering::Relaxed);
     }
 
     /// When the last frame was received (the connection's start if none was).
-    pub fn last_seen(&self) -> Instant {
+    pub(crate) fn last_seen(&self) -> Instant {
         self.epoch + std::time::Duration::from_millis(self.last_seen_ms.load(Ordering::Relaxed))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
     use super::*;
 
     #[test]
@@ -139,5 +179,25 @@ mod tests {
         assert_eq!(a.to_string(), "0000000100000005");
         assert_eq!(ConnId::parse("xyz"), None);
         assert_eq!(ConnId::parse("zzzzzzzzzzzzzzzz"), None);
+    }
+
+    #[test]
+    fn an_overflow_closes_once_and_counts_the_whole_backlog() {
+        let counters = Arc::new(Counters::default());
+        let conn = Conn::new(
+            ConnId::new(1, 1),
+            None,
+            None,
+            Queue::new(3, 1000),
+            Arc::clone(&counters),
+        );
+        let frame = || Item::new("x".into());
+        for _ in 0..3 {
+            assert_eq!(conn.send(frame()), Sent::Queued);
+        }
+        assert_eq!(conn.send(frame()), Sent::Slow);
+        assert_eq!(conn.send(frame()), Sent::Closed);
+        assert_eq!(counters.slow_disconnects.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.dropped.load(Ordering::Relaxed), 4);
     }
 }

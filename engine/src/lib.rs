@@ -1,43 +1,49 @@
 //! Herald: a real-time broadcast engine. WebSocket clients subscribe to topics;
 //! producers publish and steer connections over gRPC (`proto/herald/v1`).
 //!
-//! The crate follows the data path of a message:
+//! The public API is small: build a [`Config`], [`Engine::start`] a node, read
+//! its [`Stats`], [`Engine::shutdown`] it. The `herald` binary is exactly that.
+//!
+//! Inside, the modules follow the data path of a message:
 //!
 //! | step | module | owns |
 //! |------|--------|------|
-//! | accept | [`server`] | listeners, gRPC + health + reflection, graceful shutdown |
-//! | session | [`session`] | handshake, the client's read loop and commands |
-//! | registry | [`registry`] | connections (slab), users, the topic map |
-//! | topic snapshot | [`topic`], [`snapshot`] | subscriber sets as immutable chunked snapshots; fan-out |
-//! | queue | [`queue`] | each connection's bounded outgoing queue |
-//! | writer | [`writer`] | batched socket writes, heartbeats, close frames |
+//! | accept | `server` | listeners, gRPC + health + reflection, graceful shutdown |
+//! | session | `session` | handshake, the client's read loop and commands |
+//! | registry | `registry` | connections (slab) and their topics, users, the topic map, the lock order |
+//! | topic snapshot | `topic`, `snapshot` | subscriber sets as immutable chunked snapshots; fan-out |
+//! | connection | `conn` | per-connection shared state; the one send-or-close path |
+//! | queue | `queue` | each connection's bounded outgoing queue, and its close |
+//! | writer | `writer` | batched socket writes, heartbeats, close frames |
 //!
-//! Around it: [`grpc`] (the producer API), [`broker`] (the seam where a
-//! multi-node broker plugs in), [`protocol`] (the client wire format),
-//! [`topic_name`] (the topic rule), [`conn`] (per-connection shared state),
-//! [`presence`] (presence events and their watchers) and [`config`].
+//! Around it: `grpc` (the producer API: publish, control, presence), `broker`
+//! (the seam where a multi-node broker plugs in), `presence` (join/leave events
+//! and their watchers), `protocol` (the client wire format and close codes),
+//! `topic_name` (the topic rule), `stats` (counters) and [`config`].
+//!
+//! Layers import only downwards: server → grpc → session → broker / writer →
+//! registry → topic → snapshot → conn → queue.
 
-#![deny(unsafe_code)]
-#![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
-#![deny(clippy::unwrap_used, clippy::expect_used)]
-
-pub mod broker;
+mod broker;
 pub mod config;
-pub mod conn;
-pub mod grpc;
-pub mod presence;
-pub mod protocol;
-pub mod queue;
-pub mod registry;
-pub mod server;
-pub mod session;
-pub mod snapshot;
-pub mod topic;
-pub mod topic_name;
-pub mod writer;
+mod conn;
+mod grpc;
+mod presence;
+mod protocol;
+mod queue;
+mod registry;
+mod server;
+mod session;
+mod snapshot;
+mod stats;
+mod topic;
+mod topic_name;
+mod writer;
 
 pub use config::Config;
-pub use server::Engine;
+pub use conn::ConnId;
+pub use server::{Engine, StartError};
+pub use stats::Stats;
 
 pub mod proto {
     //! Code generated from `proto/herald/v1/herald.proto`.

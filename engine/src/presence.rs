@@ -29,7 +29,7 @@ use crate::{conn::Conn, topic_name::TopicPattern};
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
+pub(crate) enum EventKind {
     /// A connection joined a topic.
     Join,
     /// A connection left a topic.
@@ -42,22 +42,22 @@ pub enum EventKind {
 
 /// One presence event.
 #[derive(Debug, Clone)]
-pub struct Event {
+pub(crate) struct Event {
     /// What happened.
-    pub kind: EventKind,
+    pub(crate) kind: EventKind,
     /// The topic (join and leave only).
-    pub topic: Option<Arc<str>>,
+    pub(crate) topic: Option<Arc<str>>,
     /// The connection.
-    pub conn: Arc<Conn>,
+    pub(crate) conn: Arc<Conn>,
     /// Node-wide order of membership changes.
-    pub seq: u64,
+    pub(crate) seq: u64,
     /// Milliseconds since the Unix epoch.
-    pub timestamp_ms: i64,
+    pub(crate) timestamp_ms: i64,
 }
 
 /// One `WatchPresence` subscriber.
 #[derive(Debug)]
-pub struct Watcher {
+pub(crate) struct Watcher {
     patterns: Vec<TopicPattern>,
     connections: bool,
     tx: mpsc::Sender<Event>,
@@ -66,7 +66,7 @@ pub struct Watcher {
 
 impl Watcher {
     /// Whether the watcher lost events and must start over.
-    pub fn overflowed(&self) -> bool {
+    pub(crate) fn overflowed(&self) -> bool {
         self.overflowed.load(Ordering::Acquire)
     }
 
@@ -89,14 +89,14 @@ impl Watcher {
 
 /// Removes its watcher from the hub when dropped (when the stream ends).
 #[derive(Debug)]
-pub struct WatchGuard {
+pub(crate) struct WatchGuard {
     hub: Arc<PresenceHub>,
     watcher: Arc<Watcher>,
 }
 
 impl WatchGuard {
     /// The watcher.
-    pub fn watcher(&self) -> &Arc<Watcher> {
+    pub(crate) fn watcher(&self) -> &Arc<Watcher> {
         &self.watcher
     }
 }
@@ -114,7 +114,7 @@ impl Drop for WatchGuard {
 
 /// The node's presence event source.
 #[derive(Debug)]
-pub struct PresenceHub {
+pub(crate) struct PresenceHub {
     seq: AtomicU64,
     watchers: ArcSwap<Vec<Arc<Watcher>>>,
     tracked: Vec<TopicPattern>,
@@ -122,7 +122,7 @@ pub struct PresenceHub {
 
 impl PresenceHub {
     /// A hub producing join/leave events for topics matching `tracked`.
-    pub fn new(tracked: Vec<TopicPattern>) -> Self {
+    pub(crate) fn new(tracked: Vec<TopicPattern>) -> Self {
         Self {
             seq: AtomicU64::new(0),
             watchers: ArcSwap::from_pointee(Vec::new()),
@@ -131,18 +131,18 @@ impl PresenceHub {
     }
 
     /// Whether join/leave events are produced for `topic`.
-    pub fn tracks(&self, topic: &str) -> bool {
+    pub(crate) fn tracks(&self, topic: &str) -> bool {
         self.tracked.iter().any(|p| p.matches(topic))
     }
 
     /// The sequence number of the latest event. Read under a topic's member lock
     /// it separates that topic's past events from its future ones.
-    pub fn current_seq(&self) -> u64 {
+    pub(crate) fn current_seq(&self) -> u64 {
         self.seq.load(Ordering::SeqCst)
     }
 
     /// Registers a watcher with a buffer of `buffer` events.
-    pub fn watch(
+    pub(crate) fn watch(
         self: &Arc<Self>,
         patterns: Vec<TopicPattern>,
         connections: bool,
@@ -170,12 +170,12 @@ impl PresenceHub {
     }
 
     /// Produces a join or leave event. Called under the topic's member lock.
-    pub fn member_changed(&self, kind: EventKind, topic: &Arc<str>, conn: &Arc<Conn>) {
+    pub(crate) fn member_changed(&self, kind: EventKind, topic: &Arc<str>, conn: &Arc<Conn>) {
         self.emit(kind, Some(topic), conn);
     }
 
     /// Produces a connect or disconnect event.
-    pub fn connection_changed(&self, kind: EventKind, conn: &Arc<Conn>) {
+    pub(crate) fn connection_changed(&self, kind: EventKind, conn: &Arc<Conn>) {
         self.emit(kind, None, conn);
     }
 
@@ -198,7 +198,7 @@ impl PresenceHub {
 }
 
 /// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -8,35 +8,36 @@ use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Close codes the engine uses (docs/protocol.md, "Close codes").
-pub mod close {
+pub(crate) mod close {
     /// A normal close (used when the connection is already going).
-    pub const NORMAL: u16 = 1000;
+    pub(crate) const NORMAL: u16 = 1000;
     /// The server is shutting down; reconnect.
-    pub const GOING_AWAY: u16 = 1001;
+    pub(crate) const GOING_AWAY: u16 = 1001;
     /// The client broke the WebSocket protocol.
-    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub(crate) const PROTOCOL_ERROR: u16 = 1002;
     /// A text frame was not valid UTF-8.
-    pub const INVALID_PAYLOAD: u16 = 1007;
+    pub(crate) const INVALID_PAYLOAD: u16 = 1007;
     /// A frame or message exceeded the size limit.
-    pub const TOO_BIG: u16 = 1009;
+    pub(crate) const TOO_BIG: u16 = 1009;
     /// The outgoing queue overflowed.
-    pub const SLOW_CONSUMER: u16 = 4001;
+    pub(crate) const SLOW_CONSUMER: u16 = 4001;
     /// Nothing was received for longer than the idle timeout.
-    pub const IDLE_TIMEOUT: u16 = 4002;
+    pub(crate) const IDLE_TIMEOUT: u16 = 4002;
     /// Disconnected by a producer; reconnect allowed.
-    pub const DISCONNECT_RECONNECT: u16 = 4003;
+    pub(crate) const DISCONNECT_RECONNECT: u16 = 4003;
     /// Disconnected by a producer; do not reconnect.
-    pub const DISCONNECT_FINAL: u16 = 4500;
+    pub(crate) const DISCONNECT_FINAL: u16 = 4500;
 
     /// Whether a client receiving `code` should reconnect.
-    pub fn reconnect_hint(code: u16) -> bool {
+    #[cfg(test)]
+    pub(crate) fn reconnect_hint(code: u16) -> bool {
         matches!(code, GOING_AWAY | 4000..=4499)
     }
 }
 
 /// A command sent by a client, as parsed from one text frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
+pub(crate) enum Command {
     /// Join topics.
     Subscribe {
         /// The client's request id.
@@ -61,13 +62,13 @@ pub enum Command {
 /// A frame that could not be turned into a [`Command`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
-pub struct CommandError {
+pub(crate) struct CommandError {
     /// The request id, when the frame had a readable one.
-    pub id: Option<u64>,
+    pub(crate) id: Option<u64>,
     /// The documented error code.
-    pub code: &'static str,
+    pub(crate) code: &'static str,
     /// What was wrong.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 #[derive(Deserialize)]
@@ -87,7 +88,7 @@ struct RawId {
 }
 
 /// Parses one client text frame.
-pub fn parse_command(text: &str) -> Result<Command, CommandError> {
+pub(crate) fn parse_command(text: &str) -> Result<Command, CommandError> {
     let raw: RawCommand = serde_json::from_str(text).map_err(|e| CommandError {
         id: serde_json::from_str::<RawId>(text).ok().and_then(|r| r.id),
         code: "bad_frame",
@@ -124,7 +125,7 @@ pub fn parse_command(text: &str) -> Result<Command, CommandError> {
 /// A server frame other than `message` (those are built by [`encode_message`]).
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
-pub enum Reply<'a> {
+pub(crate) enum Reply<'a> {
     /// The first frame on every connection.
     Connected {
         /// The connection's id.
@@ -189,15 +190,18 @@ fn is_false(b: &bool) -> bool {
 
 impl Reply<'_> {
     /// Encodes the reply as one text frame.
-    pub fn encode(&self) -> Utf8Bytes {
-        // Serialising these plain structs cannot fail.
-        Utf8Bytes::from(serde_json::to_string(self).unwrap_or_default())
+    #[expect(
+        clippy::expect_used,
+        reason = "plain structs of strings and numbers always serialise"
+    )]
+    pub(crate) fn encode(&self) -> Utf8Bytes {
+        Utf8Bytes::from(serde_json::to_string(self).expect("a reply serialises"))
     }
 }
 
 /// How a payload reaches WebSocket clients, decided by its content type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PayloadKind {
+pub(crate) enum PayloadKind {
     /// Embedded as a JSON value in `data`.
     Json,
     /// A JSON string in `text`.
@@ -208,7 +212,7 @@ pub enum PayloadKind {
 
 impl PayloadKind {
     /// Classifies a content type (`application/json; charset=utf-8`, `text/plain`, …).
-    pub fn of(content_type: &str) -> Self {
+    pub(crate) fn of(content_type: &str) -> Self {
         let essence = content_type.split(';').next().unwrap_or("").trim();
         let is = |s: &str| essence.eq_ignore_ascii_case(s);
         let ends_json = essence.len() >= 5
@@ -230,7 +234,7 @@ impl PayloadKind {
 
 /// Why a payload cannot be published with its content type.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PayloadError {
+pub(crate) enum PayloadError {
     /// Over the size limit.
     #[error("payload is {len} bytes; the limit is {max}")]
     TooLarge {
@@ -256,19 +260,25 @@ pub enum PayloadError {
 }
 
 /// A payload checked against its content type, ready to be encoded into pushes.
+/// Only [`Payload::new`] makes one, so a JSON payload is always valid JSON and a
+/// text payload always UTF-8.
 #[derive(Debug, Clone)]
-pub struct Payload {
+pub(crate) struct Payload {
     /// The bytes as published.
-    pub data: Bytes,
+    data: Bytes,
     /// How they are represented to clients.
-    pub kind: PayloadKind,
+    kind: PayloadKind,
     /// The declared content type (kept for binary payloads).
-    pub content_type: String,
+    content_type: String,
 }
 
 impl Payload {
     /// Checks `data` against `content_type` and the size limit.
-    pub fn new(data: Bytes, content_type: String, max_len: usize) -> Result<Self, PayloadError> {
+    pub(crate) fn new(
+        data: Bytes,
+        content_type: String,
+        max_len: usize,
+    ) -> Result<Self, PayloadError> {
         if data.len() > max_len {
             return Err(PayloadError::TooLarge {
                 len: data.len(),
@@ -305,7 +315,11 @@ impl Payload {
 
 /// Encodes the `message` push for one published message: done once per topic and
 /// shared (by reference count) with every subscriber.
-pub fn encode_message(topic: &str, seq: u64, payload: &Payload) -> Utf8Bytes {
+#[expect(
+    clippy::expect_used,
+    reason = "Payload::new checked JSON and text payloads to be UTF-8, and strings always serialise"
+)]
+pub(crate) fn encode_message(topic: &str, seq: u64, payload: &Payload) -> Utf8Bytes {
     use std::fmt::Write as _;
     let mut out = String::with_capacity(48 + topic.len() + payload.data.len() * 4 / 3 + 8);
     // Topic names are restricted to characters that need no JSON escaping.
@@ -313,13 +327,13 @@ pub fn encode_message(topic: &str, seq: u64, payload: &Payload) -> Utf8Bytes {
     match payload.kind {
         PayloadKind::Json => {
             out.push_str(r#""data":"#);
-            // Checked to be valid JSON (hence UTF-8) when the payload was accepted.
-            out.push_str(std::str::from_utf8(&payload.data).unwrap_or("null").trim());
+            let json = std::str::from_utf8(&payload.data).expect("checked JSON is UTF-8");
+            out.push_str(json.trim());
         }
         PayloadKind::Text => {
             out.push_str(r#""text":"#);
-            let text = std::str::from_utf8(&payload.data).unwrap_or("");
-            out.push_str(&serde_json::to_string(text).unwrap_or_default());
+            let text = std::str::from_utf8(&payload.data).expect("checked text is UTF-8");
+            out.push_str(&serde_json::to_string(text).expect("a string serialises"));
         }
         PayloadKind::Binary => {
             out.push_str(r#""b64":""#);
@@ -327,7 +341,8 @@ pub fn encode_message(topic: &str, seq: u64, payload: &Payload) -> Utf8Bytes {
             out.push('"');
             if !payload.content_type.is_empty() {
                 out.push_str(r#","content_type":"#);
-                out.push_str(&serde_json::to_string(&payload.content_type).unwrap_or_default());
+                let content_type = serde_json::to_string(&payload.content_type);
+                out.push_str(&content_type.expect("a string serialises"));
             }
         }
     }
@@ -340,11 +355,7 @@ mod tests {
     use super::*;
 
     fn payload(data: &'static [u8], ct: &str) -> Payload {
-        Payload::new(Bytes::from_static(data), ct.to_owned(), 1024).unwrap_or(Payload {
-            data: Bytes::new(),
-            kind: PayloadKind::Binary,
-            content_type: "x".into(),
-        })
+        Payload::new(Bytes::from_static(data), ct.to_owned(), 1024).unwrap()
     }
 
     #[test]
@@ -354,7 +365,7 @@ mod tests {
             7,
             &payload(br#"{"price": 1.5}"#, "application/json"),
         );
-        let v: serde_json::Value = serde_json::from_str(&frame).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&frame).unwrap();
         assert_eq!(v["type"], "message");
         assert_eq!(v["topic"], "room:a");
         assert_eq!(v["seq"], 7);
@@ -368,15 +379,15 @@ mod tests {
             1,
             &payload(b"he said \"hi\"\n", "text/plain; charset=utf-8"),
         ))
-        .unwrap_or_default();
+        .unwrap();
         assert_eq!(t["text"], "he said \"hi\"\n");
         let b: serde_json::Value =
             serde_json::from_str(&encode_message("t", 2, &payload(b"\x00\xff", "image/png")))
-                .unwrap_or_default();
+                .unwrap();
         assert_eq!(b["b64"], "AP8=");
         assert_eq!(b["content_type"], "image/png");
         let e: serde_json::Value =
-            serde_json::from_str(&encode_message("t", 3, &payload(b"ab", ""))).unwrap_or_default();
+            serde_json::from_str(&encode_message("t", 3, &payload(b"ab", ""))).unwrap();
         assert_eq!(e["b64"], "YWI=");
         assert!(e.get("content_type").is_none());
     }

@@ -1,20 +1,16 @@
-//! The registry: every live connection (in a slab, with generation-checked ids),
-//! the user → connections index, and the topic map. It is where subscribe,
-//! unsubscribe, disconnect-cleanup and publish meet.
+//! The registry: every live connection (in a slab, with generation-checked ids)
+//! together with the topics it is in, the user → connections index, and the topic
+//! map. It is where subscribe, unsubscribe, disconnect-cleanup and publish meet,
+//! and it owns the lock order: a connection's subscription lock (several of them
+//! in connection-id order) before any topic's member lock.
 //!
-//! Locks: the slab and the user index are taken only on connect, disconnect and
-//! lookups by id or user. The topic map is lock-free (papaya), so publishers find
-//! a topic without any lock; the fan-out itself is in [`Topic::publish`].
+//! The slab and the user index are locked only on connect, disconnect and lookups
+//! by id or user. The topic map is lock-free (papaya), so publishers find a topic
+//! without any lock; the fan-out itself is in [`Topic::publish`].
 
-use std::{
-    collections::HashMap,
-    sync::{
-        Arc, Mutex, MutexGuard,
-        atomic::{AtomicU32, AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use parking_lot::{Mutex, MutexGuard};
 use slab::Slab;
 
 use crate::{
@@ -22,72 +18,94 @@ use crate::{
     presence::{EventKind, PresenceHub},
     protocol::Payload,
     queue::{Close, Queue},
-    topic::{Change, Delivery, Topic},
+    stats::{Counters, Stats},
+    topic::{Change, Dedup, Delivery, Topic},
     topic_name::{self, TopicError},
 };
 
-/// Engine-wide counters, reported by `Info`.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Messages accepted for publishing (per topic).
-    pub published: AtomicU64,
-    /// Messages queued to connections.
-    pub delivered: AtomicU64,
-    /// Messages dropped: queue overflow or TTL expiry.
-    pub dropped: AtomicU64,
-    /// Connections closed as slow consumers.
-    pub slow_disconnects: AtomicU64,
-    /// Current subscriptions (connection × topic).
-    pub subscriptions: AtomicU64,
-}
-
 /// Limits the registry enforces.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Longest topic name.
-    pub max_topic_len: usize,
+    pub(crate) max_topic_len: usize,
     /// Most topics per connection.
-    pub max_subscriptions: usize,
+    pub(crate) max_subscriptions: usize,
     /// Outgoing queue bound, in messages.
-    pub queue_max_messages: usize,
+    pub(crate) queue_max_messages: usize,
     /// Outgoing queue bound, in bytes.
-    pub queue_max_bytes: usize,
+    pub(crate) queue_max_bytes: usize,
     /// How long idempotency keys are remembered.
-    pub idempotency_window: Duration,
+    pub(crate) idempotency_window: Duration,
+    /// Most idempotency keys the node holds in all topics together.
+    pub(crate) idempotency_max_keys: usize,
     /// How long an idle topic keeps its state.
-    pub topic_retention: Duration,
+    pub(crate) topic_retention: Duration,
 }
 
-/// Why a subscribe was refused.
+/// Why a subscribe was refused. Nothing of it was applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SubscribeError {
+pub(crate) enum SubscribeError {
     /// A topic name breaks the rule.
     #[error(transparent)]
     InvalidTopic(#[from] TopicError),
-    /// The connection would exceed its subscription limit.
-    #[error("subscribing would make {would_be} subscriptions; the limit per connection is {max}")]
+    /// A connection would exceed its subscription limit.
+    #[error(
+        "connection {conn}: subscribing would make {would_be} subscriptions; the limit per connection is {max}"
+    )]
     TooMany {
+        /// The connection.
+        conn: ConnId,
         /// The count after the subscribe.
         would_be: usize,
         /// The limit.
         max: usize,
     },
-    /// The connection has closed.
-    #[error("connection {0} is closed")]
-    Closed(ConnId),
+    /// Every connection named has closed.
+    #[error("the connection is closed")]
+    Closed,
+}
+
+/// The topics a connection is in. Reached only through [`Entry`], under the lock
+/// order this module keeps.
+#[derive(Debug, Default)]
+struct Subscriptions {
+    /// The topics, in subscription order.
+    topics: Vec<Arc<Topic>>,
+    /// Set once the connection has left the registry: nothing may be added.
+    closed: bool,
+}
+
+impl Subscriptions {
+    fn contains(&self, name: &str) -> bool {
+        self.topics.iter().any(|t| t.name() == name)
+    }
+}
+
+/// A connection as the registry holds it: its shared state and its topics.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    conn: Arc<Conn>,
+    subscriptions: Mutex<Subscriptions>,
+}
+
+impl Entry {
+    /// The connection.
+    pub(crate) fn conn(&self) -> &Arc<Conn> {
+        &self.conn
+    }
 }
 
 /// All connections and topics of this node.
 #[derive(Debug)]
-pub struct Registry {
-    conns: Mutex<Slab<Arc<Conn>>>,
-    generation: AtomicU32,
-    users: Mutex<HashMap<Arc<str>, Vec<Arc<Conn>>>>,
+pub(crate) struct Registry {
+    conns: Mutex<Slab<Arc<Entry>>>,
+    generation: std::sync::atomic::AtomicU32,
+    users: Mutex<HashMap<Arc<str>, Vec<Arc<Entry>>>>,
     topics: papaya::HashMap<Arc<str>, Arc<Topic>>,
     presence: Arc<PresenceHub>,
     limits: Limits,
-    /// Counters.
-    pub stats: Stats,
+    dedup: Dedup,
+    counters: Arc<Counters>,
 }
 
 /// A random starting generation, so that connection ids from before a restart do
@@ -99,73 +117,83 @@ fn random_u32() -> u32 {
     hasher.finish() as u32
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Critical sections here are single inserts and removals: a poisoned lock is
-    // still consistent.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Registry {
     /// An empty registry whose membership changes feed `presence`.
-    pub fn new(limits: Limits, presence: Arc<PresenceHub>) -> Self {
+    pub(crate) fn new(limits: Limits, presence: Arc<PresenceHub>) -> Self {
         Self {
             conns: Mutex::new(Slab::new()),
-            generation: AtomicU32::new(random_u32()),
+            generation: std::sync::atomic::AtomicU32::new(random_u32()),
             users: Mutex::new(HashMap::new()),
             topics: papaya::HashMap::new(),
             presence,
+            dedup: Dedup::new(limits.idempotency_window, limits.idempotency_max_keys),
             limits,
-            stats: Stats::default(),
+            counters: Arc::new(Counters::default()),
         }
     }
 
     /// The presence event source.
-    pub fn presence(&self) -> &Arc<PresenceHub> {
+    pub(crate) fn presence(&self) -> &Arc<PresenceHub> {
         &self.presence
     }
 
     /// Every topic this node holds.
-    pub fn topics(&self) -> Vec<Arc<Topic>> {
+    pub(crate) fn topics(&self) -> Vec<Arc<Topic>> {
         self.topics.pin().values().cloned().collect()
     }
 
     /// The registry's limits.
-    pub fn limits(&self) -> &Limits {
+    pub(crate) fn limits(&self) -> &Limits {
         &self.limits
     }
 
+    /// The node's counters, with the connection and topic gauges.
+    pub(crate) fn stats(&self) -> Stats {
+        self.counters
+            .snapshot(self.connection_count(), self.topics.len())
+    }
+
     /// Checks a topic name against the rule and the configured length.
-    pub fn validate_topic(&self, name: &str) -> Result<(), TopicError> {
+    pub(crate) fn validate_topic(&self, name: &str) -> Result<(), TopicError> {
         topic_name::validate(name, self.limits.max_topic_len)
     }
 
     /// Adds a new connection and gives it an id.
-    pub fn register(&self, user: Option<Arc<str>>, info: Option<Arc<str>>) -> Arc<Conn> {
-        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-        let conn = {
-            let mut conns = lock(&self.conns);
-            let entry = conns.vacant_entry();
-            let id = ConnId::new(entry.key(), generation);
+    pub(crate) fn register(&self, user: Option<Arc<str>>, info: Option<Arc<str>>) -> Arc<Entry> {
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let entry = {
+            let mut conns = self.conns.lock();
+            let slot = conns.vacant_entry();
+            let id = ConnId::new(slot.key(), generation);
             let queue = Queue::new(self.limits.queue_max_messages, self.limits.queue_max_bytes);
-            let conn = Arc::new(Conn::new(id, user, info, queue));
-            entry.insert(Arc::clone(&conn));
-            conn
+            let conn = Conn::new(id, user, info, queue, Arc::clone(&self.counters));
+            let entry = Arc::new(Entry {
+                conn: Arc::new(conn),
+                subscriptions: Mutex::new(Subscriptions::default()),
+            });
+            slot.insert(Arc::clone(&entry));
+            entry
         };
-        if let Some(user) = conn.user() {
-            lock(&self.users)
+        if let Some(user) = entry.conn.user() {
+            self.users
+                .lock()
                 .entry(Arc::clone(user))
                 .or_default()
-                .push(Arc::clone(&conn));
+                .push(Arc::clone(&entry));
         }
-        self.presence.connection_changed(EventKind::Connect, &conn);
-        conn
+        self.presence
+            .connection_changed(EventKind::Connect, &entry.conn);
+        entry
     }
 
     /// Removes a connection from every topic and from the registry. Safe to call
     /// more than once.
-    pub fn unregister(&self, conn: &Arc<Conn>) {
-        let topics = {
-            let mut subs = conn.subscriptions();
+    pub(crate) fn unregister(&self, entry: &Entry) {
+        let conn = &entry.conn;
+        let left = {
+            let mut subs = entry.subscriptions.lock();
             if subs.closed {
                 return;
             }
@@ -174,22 +202,20 @@ impl Registry {
             for topic in &topics {
                 topic.remove(conn, &self.presence);
             }
-            topics
+            topics.len()
         };
-        self.stats
-            .subscriptions
-            .fetch_sub(topics.len() as u64, Ordering::Relaxed);
+        Counters::sub(&self.counters.subscriptions, left as u64);
         {
-            let mut conns = lock(&self.conns);
+            let mut conns = self.conns.lock();
             let slot = conn.id().slot();
-            if conns.get(slot).is_some_and(|c| c.id() == conn.id()) {
+            if conns.get(slot).is_some_and(|e| e.conn.id() == conn.id()) {
                 conns.remove(slot);
             }
         }
         if let Some(user) = conn.user() {
-            let mut users = lock(&self.users);
+            let mut users = self.users.lock();
             if let Some(list) = users.get_mut(user) {
-                list.retain(|c| c.id() != conn.id());
+                list.retain(|e| e.conn.id() != conn.id());
                 if list.is_empty() {
                     users.remove(user);
                 }
@@ -200,38 +226,26 @@ impl Registry {
     }
 
     /// The live connection with this id.
-    pub fn get(&self, id: ConnId) -> Option<Arc<Conn>> {
-        lock(&self.conns)
+    pub(crate) fn get(&self, id: ConnId) -> Option<Arc<Entry>> {
+        self.conns
+            .lock()
             .get(id.slot())
-            .filter(|c| c.id() == id)
+            .filter(|e| e.conn.id() == id)
             .cloned()
     }
 
     /// Every live connection of a user.
-    pub fn user_conns(&self, user: &str) -> Vec<Arc<Conn>> {
-        lock(&self.users).get(user).cloned().unwrap_or_default()
-    }
-
-    /// Every live connection.
-    pub fn all_conns(&self) -> Vec<Arc<Conn>> {
-        lock(&self.conns)
-            .iter()
-            .map(|(_, c)| Arc::clone(c))
-            .collect()
+    pub(crate) fn user_conns(&self, user: &str) -> Vec<Arc<Entry>> {
+        self.users.lock().get(user).cloned().unwrap_or_default()
     }
 
     /// Number of live connections.
-    pub fn connection_count(&self) -> usize {
-        lock(&self.conns).len()
-    }
-
-    /// Number of topics held (with subscribers or retained state).
-    pub fn topic_count(&self) -> usize {
-        self.topics.len()
+    pub(crate) fn connection_count(&self) -> usize {
+        self.conns.lock().len()
     }
 
     /// The topic, if this node holds it.
-    pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+    pub(crate) fn topic(&self, name: &str) -> Option<Arc<Topic>> {
         self.topics.pin().get(name).cloned()
     }
 
@@ -254,74 +268,106 @@ impl Registry {
             .remove_if(topic.name(), |_, v| Arc::ptr_eq(v, topic));
     }
 
-    /// Adds `conn` to `names` (all validated first; all or nothing). When this
-    /// returns, publishers already see the new subscriptions. Topics already
-    /// subscribed are left as they are.
-    pub fn subscribe(&self, conn: &Arc<Conn>, names: &[String]) -> Result<(), SubscribeError> {
-        for name in names {
-            self.validate_topic(name)?;
-        }
-        let mut subs = conn.subscriptions();
-        if subs.closed {
-            return Err(SubscribeError::Closed(conn.id()));
-        }
-        let mut fresh: Vec<&String> = names.iter().filter(|n| !subs.contains(n)).collect();
-        fresh.sort_unstable();
-        fresh.dedup();
-        let would_be = subs.topics.len() + fresh.len();
-        if would_be > self.limits.max_subscriptions {
-            return Err(SubscribeError::TooMany {
-                would_be,
-                max: self.limits.max_subscriptions,
-            });
-        }
-        let mut added = 0;
-        for name in fresh {
-            loop {
-                let topic = self.topic_or_create(name);
-                match topic.add(conn, &self.presence) {
-                    Change::Removed => self.forget_topic(&topic),
-                    change => {
-                        added += u64::from(change == Change::Changed);
-                        subs.topics.push(topic);
-                        break;
-                    }
-                }
-            }
-        }
-        self.stats.subscriptions.fetch_add(added, Ordering::Relaxed);
-        Ok(())
+    /// Locks the subscription lists of `entries` in connection-id order (the lock
+    /// order that lets several of them be held at once), skipping closed ones.
+    fn lock_open<'a>(entries: &'a [Arc<Entry>]) -> Vec<(&'a Entry, MutexGuard<'a, Subscriptions>)> {
+        let mut sorted: Vec<&Entry> = entries.iter().map(|e| &**e).collect();
+        sorted.sort_unstable_by_key(|e| e.conn.id());
+        sorted.dedup_by_key(|e| e.conn.id());
+        sorted
+            .into_iter()
+            .map(|e| (e, e.subscriptions.lock()))
+            .filter(|(_, subs)| !subs.closed)
+            .collect()
     }
 
-    /// Removes `conn` from `names` (names it is not in are ignored). When this
-    /// returns, publishers no longer see it in those topics. Invalid names are
-    /// refused.
-    pub fn unsubscribe(&self, conn: &Arc<Conn>, names: &[String]) -> Result<(), SubscribeError> {
+    /// Adds every open connection of `entries` to `names`, all or nothing: the
+    /// names are validated and every connection's limit is checked before any of
+    /// them changes. When this returns, publishers already see the new
+    /// subscriptions. Topics already subscribed are left as they are. Returns how
+    /// many connections were subscribed.
+    pub(crate) fn subscribe(
+        &self,
+        entries: &[Arc<Entry>],
+        names: &[String],
+    ) -> Result<usize, SubscribeError> {
         for name in names {
             self.validate_topic(name)?;
         }
-        let mut subs = conn.subscriptions();
-        let mut left = Vec::new();
-        subs.topics.retain(|t| {
-            let leave = names.iter().any(|n| n.as_str() == t.name());
-            if leave {
-                left.push(Arc::clone(t));
+        let mut locked = Self::lock_open(entries);
+        if locked.is_empty() {
+            return Err(SubscribeError::Closed);
+        }
+        let mut plans = Vec::with_capacity(locked.len());
+        for (entry, subs) in &locked {
+            let mut fresh: Vec<&String> = names.iter().filter(|n| !subs.contains(n)).collect();
+            fresh.sort_unstable();
+            fresh.dedup();
+            let would_be = subs.topics.len() + fresh.len();
+            if would_be > self.limits.max_subscriptions {
+                return Err(SubscribeError::TooMany {
+                    conn: entry.conn.id(),
+                    would_be,
+                    max: self.limits.max_subscriptions,
+                });
             }
-            !leave
-        });
-        let removed = left
-            .iter()
-            .filter(|topic| topic.remove(conn, &self.presence) == Change::Changed)
-            .count();
-        self.stats
-            .subscriptions
-            .fetch_sub(removed as u64, Ordering::Relaxed);
-        Ok(())
+            plans.push(fresh);
+        }
+        let mut added = 0;
+        for ((entry, subs), fresh) in locked.iter_mut().zip(plans) {
+            for name in fresh {
+                let topic = loop {
+                    let topic = self.topic_or_create(name);
+                    match topic.add(&entry.conn, &self.presence) {
+                        Change::Removed => self.forget_topic(&topic),
+                        change => {
+                            added += u64::from(change == Change::Changed);
+                            break topic;
+                        }
+                    }
+                };
+                subs.topics.push(topic);
+            }
+        }
+        Counters::add(&self.counters.subscriptions, added);
+        Ok(locked.len())
+    }
+
+    /// Removes every open connection of `entries` from `names` (names a
+    /// connection is not in are ignored). When this returns, publishers no longer
+    /// see them in those topics. Invalid names are refused. Returns how many
+    /// connections were open.
+    pub(crate) fn unsubscribe(
+        &self,
+        entries: &[Arc<Entry>],
+        names: &[String],
+    ) -> Result<usize, SubscribeError> {
+        for name in names {
+            self.validate_topic(name)?;
+        }
+        let mut locked = Self::lock_open(entries);
+        let mut removed = 0;
+        for (entry, subs) in &mut locked {
+            let mut left = Vec::new();
+            subs.topics.retain(|t| {
+                let leave = names.iter().any(|n| n.as_str() == t.name());
+                if leave {
+                    left.push(Arc::clone(t));
+                }
+                !leave
+            });
+            removed += left
+                .iter()
+                .filter(|topic| topic.remove(&entry.conn, &self.presence) == Change::Changed)
+                .count();
+        }
+        Counters::sub(&self.counters.subscriptions, removed as u64);
+        Ok(locked.len())
     }
 
     /// Publishes one message to one topic on this node (the caller validated the
     /// topic and payload).
-    pub fn publish(
+    pub(crate) fn publish(
         &self,
         name: &str,
         payload: &Payload,
@@ -330,26 +376,11 @@ impl Registry {
     ) -> Delivery {
         loop {
             let topic = self.topic_or_create(name);
-            match topic.publish(
-                payload,
-                ttl,
-                idempotency_key,
-                self.limits.idempotency_window,
-            ) {
+            match topic.publish(payload, ttl, idempotency_key, &self.dedup) {
                 Ok(delivery) => {
                     if !delivery.duplicate {
-                        self.stats.published.fetch_add(1, Ordering::Relaxed);
-                        self.stats
-                            .delivered
-                            .fetch_add(delivery.queued, Ordering::Relaxed);
-                    }
-                    if delivery.slow > 0 {
-                        self.stats
-                            .slow_disconnects
-                            .fetch_add(delivery.slow, Ordering::Relaxed);
-                        self.stats
-                            .dropped
-                            .fetch_add(delivery.slow, Ordering::Relaxed);
+                        Counters::add(&self.counters.published, 1);
+                        Counters::add(&self.counters.delivered, delivery.queued);
                     }
                     return delivery;
                 }
@@ -360,13 +391,13 @@ impl Registry {
 
     /// Drops topics that have had no members and no messages for the retention
     /// period. Returns how many were dropped.
-    pub fn sweep(&self) -> usize {
+    pub(crate) fn sweep(&self) -> usize {
         let retention = self.limits.topic_retention;
         let idle: Vec<Arc<Topic>> = {
             let topics = self.topics.pin();
             topics
                 .values()
-                .filter(|t| t.retire_if_idle(retention))
+                .filter(|t| t.retire_if_idle(retention, &self.dedup))
                 .cloned()
                 .collect()
         };
@@ -377,9 +408,15 @@ impl Registry {
     }
 
     /// Asks every connection to close.
-    pub fn close_all(&self, close: &Close) {
-        for conn in self.all_conns() {
-            conn.queue.close(close.clone());
+    pub(crate) fn close_all(&self, close: &Close) {
+        let all: Vec<Arc<Entry>> = self
+            .conns
+            .lock()
+            .iter()
+            .map(|(_, e)| Arc::clone(e))
+            .collect();
+        for entry in all {
+            entry.conn.close(close.clone());
         }
     }
 }

@@ -8,12 +8,12 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{
-    net::TcpListener,
-    sync::{oneshot, watch},
+    net::{TcpListener, TcpSocket},
     task::JoinHandle,
     time::Instant,
 };
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::limit::GlobalConcurrencyLimitLayer;
 
@@ -23,10 +23,10 @@ use crate::{
     grpc::HeraldService,
     presence::PresenceHub,
     proto::{self, herald_server::HeraldServer},
-    protocol::close,
     queue::Close,
     registry::{Limits, Registry},
     session,
+    stats::Stats,
 };
 
 /// Why the node could not start.
@@ -45,7 +45,7 @@ pub enum StartError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
-/// A running node.
+/// A running node: its listeners, its tasks, and how to stop them.
 #[derive(Debug)]
 pub struct Engine {
     config: Arc<Config>,
@@ -53,10 +53,12 @@ pub struct Engine {
     health: HealthReporter,
     ws_addr: SocketAddr,
     grpc_addr: SocketAddr,
-    stop_accept: oneshot::Sender<()>,
-    accept: JoinHandle<()>,
-    stop_streams: watch::Sender<bool>,
-    stop_grpc: oneshot::Sender<()>,
+    /// Cancelled at the start of shutdown: the accept loop and open gRPC streams end.
+    shutdown: CancellationToken,
+    /// The accept loop and every session (with its writer).
+    sessions: TaskTracker,
+    /// Cancelled once the connections are gone: the gRPC server stops.
+    stop_grpc: CancellationToken,
     grpc: JoinHandle<()>,
     sweeper: JoinHandle<()>,
 }
@@ -68,32 +70,11 @@ impl Engine {
     /// [`Engine::ws_addr`] and [`Engine::grpc_addr`].
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let config = Arc::new(config);
-        let ws_listener =
-            TcpListener::bind(config.ws_addr)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.ws_addr,
-                    source,
-                })?;
-        let grpc_listener = TcpListener::bind(config.grpc_addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.grpc_addr,
-                source,
-            })?;
-        let ws_addr = ws_listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                addr: config.ws_addr,
-                source,
-            })?;
-        let grpc_addr = grpc_listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                addr: config.grpc_addr,
-                source,
-            })?;
+        // 1. Bind.
+        let (ws_listener, ws_addr) = bind(config.ws_addr, config.listen_backlog)?;
+        let (grpc_listener, grpc_addr) = bind(config.grpc_addr, config.listen_backlog)?;
 
+        // 2. The node's state.
         let node_id: Arc<str> = if config.node_id.is_empty() {
             Arc::from(random_node_id())
         } else {
@@ -101,7 +82,6 @@ impl Engine {
         };
         // Checked by Config::validate; an unparsable list tracks nothing.
         let tracked = config.presence_patterns().unwrap_or_default();
-        let presence = Arc::new(PresenceHub::new(tracked));
         let registry = Arc::new(Registry::new(
             Limits {
                 max_topic_len: config.max_topic_len,
@@ -109,33 +89,29 @@ impl Engine {
                 queue_max_messages: config.queue_max_messages,
                 queue_max_bytes: config.queue_max_bytes,
                 idempotency_window: config.idempotency_window.0,
+                idempotency_max_keys: config.idempotency_max_keys,
                 topic_retention: config.topic_retention.0,
             },
-            presence,
+            Arc::new(PresenceHub::new(tracked)),
         ));
         let broker: Arc<dyn Broker> = Arc::new(InProcess::new(Arc::clone(&registry)));
+        let shutdown = CancellationToken::new();
 
+        // 3. gRPC: the API, health and reflection.
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
-        health
-            .set_service_status(SERVICE, ServingStatus::NotServing)
-            .await;
+        set_health(&health, ServingStatus::NotServing).await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
-        let (stop_streams, streams_stopped) = watch::channel(false);
         let service = HeraldService::new(
             Arc::clone(&config),
             Arc::clone(&registry),
             broker,
             Arc::clone(&node_id),
-            streams_stopped,
+            shutdown.clone(),
         );
-
-        let (stop_grpc, grpc_stopped) = oneshot::channel::<()>();
+        let stop_grpc = CancellationToken::new();
         let grpc_server = tonic::transport::Server::builder()
             .max_concurrent_streams(Some(config.grpc_max_streams_per_connection))
             .layer(GlobalConcurrencyLimitLayer::new(
@@ -144,30 +120,30 @@ impl Engine {
             .add_service(health_service)
             .add_service(reflection)
             .add_service(
-                HeraldServer::new(service).max_decoding_message_size(grpc_message_limit(&config)),
+                HeraldServer::new(service).max_decoding_message_size(config.grpc_message_limit()),
             )
-            .serve_with_incoming_shutdown(grpc_incoming(grpc_listener), async {
-                let _ = grpc_stopped.await;
-            });
+            .serve_with_incoming_shutdown(
+                grpc_incoming(grpc_listener),
+                stop_grpc.clone().cancelled_owned(),
+            );
         let grpc = tokio::spawn(async move {
             if let Err(e) = grpc_server.await {
                 tracing::error!(error = %e, "gRPC server failed");
             }
         });
 
-        let (stop_accept, accept_stopped) = oneshot::channel::<()>();
-        let accept = tokio::spawn(accept_loop(
+        // 4. WebSocket sessions and the topic sweeper.
+        let sessions = TaskTracker::new();
+        sessions.spawn(accept_loop(
             ws_listener,
             Arc::clone(&config),
             Arc::clone(&registry),
-            accept_stopped,
+            sessions.clone(),
+            shutdown.clone(),
         ));
         let sweeper = tokio::spawn(sweep_loop(Arc::clone(&registry)));
 
-        health.set_service_status("", ServingStatus::Serving).await;
-        health
-            .set_service_status(SERVICE, ServingStatus::Serving)
-            .await;
+        set_health(&health, ServingStatus::Serving).await;
         tracing::info!(node_id = %node_id, %ws_addr, ws_path = %config.ws_path, %grpc_addr, "herald is serving");
         Ok(Self {
             config,
@@ -175,9 +151,8 @@ impl Engine {
             health,
             ws_addr,
             grpc_addr,
-            stop_accept,
-            accept,
-            stop_streams,
+            shutdown,
+            sessions,
             stop_grpc,
             grpc,
             sweeper,
@@ -194,9 +169,9 @@ impl Engine {
         self.grpc_addr
     }
 
-    /// The node's registry.
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
+    /// The node's counters now.
+    pub fn stats(&self) -> Stats {
+        self.registry.stats()
     }
 
     /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
@@ -205,46 +180,34 @@ impl Engine {
         self.shutdown().await;
     }
 
-    /// Graceful shutdown: NOT_SERVING at once, end gRPC streams with UNAVAILABLE,
-    /// stop accepting, send every client a
-    /// 1001 "going away" close (after what is already queued), wait for them to
-    /// leave within the shutdown timeout, then stop gRPC.
+    /// Graceful shutdown: NOT_SERVING at once, open gRPC streams end with
+    /// UNAVAILABLE, no new WebSocket connections; after the shutdown delay every
+    /// client gets a 1001 "going away" close (after what is already queued), and
+    /// the sessions are awaited until the shutdown timeout; then gRPC stops.
     pub async fn shutdown(self) {
         let started = Instant::now();
         let deadline = started + self.config.shutdown_delay.0 + self.config.shutdown_timeout.0;
-        self.health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
-        self.health
-            .set_service_status(SERVICE, ServingStatus::NotServing)
-            .await;
+        set_health(&self.health, ServingStatus::NotServing).await;
         tracing::info!(
             connections = self.registry.connection_count(),
             "shutting down"
         );
-        self.stop_streams.send_replace(true);
-        let _ = self.stop_accept.send(());
-        let _ = self.accept.await;
+        self.shutdown.cancel();
         tokio::time::sleep(self.config.shutdown_delay.0).await;
 
-        self.registry.close_all(&Close {
-            code: close::GOING_AWAY,
-            reason: "server shutting down".to_owned(),
-            reconnect: true,
-            drain: true,
-        });
-        while self.registry.connection_count() > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let left = self.registry.connection_count();
-        if left > 0 {
+        self.registry.close_all(&Close::going_away());
+        self.sessions.close();
+        if tokio::time::timeout_at(deadline, self.sessions.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
-                connections = left,
+                connections = self.registry.connection_count(),
                 "shutdown timeout reached; dropping the remaining connections"
             );
         }
 
-        let _ = self.stop_grpc.send(());
+        self.stop_grpc.cancel();
         let grace = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(100));
@@ -256,6 +219,27 @@ impl Engine {
         self.sweeper.abort();
         tracing::info!(elapsed = ?started.elapsed(), "stopped");
     }
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health.set_service_status(SERVICE, status).await;
+}
+
+/// Binds a listener with the configured backlog.
+fn bind(addr: SocketAddr, backlog: u32) -> Result<(TcpListener, SocketAddr), StartError> {
+    let err = |source| StartError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    let listener = socket.listen(backlog).map_err(err)?;
+    let bound = listener.local_addr().map_err(err)?;
+    Ok((listener, bound))
 }
 
 /// The accepted gRPC sockets, with Nagle's algorithm off: tonic's `tcp_nodelay`
@@ -272,25 +256,20 @@ fn grpc_incoming(
     })
 }
 
-fn grpc_message_limit(config: &Config) -> usize {
-    // Room for a full-size payload plus the largest broadcast topic list.
-    config.max_payload_bytes + config.max_broadcast_topics * (config.max_topic_len + 8) + 64 * 1024
-}
-
 async fn accept_loop(
     listener: TcpListener,
     config: Arc<Config>,
     registry: Arc<Registry>,
-    stop: oneshot::Receiver<()>,
+    sessions: TaskTracker,
+    shutdown: CancellationToken,
 ) {
-    tokio::pin!(stop);
     loop {
         tokio::select! {
             biased;
-            _ = &mut stop => break,
+            () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
-                    tokio::spawn(session::serve(stream, Arc::clone(&config), Arc::clone(&registry)));
+                    sessions.spawn(session::serve(stream, Arc::clone(&config), Arc::clone(&registry)));
                 }
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.

@@ -6,21 +6,24 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures_util::StreamExt;
+use futures_util::{StreamExt, stream::SplitStream};
 use tokio::{net::TcpStream, sync::oneshot};
-use tokio_tungstenite::tungstenite::{
-    self, Message,
-    handshake::server::{ErrorResponse, Request, Response},
-    http::StatusCode,
-    protocol::WebSocketConfig,
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{
+        self, Message,
+        handshake::server::{ErrorResponse, Request, Response},
+        http::StatusCode,
+        protocol::WebSocketConfig,
+    },
 };
 
 use crate::{
     config::Config,
     conn::Conn,
     protocol::{self, Command, Reply, close},
-    queue::{Close, Item},
-    registry::{Registry, SubscribeError},
+    queue::Close,
+    registry::{Entry, Registry, SubscribeError},
     writer::{self, Timing},
 };
 
@@ -35,8 +38,40 @@ struct Identity {
     info: Option<Arc<str>>,
 }
 
-/// Serves one accepted TCP connection until it closes.
-pub async fn serve(stream: TcpStream, config: Arc<Config>, registry: Arc<Registry>) {
+/// Serves one accepted TCP connection until it closes: handshake, registration
+/// and writer, the read loop, then cleanup.
+pub(crate) async fn serve(stream: TcpStream, config: Arc<Config>, registry: Arc<Registry>) {
+    let Some((ws, identity)) = handshake(stream, &config).await else {
+        return;
+    };
+    let entry = registry.register(identity.user, identity.info);
+    let conn = Arc::clone(entry.conn());
+    let (sink, mut stream) = ws.split();
+    let (done_tx, mut done_rx) = oneshot::channel();
+    let timing = Timing::from_config(&config);
+    let writer = tokio::spawn(writer::run(sink, Arc::clone(&conn), timing, done_tx));
+    conn.reply(Reply::Connected {
+        conn_id: &conn.id().to_string(),
+        ping_interval_ms: timing.ping_interval.as_millis() as u64,
+        idle_timeout_ms: timing.idle_timeout.as_millis() as u64,
+    });
+    tracing::debug!(conn = %conn.id(), user = ?conn.user(), "connected");
+
+    read_loop(&entry, &mut stream, &mut done_rx, &registry, &config).await;
+
+    registry.unregister(&entry);
+    conn.close(Close::gone());
+    // The writer ends promptly: a gone close abandons any write in progress.
+    let _ = writer.await;
+    tracing::debug!(conn = %conn.id(), "disconnected");
+}
+
+/// The WebSocket handshake: the path, then the identity from the query. `None`
+/// when the client is refused or the handshake fails or times out.
+async fn handshake(
+    stream: TcpStream,
+    config: &Config,
+) -> Option<(WebSocketStream<TcpStream>, Identity)> {
     let _ = stream.set_nodelay(true);
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(config.read_buffer_bytes)
@@ -52,92 +87,70 @@ pub async fn serve(stream: TcpStream, config: Arc<Config>, registry: Arc<Registr
                 format!("no WebSocket endpoint here; use {}", config.ws_path),
             ));
         }
-        identity = parse_identity(req.uri().query().unwrap_or(""), &config)
+        identity = parse_identity(req.uri().query().unwrap_or(""), config)
             .map_err(|msg| refuse(StatusCode::BAD_REQUEST, msg))?;
         Ok(resp)
     };
     let handshake =
         tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config));
-    let ws = match tokio::time::timeout(config.handshake_timeout.0, handshake).await {
-        Ok(Ok(ws)) => ws,
+    match tokio::time::timeout(config.handshake_timeout.0, handshake).await {
+        Ok(Ok(ws)) => Some((ws, identity)),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "handshake failed");
-            return;
+            None
         }
         Err(_) => {
             tracing::debug!("handshake timed out");
-            return;
+            None
         }
-    };
+    }
+}
 
-    let conn = registry.register(identity.user, identity.info);
-    let (sink, mut stream) = ws.split();
-    let (done_tx, mut done_rx) = oneshot::channel();
-    let timing = Timing {
-        ping_interval: config.ping_interval.0,
-        idle_timeout: config.idle_timeout.0,
-        write_timeout: config.write_timeout.0,
-    };
-    tokio::spawn(writer::run(
-        sink,
-        Arc::clone(&conn),
-        Arc::clone(&registry),
-        timing,
-        done_tx,
-    ));
-    let conn_id = conn.id().to_string();
-    send(
-        &conn,
-        Reply::Connected {
-            conn_id: &conn_id,
-            ping_interval_ms: timing.ping_interval.as_millis() as u64,
-            idle_timeout_ms: timing.idle_timeout.as_millis() as u64,
-        },
-    );
-    tracing::debug!(conn = %conn_id, user = ?conn.user(), "connected");
-
+/// Reads the client's frames until the socket ends, a read fails, or the writer
+/// has sent the server's close frame.
+async fn read_loop(
+    entry: &Arc<Entry>,
+    stream: &mut SplitStream<WebSocketStream<TcpStream>>,
+    done_rx: &mut oneshot::Receiver<()>,
+    registry: &Registry,
+    config: &Config,
+) {
+    let conn = entry.conn();
     loop {
         let next = tokio::select! {
             biased;
-            done = &mut done_rx => {
+            done = &mut *done_rx => {
                 if done.is_ok() {
                     // The server sent a close frame: read until the client answers.
                     let _ = tokio::time::timeout(CLOSE_LINGER, async {
                         while let Some(Ok(_)) = stream.next().await {}
                     }).await;
                 }
-                break;
+                return;
             }
             next = stream.next() => next,
         };
         match next {
-            None => break,
+            None => return,
             Some(Ok(message)) => {
                 conn.touch();
-                handle_message(&conn, &registry, &config, message);
+                handle_message(entry, registry, config, message);
             }
             Some(Err(e)) => {
                 if let Some(close) = close_for(&e) {
-                    conn.queue.close(close);
+                    conn.close(close);
                     // Let the writer send the close frame, then stop.
-                    let _ = tokio::time::timeout(CLOSE_LINGER, &mut done_rx).await;
+                    let _ = tokio::time::timeout(CLOSE_LINGER, &mut *done_rx).await;
                 }
-                tracing::debug!(conn = %conn_id, error = %e, "read ended");
-                break;
+                tracing::debug!(conn = %conn.id(), error = %e, "read ended");
+                return;
             }
         }
     }
-    registry.unregister(&conn);
-    conn.queue.close(Close {
-        code: close::NORMAL,
-        reason: String::new(),
-        reconnect: false,
-        drain: false,
-    });
-    tracing::debug!(conn = %conn_id, "disconnected");
 }
 
-fn handle_message(conn: &Arc<Conn>, registry: &Registry, config: &Config, message: Message) {
+fn handle_message(entry: &Arc<Entry>, registry: &Registry, config: &Config, message: Message) {
+    let conn = entry.conn();
     let text = match message {
         Message::Text(text) => text,
         Message::Binary(_) => {
@@ -156,8 +169,11 @@ fn handle_message(conn: &Arc<Conn>, registry: &Registry, config: &Config, messag
         Ok(command) => command,
         Err(e) => return send_error(conn, e.id, e.code, &e.message),
     };
+    let one = std::slice::from_ref(entry);
     match command {
-        Command::Ping { id } => send(conn, Reply::Pong { id }),
+        Command::Ping { id } => {
+            conn.reply(Reply::Pong { id });
+        }
         Command::Subscribe { id, topics } | Command::Unsubscribe { id, topics }
             if topics.len() > config.max_topics_per_command =>
         {
@@ -168,26 +184,24 @@ fn handle_message(conn: &Arc<Conn>, registry: &Registry, config: &Config, messag
             );
             send_error(conn, id, "too_many_topics", &message);
         }
-        Command::Subscribe { id, topics } => match registry.subscribe(conn, &topics) {
-            Ok(()) => send(
-                conn,
-                Reply::Subscribed {
+        Command::Subscribe { id, topics } => match registry.subscribe(one, &topics) {
+            Ok(_) => {
+                conn.reply(Reply::Subscribed {
                     id,
                     topics: &topics,
                     server: false,
-                },
-            ),
+                });
+            }
             Err(e) => send_error(conn, id, subscribe_error_code(&e), &e.to_string()),
         },
-        Command::Unsubscribe { id, topics } => match registry.unsubscribe(conn, &topics) {
-            Ok(()) => send(
-                conn,
-                Reply::Unsubscribed {
+        Command::Unsubscribe { id, topics } => match registry.unsubscribe(one, &topics) {
+            Ok(_) => {
+                conn.reply(Reply::Unsubscribed {
                     id,
                     topics: &topics,
                     server: false,
-                },
-            ),
+                });
+            }
             Err(e) => send_error(conn, id, subscribe_error_code(&e), &e.to_string()),
         },
     }
@@ -197,44 +211,27 @@ fn subscribe_error_code(e: &SubscribeError) -> &'static str {
     match e {
         SubscribeError::InvalidTopic(_) => "invalid_topic",
         SubscribeError::TooMany { .. } => "too_many_subscriptions",
-        SubscribeError::Closed(_) => "closed",
-    }
-}
-
-/// Queues a reply to the client. A reply that does not fit in the queue makes the
-/// connection a slow consumer like any other frame.
-pub(crate) fn send(conn: &Conn, reply: Reply<'_>) {
-    if let Err(crate::queue::PushError::Full) = conn.queue.push(Item {
-        text: reply.encode(),
-        expires: None,
-    }) {
-        conn.queue.close(Close {
-            code: close::SLOW_CONSUMER,
-            reason: "slow consumer".to_owned(),
-            reconnect: true,
-            drain: false,
-        });
+        SubscribeError::Closed => "closed",
     }
 }
 
 fn send_error(conn: &Conn, id: Option<u64>, code: &str, message: &str) {
-    send(conn, Reply::Error { id, code, message });
+    conn.reply(Reply::Error { id, code, message });
 }
 
 /// The close a read error calls for; `None` when the socket is simply gone.
 fn close_for(e: &tungstenite::Error) -> Option<Close> {
-    let (code, reason) = match e {
-        tungstenite::Error::Capacity(_) => (close::TOO_BIG, "message too big"),
-        tungstenite::Error::Utf8(_) => (close::INVALID_PAYLOAD, "invalid UTF-8 in text frame"),
-        tungstenite::Error::Protocol(_) => (close::PROTOCOL_ERROR, "protocol error"),
-        _ => return None,
-    };
-    Some(Close {
-        code,
-        reason: reason.to_owned(),
-        reconnect: false,
-        drain: false,
-    })
+    match e {
+        tungstenite::Error::Capacity(_) => Some(Close::protocol(close::TOO_BIG, "message too big")),
+        tungstenite::Error::Utf8(_) => Some(Close::protocol(
+            close::INVALID_PAYLOAD,
+            "invalid UTF-8 in text frame",
+        )),
+        tungstenite::Error::Protocol(_) => {
+            Some(Close::protocol(close::PROTOCOL_ERROR, "protocol error"))
+        }
+        _ => None,
+    }
 }
 
 fn refuse(status: StatusCode, message: String) -> ErrorResponse {
@@ -323,7 +320,7 @@ mod tests {
     #[test]
     fn identity_from_query() {
         let config = Config::default();
-        let id = parse_identity("user=alice&info=%7B%22n%22%3A1%7D", &config).unwrap_or_default();
+        let id = parse_identity("user=alice&info=%7B%22n%22%3A1%7D", &config).unwrap();
         assert_eq!(id.user.as_deref(), Some("alice"));
         assert_eq!(id.info.as_deref(), Some("{\"n\":1}"));
         assert!(parse_identity("info=nope", &config).is_err());

@@ -15,29 +15,30 @@ use std::{collections::HashMap, sync::Arc};
 use crate::conn::{Conn, ConnId};
 
 /// Connections per chunk.
-pub const CHUNK: usize = 64;
+pub(crate) const CHUNK: usize = 64;
 
 type Chunk = Arc<Vec<Arc<Conn>>>;
 
 /// An immutable list of a topic's subscribers.
 #[derive(Debug, Default, Clone)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     chunks: Vec<Chunk>,
 }
 
 impl Snapshot {
     /// Every subscriber, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Conn>> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Conn>> {
         self.chunks.iter().flat_map(|chunk| chunk.iter())
     }
 
     /// Whether there is no subscriber.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.chunks.is_empty()
     }
 
     /// Number of subscribers.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.chunks
             .last()
             .map_or(0, |last| (self.chunks.len() - 1) * CHUNK + last.len())
@@ -47,14 +48,14 @@ impl Snapshot {
 /// The mutable side of a subscriber list: where each connection sits, and the
 /// chunks the next snapshot is made of.
 #[derive(Debug, Default)]
-pub struct Subscribers {
+pub(crate) struct Subscribers {
     list: Snapshot,
     positions: HashMap<ConnId, usize>,
 }
 
 impl Subscribers {
     /// Adds a connection; false if it was already there.
-    pub fn insert(&mut self, conn: Arc<Conn>) -> bool {
+    pub(crate) fn insert(&mut self, conn: Arc<Conn>) -> bool {
         let index = self.positions.len();
         match self.positions.entry(conn.id()) {
             std::collections::hash_map::Entry::Occupied(_) => return false,
@@ -73,7 +74,7 @@ impl Subscribers {
 
     /// Removes a connection; false if it was not there. The last connection takes
     /// its place, so the list stays dense.
-    pub fn remove(&mut self, id: ConnId) -> bool {
+    pub(crate) fn remove(&mut self, id: ConnId) -> bool {
         let Some(index) = self.positions.remove(&id) else {
             return false;
         };
@@ -97,18 +98,14 @@ impl Subscribers {
         true
     }
 
-    /// Number of connections.
-    pub fn len(&self) -> usize {
-        self.positions.len()
-    }
-
     /// Whether the list is empty.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.positions.is_empty()
     }
 
     /// The current list as a snapshot sharing every chunk.
-    pub fn snapshot(&self) -> Snapshot {
+    pub(crate) fn snapshot(&self) -> Snapshot {
         self.list.clone()
     }
 }
@@ -126,6 +123,7 @@ mod tests {
             None,
             None,
             Queue::new(1, 1),
+            Default::default(),
         ))
     }
 

@@ -17,25 +17,23 @@
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     sync::{
-        Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, Ordering},
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
 
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::{
-    conn::{Conn, ConnId},
+    conn::{Conn, ConnId, Sent},
     presence::{EventKind, PresenceHub},
-    protocol::{self, Payload, close},
-    queue::{Close, Item, PushError},
+    protocol::{self, Payload},
+    queue::Item,
     snapshot::{Snapshot, Subscribers},
 };
-
-/// Idempotency keys remembered per topic at most; the oldest go first.
-const MAX_KEYS_PER_TOPIC: usize = 10_000;
 
 #[derive(Debug)]
 struct Members {
@@ -50,6 +48,31 @@ struct Members {
     removed: bool,
 }
 
+/// How long idempotency keys are remembered, and how many the whole node may hold.
+#[derive(Debug)]
+pub(crate) struct Dedup {
+    window: Duration,
+    max_keys: usize,
+    held: AtomicUsize,
+}
+
+impl Dedup {
+    /// Keys are kept for `window`; at most `max_keys` in all topics together.
+    pub(crate) fn new(window: Duration, max_keys: usize) -> Self {
+        Self {
+            window,
+            max_keys,
+            held: AtomicUsize::new(0),
+        }
+    }
+
+    /// Keys held by the node now.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+}
+
 #[derive(Debug)]
 struct Publishing {
     seq: u64,
@@ -58,9 +81,50 @@ struct Publishing {
     last_active: Instant,
 }
 
+impl Publishing {
+    /// Forgets keys older than the window, then looks `key` up.
+    fn recall(&mut self, key: &str, now: Instant, dedup: &Dedup) -> Option<u64> {
+        let mut expired = 0;
+        while self
+            .key_order
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) >= dedup.window)
+        {
+            self.forget_oldest();
+            expired += 1;
+        }
+        if expired > 0 {
+            dedup.held.fetch_sub(expired, Ordering::Relaxed);
+        }
+        self.keys.get(key).copied()
+    }
+
+    /// Remembers `key` for the window. When the node holds its maximum, this
+    /// topic's oldest key makes room (or, with none, the key is not kept).
+    fn remember(&mut self, key: &str, seq: u64, now: Instant, dedup: &Dedup) {
+        if dedup.held.fetch_add(1, Ordering::Relaxed) >= dedup.max_keys {
+            if self.key_order.is_empty() {
+                dedup.held.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
+            self.forget_oldest();
+            dedup.held.fetch_sub(1, Ordering::Relaxed);
+        }
+        let key: Box<str> = key.into();
+        self.keys.insert(key.clone(), seq);
+        self.key_order.push_back((now, key));
+    }
+
+    fn forget_oldest(&mut self) {
+        if let Some((_, old)) = self.key_order.pop_front() {
+            self.keys.remove(&old);
+        }
+    }
+}
+
 /// A topic's subscriber set and publishing state.
 #[derive(Debug)]
-pub struct Topic {
+pub(crate) struct Topic {
     name: Arc<str>,
     snapshot: ArcSwap<Snapshot>,
     members: Mutex<Members>,
@@ -72,24 +136,22 @@ pub struct Topic {
 
 /// What one publish did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Delivery {
+pub(crate) struct Delivery {
     /// The message's sequence number in the topic.
-    pub seq: u64,
+    pub(crate) seq: u64,
     /// The idempotency key matched an earlier message: nothing was sent.
-    pub duplicate: bool,
+    pub(crate) duplicate: bool,
     /// Connections the message was queued to.
-    pub queued: u64,
-    /// Connections that were closed because their queue was full.
-    pub slow: u64,
+    pub(crate) queued: u64,
 }
 
 /// A publish that arrived after the topic left the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Removed;
+pub(crate) struct Removed;
 
 /// The outcome of adding or removing a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     /// The member set changed, and publishers already see the change.
     Changed,
     /// Nothing to do (already a member, or not one).
@@ -98,15 +160,9 @@ pub enum Change {
     Removed,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Each critical section leaves the state consistent before anything can
-    // panic, so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Topic {
     /// A new, empty topic; `tracked` switches join/leave events on.
-    pub fn new(name: Arc<str>, tracked: bool) -> Self {
+    pub(crate) fn new(name: Arc<str>, tracked: bool) -> Self {
         let now = Instant::now();
         Self {
             name,
@@ -130,19 +186,19 @@ impl Topic {
     }
 
     /// The topic's name.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
     /// The topic's name, shared.
-    pub fn name_arc(&self) -> &Arc<str> {
+    pub(crate) fn name_arc(&self) -> &Arc<str> {
         &self.name
     }
 
     /// Adds a connection. The caller holds the connection's subscription lock.
-    pub fn add(&self, conn: &Arc<Conn>, hub: &PresenceHub) -> Change {
+    pub(crate) fn add(&self, conn: &Arc<Conn>, hub: &PresenceHub) -> Change {
         let old = {
-            let mut m = lock(&self.members);
+            let mut m = self.members.lock();
             if m.removed {
                 return Change::Removed;
             }
@@ -163,9 +219,9 @@ impl Topic {
     }
 
     /// Removes a connection. The caller holds the connection's subscription lock.
-    pub fn remove(&self, conn: &Arc<Conn>, hub: &PresenceHub) -> Change {
+    pub(crate) fn remove(&self, conn: &Arc<Conn>, hub: &PresenceHub) -> Change {
         let old = {
-            let mut m = lock(&self.members);
+            let mut m = self.members.lock();
             if m.conns.remove(&conn.id()).is_none() {
                 return Change::Unchanged;
             }
@@ -194,32 +250,27 @@ impl Topic {
         self.snapshot.swap(Arc::new(m.subscribers.snapshot()))
     }
 
-    /// The current subscriber snapshot.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
-    }
-
     /// Number of member connections and of distinct users among them.
-    pub fn counts(&self) -> (usize, usize) {
-        let m = lock(&self.members);
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let m = self.members.lock();
         (m.conns.len(), m.users.len())
     }
 
     /// Whether join/leave events are produced for this topic.
-    pub fn tracked(&self) -> bool {
+    pub(crate) fn tracked(&self) -> bool {
         self.tracked
     }
 
     /// Every member, with the presence sequence number that separates the events
     /// already reflected in this list from later ones.
-    pub fn presence_snapshot(&self, hub: &PresenceHub) -> (Vec<Arc<Conn>>, u64) {
-        let m = lock(&self.members);
+    pub(crate) fn presence_snapshot(&self, hub: &PresenceHub) -> (Vec<Arc<Conn>>, u64) {
+        let m = self.members.lock();
         (m.conns.values().cloned().collect(), hub.current_seq())
     }
 
     /// Up to `limit` members with ids greater than `after`, in id order.
-    pub fn members_after(&self, after: Option<ConnId>, limit: usize) -> Vec<Arc<Conn>> {
-        let m = lock(&self.members);
+    pub(crate) fn members_after(&self, after: Option<ConnId>, limit: usize) -> Vec<Arc<Conn>> {
+        let m = self.members.lock();
         let range = match after {
             Some(id) => m
                 .conns
@@ -229,89 +280,75 @@ impl Topic {
         range.take(limit).map(|(_, c)| Arc::clone(c)).collect()
     }
 
-    /// Assigns the next sequence number, encodes the message once and queues it to
-    /// every subscriber in the current snapshot. Never waits on a client: a full
-    /// queue closes that connection as a slow consumer.
-    pub fn publish(
+    /// Publishes one message: checks the idempotency key, assigns the next
+    /// sequence number, then fans the message out — all under the publishing
+    /// lock, so every subscriber sees the topic in `seq` order.
+    pub(crate) fn publish(
         &self,
         payload: &Payload,
         ttl: Option<Duration>,
         idempotency_key: Option<&str>,
-        idempotency_window: Duration,
+        dedup: &Dedup,
     ) -> Result<Delivery, Removed> {
-        let mut p = lock(&self.publishing);
+        let mut p = self.publishing.lock();
         if self.removed.load(Ordering::Acquire) {
             return Err(Removed);
         }
         let now = Instant::now();
         p.last_active = now;
-        if let Some(key) = idempotency_key {
-            while let Some((at, _)) = p.key_order.front() {
-                if now.duration_since(*at) < idempotency_window
-                    && p.key_order.len() < MAX_KEYS_PER_TOPIC
-                {
-                    break;
-                }
-                if let Some((_, old)) = p.key_order.pop_front() {
-                    p.keys.remove(&old);
-                }
-            }
-            if let Some(&seq) = p.keys.get(key) {
-                return Ok(Delivery {
-                    seq,
-                    duplicate: true,
-                    ..Delivery::default()
-                });
-            }
+        // 1. The idempotency window.
+        if let Some(key) = idempotency_key
+            && let Some(seq) = p.recall(key, now, dedup)
+        {
+            return Ok(Delivery {
+                seq,
+                duplicate: true,
+                queued: 0,
+            });
         }
+        // 2. The sequence number.
         p.seq += 1;
         let seq = p.seq;
         if let Some(key) = idempotency_key {
-            let key: Box<str> = key.into();
-            p.keys.insert(key.clone(), seq);
-            p.key_order.push_back((now, key));
+            p.remember(key, seq, now, dedup);
         }
+        // 3. The fan-out.
+        let expires = ttl.filter(|t| !t.is_zero()).map(|t| now + t);
+        Ok(Delivery {
+            seq,
+            duplicate: false,
+            queued: self.fan_out(seq, payload, expires),
+        })
+    }
 
+    /// Encodes the message once and queues it to every subscriber of the current
+    /// snapshot, without any lock and without ever waiting on a client: a full
+    /// queue closes that connection as a slow consumer. Returns how many took it.
+    fn fan_out(&self, seq: u64, payload: &Payload, expires: Option<Instant>) -> u64 {
         let snapshot = self.snapshot.load_full();
         if snapshot.is_empty() {
-            return Ok(Delivery {
-                seq,
-                ..Delivery::default()
-            });
+            return 0;
         }
         let text = protocol::encode_message(&self.name, seq, payload);
-        let expires = ttl.filter(|t| !t.is_zero()).map(|t| now + t);
-        let mut delivery = Delivery {
-            seq,
-            ..Delivery::default()
-        };
+        let mut queued = 0;
         for conn in snapshot.iter() {
-            match conn.queue.push(Item {
+            let item = Item {
                 text: text.clone(),
                 expires,
-            }) {
-                Ok(()) => delivery.queued += 1,
-                Err(PushError::Closed) => {}
-                Err(PushError::Full) => {
-                    if conn.queue.close(Close {
-                        code: close::SLOW_CONSUMER,
-                        reason: "slow consumer".to_owned(),
-                        reconnect: true,
-                        drain: false,
-                    }) {
-                        delivery.slow += 1;
-                    }
-                }
+            };
+            if conn.send(item) == Sent::Queued {
+                queued += 1;
             }
         }
-        Ok(delivery)
+        queued
     }
 
     /// If the topic has had no members and no publishes for `retention`, marks it
-    /// removed and returns true. Takes both locks (publishing first).
-    pub fn retire_if_idle(&self, retention: Duration) -> bool {
-        let p = lock(&self.publishing);
-        let mut m = lock(&self.members);
+    /// removed, releases its idempotency keys and returns true. Takes both locks
+    /// (publishing first).
+    pub(crate) fn retire_if_idle(&self, retention: Duration, dedup: &Dedup) -> bool {
+        let p = self.publishing.lock();
+        let mut m = self.members.lock();
         let now = Instant::now();
         let idle = m.conns.is_empty()
             && now.duration_since(m.last_active) >= retention
@@ -319,7 +356,35 @@ impl Topic {
         if idle {
             m.removed = true;
             self.removed.store(true, Ordering::Release);
+            dedup.held.fetch_sub(p.key_order.len(), Ordering::Relaxed);
         }
         idle
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_kept_for_the_whole_window_within_the_node_bound() {
+        let topic = Topic::new(Arc::from("t"), false);
+        let payload = Payload::new("1".into(), "application/json".into(), 100).unwrap();
+        let dedup = Dedup::new(Duration::from_secs(300), 25_000);
+        let publish = |key: &str| topic.publish(&payload, None, Some(key), &dedup).unwrap();
+        for n in 0..20_000 {
+            assert!(!publish(&format!("k{n}")).duplicate);
+        }
+        let first = publish("k0");
+        assert!(first.duplicate, "20,000 keys in one topic are all kept");
+        assert_eq!(first.seq, 1);
+        assert_eq!(dedup.held(), 20_000);
+        // Over the node bound, this topic's oldest keys make room.
+        for n in 20_000..30_000 {
+            publish(&format!("k{n}"));
+        }
+        assert_eq!(dedup.held(), 25_000);
+        assert!(!publish("k0").duplicate, "the oldest key made room");
+        assert!(publish("k29999").duplicate);
     }
 }

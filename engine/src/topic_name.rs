@@ -9,7 +9,7 @@ use std::fmt;
 
 /// Why a topic name or pattern was refused. The message names the topic.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TopicError {
+pub(crate) enum TopicError {
     /// The name is empty.
     #[error("topic is empty")]
     Empty,
@@ -50,7 +50,7 @@ fn shorten(name: &str) -> String {
 }
 
 /// Checks `name` against the topic rule with a length limit of `max_len` bytes.
-pub fn validate(name: &str, max_len: usize) -> Result<(), TopicError> {
+pub(crate) fn validate(name: &str, max_len: usize) -> Result<(), TopicError> {
     if name.is_empty() {
         return Err(TopicError::Empty);
     }
@@ -81,7 +81,7 @@ pub fn validate(name: &str, max_len: usize) -> Result<(), TopicError> {
 /// A topic or a topic pattern: `room:general`, `room:*` (any one last segment) or
 /// `room:>` (one or more trailing segments).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TopicPattern {
+pub(crate) enum TopicPattern {
     /// Exactly this topic.
     Exact(String),
     /// `prefix:*`: the prefix plus exactly one more segment. Holds `prefix:`.
@@ -92,7 +92,7 @@ pub enum TopicPattern {
 
 impl TopicPattern {
     /// Parses a topic or pattern, validating it with the topic rule.
-    pub fn parse(pattern: &str, max_len: usize) -> Result<Self, TopicError> {
+    pub(crate) fn parse(pattern: &str, max_len: usize) -> Result<Self, TopicError> {
         let (head, wildcard) = match pattern.rsplit_once(':') {
             Some((head, "*")) => (Some(head), Some(false)),
             Some((head, ">")) => (Some(head), Some(true)),
@@ -131,7 +131,7 @@ impl TopicPattern {
     }
 
     /// Whether `topic` (a valid topic name) matches this pattern.
-    pub fn matches(&self, topic: &str) -> bool {
+    pub(crate) fn matches(&self, topic: &str) -> bool {
         match self {
             Self::Exact(t) => t == topic,
             Self::OneSegment(prefix) => topic

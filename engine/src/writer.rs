@@ -1,12 +1,17 @@
 //! The writer task of one connection: drains the outgoing queue in batches (feed
-//! every frame, then one flush), sends heartbeat pings, closes idle connections,
-//! and writes the disconnect notice and close frame when the connection is closed
-//! by the server.
+//! every frame, then one flush), sends heartbeat pings, closes idle connections
+//! on time, and writes the disconnect notice and close frame when the server
+//! closes the connection.
 //!
 //! The writer owns the sending half of the socket; the session task owns the
 //! receiving half. When the writer ends it tells the session through `done`:
 //! `Ok(())` after a close frame was sent (the session then waits briefly for the
 //! client's close reply), or a dropped sender after a write error.
+//!
+//! A write that has to wait for the socket is bounded by the write timeout, and
+//! is abandoned at once when the connection is condemned (a close that discards
+//! the backlog, such as a slow consumer's): the notice and close frame then get
+//! [`CLOSE_GRACE`] to leave, and the socket is dropped.
 
 use std::{collections::VecDeque, sync::Arc, task::Poll, time::Duration};
 
@@ -22,27 +27,42 @@ use tokio_tungstenite::{
 };
 
 use crate::{
+    config::Config,
     conn::Conn,
     protocol::{Reply, close},
     queue::{Batch, Close, Item},
-    registry::Registry,
 };
 
 /// A batch buffer with more room than this is shrunk after use.
 const SHRINK_ABOVE: usize = 1024;
 
+/// How long the disconnect notice and close frame of a condemned connection may
+/// take to leave before the socket is dropped (docs/protocol.md).
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// The sending half of a connection's socket.
-pub type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
+type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
 
 /// Heartbeat and write timing.
 #[derive(Debug, Clone, Copy)]
-pub struct Timing {
+pub(crate) struct Timing {
     /// Interval between pings.
-    pub ping_interval: Duration,
+    pub(crate) ping_interval: Duration,
     /// Close when nothing was received for this long.
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// Give up on a socket that accepts nothing for this long.
-    pub write_timeout: Duration,
+    pub(crate) write_timeout: Duration,
+}
+
+impl Timing {
+    /// The timing the configuration asks for.
+    pub(crate) fn from_config(config: &Config) -> Self {
+        Self {
+            ping_interval: config.ping_interval.0,
+            idle_timeout: config.idle_timeout.0,
+            write_timeout: config.write_timeout.0,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,97 +71,103 @@ enum WriteError {
     Socket(#[from] tokio_tungstenite::tungstenite::Error),
     #[error("socket accepted nothing for {0:?}")]
     Timeout(Duration),
+    #[error("the connection was condemned while its socket was full")]
+    Condemned,
+}
+
+/// The heartbeat: when to ping next, and when the client counts as idle.
+struct Heartbeat {
+    next_ping: Instant,
+    timing: Timing,
+}
+
+/// What the heartbeat timer found when it fired.
+enum Beat {
+    Ping,
+    Idle,
+    /// The client was heard from since the timer was set: nothing is due yet.
+    Nothing,
+}
+
+impl Heartbeat {
+    /// The next instant something may be due: a ping, or the idle deadline.
+    fn deadline(&self, conn: &Conn) -> Instant {
+        self.next_ping
+            .min(conn.last_seen() + self.timing.idle_timeout)
+    }
+
+    fn due(&mut self, conn: &Conn) -> Beat {
+        let now = Instant::now();
+        if now >= conn.last_seen() + self.timing.idle_timeout {
+            Beat::Idle
+        } else if now >= self.next_ping {
+            self.next_ping = now + self.timing.ping_interval;
+            Beat::Ping
+        } else {
+            Beat::Nothing
+        }
+    }
 }
 
 /// Runs the writer until the connection closes.
-pub async fn run(
+pub(crate) async fn run(
     mut sink: Sink,
     conn: Arc<Conn>,
-    registry: Arc<Registry>,
     timing: Timing,
     done: oneshot::Sender<()>,
 ) {
     let mut batch: VecDeque<Item> = VecDeque::new();
-    let ping = tokio::time::sleep(timing.ping_interval);
-    tokio::pin!(ping);
+    let mut heartbeat = Heartbeat {
+        next_ping: Instant::now() + timing.ping_interval,
+        timing,
+    };
+    let timer = tokio::time::sleep_until(heartbeat.deadline(&conn));
+    tokio::pin!(timer);
     loop {
+        // 1. Wait for frames, a close, or the heartbeat.
         let close = tokio::select! {
             biased;
-            batch = conn.queue.take(&mut batch) => match batch {
+            batch = conn.queue().take(&mut batch) => match batch {
                 Batch::Frames => None,
                 Batch::Close(close) => Some(close),
             },
-            () = &mut ping => {
-                ping.as_mut().reset(Instant::now() + timing.ping_interval);
-                if conn.last_seen().elapsed() >= timing.idle_timeout {
-                    conn.queue.close(Close {
-                        code: close::IDLE_TIMEOUT,
-                        reason: "idle timeout".to_owned(),
-                        reconnect: true,
-                        drain: false,
-                    });
-                } else if let Err(e) = write(&mut sink, timing.write_timeout, std::iter::once(Message::Ping(Bytes::new()))).await {
-                    tracing::debug!(conn = %conn.id(), error = %e, "ping failed");
-                    break;
+            () = &mut timer => {
+                match heartbeat.due(&conn) {
+                    Beat::Idle => {
+                        conn.close(Close::idle());
+                    }
+                    Beat::Ping => {
+                        let ping = std::iter::once(Message::Ping(Bytes::new()));
+                        match write(&mut sink, &conn, timing.write_timeout, ping).await {
+                            // The close is queued: the next round writes it.
+                            Ok(()) | Err(WriteError::Condemned) => {}
+                            Err(e) => {
+                                tracing::debug!(conn = %conn.id(), error = %e, "ping failed");
+                                break;
+                            }
+                        }
+                    }
+                    Beat::Nothing => {}
                 }
+                timer.as_mut().reset(heartbeat.deadline(&conn));
                 continue;
             }
         };
-        // The clock is read only when a frame has a TTL.
-        let mut now = None;
-        let mut expired = 0u64;
-        let frames = batch.drain(..).filter_map(|item| match item.expires {
-            Some(at) if at <= *now.get_or_insert_with(Instant::now) => {
-                expired += 1;
-                None
-            }
-            _ => Some(Message::Text(item.text)),
-        });
-        let result = match &close {
-            None => write(&mut sink, timing.write_timeout, frames).await,
-            Some(c) => {
-                let notice = (c.code != close::NORMAL).then(|| {
-                    Message::Text(
-                        Reply::Disconnect {
-                            code: c.code,
-                            reason: &c.reason,
-                            reconnect: c.reconnect,
-                        }
-                        .encode(),
-                    )
-                });
-                let frame = Message::Close(Some(CloseFrame {
-                    code: CloseCode::from(c.code),
-                    reason: Utf8Bytes::from(truncate(&c.reason, 120)),
-                }));
-                write(
-                    &mut sink,
-                    timing.write_timeout,
-                    frames.chain(notice).chain(std::iter::once(frame)),
-                )
-                .await
-            }
-        };
+        // 2. Write the batch (and the close, if there is one).
+        let result = write_batch(&mut sink, &conn, &mut batch, close.as_ref(), timing).await;
         // After a burst, give back what a long backlog made the buffers grow to
         // (the two buffers alternate with the queue, so both shrink in turn).
         if batch.capacity() > SHRINK_ABOVE {
             batch.shrink_to(0);
         }
-        if expired > 0 {
-            registry
-                .stats
-                .dropped
-                .fetch_add(expired, std::sync::atomic::Ordering::Relaxed);
-        }
-        if let Err(e) = result {
-            tracing::debug!(conn = %conn.id(), error = %e, "write failed; dropping connection");
-            conn.queue.close(Close {
-                code: close::NORMAL,
-                reason: String::new(),
-                reconnect: false,
-                drain: false,
-            });
-            return;
+        // 3. Stop after a failed write or a sent close. A condemned connection's
+        // close is queued: the next round writes it within the close grace.
+        match result {
+            Ok(()) | Err(WriteError::Condemned) => {}
+            Err(e) => {
+                tracing::debug!(conn = %conn.id(), error = %e, "write failed; dropping connection");
+                break;
+            }
         }
         if let Some(c) = close {
             tracing::debug!(conn = %conn.id(), code = c.code, reason = %c.reason, "closed by server");
@@ -149,18 +175,76 @@ pub async fn run(
             return;
         }
     }
-    conn.queue.close(Close {
-        code: close::NORMAL,
-        reason: String::new(),
-        reconnect: false,
-        drain: false,
-    });
+    conn.close(Close::gone());
 }
 
+/// Writes one batch of frames, dropping those past their TTL; with a close, the
+/// disconnect notice and the close frame follow.
+async fn write_batch(
+    sink: &mut Sink,
+    conn: &Conn,
+    batch: &mut VecDeque<Item>,
+    close: Option<&Close>,
+    timing: Timing,
+) -> Result<(), WriteError> {
+    // The clock is read only when a frame has a TTL.
+    let mut now = None;
+    let mut expired = 0u64;
+    let frames = batch.drain(..).filter_map(|item| match item.expires {
+        Some(at) if at <= *now.get_or_insert_with(Instant::now) => {
+            expired += 1;
+            None
+        }
+        _ => Some(Message::Text(item.text)),
+    });
+    let result = match close {
+        None => write(sink, conn, timing.write_timeout, frames).await,
+        Some(c) => {
+            let notice = (c.code != close::NORMAL).then(|| {
+                Message::Text(
+                    Reply::Disconnect {
+                        code: c.code,
+                        reason: &c.reason,
+                        reconnect: c.reconnect,
+                    }
+                    .encode(),
+                )
+            });
+            let frame = Message::Close(Some(CloseFrame {
+                code: CloseCode::from(c.code),
+                reason: Utf8Bytes::from(truncate(&c.reason, 120)),
+            }));
+            let limit = if c.drain {
+                timing.write_timeout
+            } else {
+                CLOSE_GRACE
+            };
+            let frames = frames.chain(notice).chain(std::iter::once(frame));
+            write_unless(sink, limit, frames, std::future::pending()).await
+        }
+    };
+    if expired > 0 {
+        conn.expired(expired);
+    }
+    result
+}
+
+/// Writes frames with one flush, giving up after `limit` or once the connection
+/// is condemned.
 async fn write(
+    sink: &mut Sink,
+    conn: &Conn,
+    limit: Duration,
+    frames: impl Iterator<Item = Message>,
+) -> Result<(), WriteError> {
+    write_unless(sink, limit, frames, conn.queue().condemned()).await
+}
+
+async fn write_unless(
     sink: &mut Sink,
     limit: Duration,
     frames: impl Iterator<Item = Message>,
+    abandon: impl Future<Output = ()>,
 ) -> Result<(), WriteError> {
     let all = async {
         for frame in frames {
@@ -171,12 +255,16 @@ async fn write(
     };
     tokio::pin!(all);
     // Nearly every batch fits in the socket buffer and completes on its first
-    // poll: arm the write timer only for a batch that has to wait.
+    // poll: arm the write timer (and watch for a condemnation) only for a batch
+    // that has to wait.
     match std::future::poll_fn(|cx| Poll::Ready(all.as_mut().poll(cx))).await {
         Poll::Ready(result) => result,
-        Poll::Pending => tokio::time::timeout(limit, all)
-            .await
-            .map_err(|_| WriteError::Timeout(limit))?,
+        Poll::Pending => tokio::select! {
+            result = tokio::time::timeout(limit, all) => {
+                result.map_err(|_| WriteError::Timeout(limit))?
+            }
+            () = abandon => Err(WriteError::Condemned),
+        },
     }
 }
 

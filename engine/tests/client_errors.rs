@@ -53,14 +53,7 @@ async fn malformed_frames_get_error_replies_and_the_connection_stays_usable() {
     assert_eq!(e["code"], "bad_frame");
 
     // Nothing was subscribed by the failed commands; the connection still works.
-    assert_eq!(
-        engine
-            .registry()
-            .stats
-            .subscriptions
-            .load(std::sync::atomic::Ordering::Relaxed),
-        0
-    );
+    assert_eq!(engine.stats().subscriptions, 0);
     c.subscribe(&["a", "b", "c"]).await;
     let mut producer = grpc(&engine).await;
     publish_json(&mut producer, "c", json!(1)).await;
@@ -98,11 +91,20 @@ async fn the_handshake_refuses_wrong_paths_and_bad_identities() {
         .await
         .unwrap_err();
     assert!(bad_info.to_string().contains("400"), "{bad_info}");
-    let ok = Client::connect_query(&engine, "?user=alice&info=%7B%22a%22%3A1%7D").await;
-    let conn = engine
-        .registry()
-        .get(herald::conn::ConnId::parse(&ok.conn_id).unwrap())
-        .unwrap();
-    assert_eq!(conn.user().map(|u| u.as_ref()), Some("alice"));
-    assert_eq!(conn.info().map(|u| u.as_ref()), Some("{\"a\":1}"));
+    let mut ok = Client::connect_query(&engine, "?user=alice&info=%7B%22a%22%3A1%7D").await;
+    ok.subscribe(&["who:here"]).await;
+    let members = grpc(&engine)
+        .await
+        .presence(herald::proto::PresenceRequest {
+            topic: "who:here".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .members;
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].connection_id, ok.conn_id);
+    assert_eq!(members[0].user_id, "alice");
+    assert_eq!(members[0].info, "{\"a\":1}");
 }

@@ -233,10 +233,7 @@ async fn unknown_targets_and_bad_input_get_clear_statuses() {
     // A connection id stays unknown once its connection is gone, even if its slot is reused.
     let old_id = c.conn_id.clone();
     drop(c);
-    common::eventually("the connection leaves", || {
-        engine.registry().connection_count() == 0
-    })
-    .await;
+    common::eventually("the connection leaves", || engine.stats().connections == 0).await;
     let _reuses_the_slot = Client::connect(&engine).await;
     let err = api
         .subscribe(SubscribeRequest {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::{sync::atomic::Ordering, time::Duration};
+use std::time::Duration;
 
 use common::{Client, channel, config, eventually, grpc, publish_json, start};
 use futures_util::StreamExt;
@@ -53,12 +53,7 @@ async fn a_client_that_stops_reading_is_disconnected_and_the_others_keep_receivi
         producer.publish(req).await.unwrap();
     }
     eventually("the slow client is found out", || {
-        engine
-            .registry()
-            .stats
-            .slow_disconnects
-            .load(Ordering::Relaxed)
-            >= 1
+        engine.stats().slow_disconnects >= 1
     })
     .await;
 
@@ -74,7 +69,7 @@ async fn a_client_that_stops_reading_is_disconnected_and_the_others_keep_receivi
     assert_eq!(close.map(|c| u16::from(c.code)), Some(4001));
 
     eventually("the slow client leaves the registry", || {
-        engine.registry().connection_count() == 1
+        engine.stats().connections == 1
     })
     .await;
     publish_json(&mut producer, "prices:x", json!("still here")).await;
@@ -109,7 +104,7 @@ async fn a_silent_connection_is_closed_after_the_idle_timeout() {
     let pong = lively.command(json!({"type": "ping"})).await;
     assert_eq!(pong["type"], "pong");
     eventually("only the lively client is left", || {
-        engine.registry().connection_count() == 1
+        engine.stats().connections == 1
     })
     .await;
 }
@@ -126,13 +121,14 @@ async fn the_registry_is_empty_after_thousands_of_clients_drop() {
         c.subscribe(&["room:lobby", own.as_str()]).await;
         clients.push(c);
     }
-    let registry = engine.registry();
-    assert_eq!(registry.connection_count(), 3000);
-    assert_eq!(registry.stats.subscriptions.load(Ordering::Relaxed), 6000);
-    assert_eq!(
-        registry.topic("room:lobby").map(|t| t.counts()),
-        Some((3000, 100))
-    );
+    assert_eq!(engine.stats().connections, 3000);
+    assert_eq!(engine.stats().subscriptions, 6000);
+    let mut api = grpc(&engine).await;
+    let lobby = || herald::proto::PresenceStatsRequest {
+        topic: "room:lobby".into(),
+    };
+    let stats = api.presence_stats(lobby()).await.unwrap().into_inner();
+    assert_eq!((stats.connections, stats.users), (3000, 100));
 
     // Half close politely, half just vanish.
     for (i, mut c) in clients.into_iter().enumerate() {
@@ -142,12 +138,27 @@ async fn the_registry_is_empty_after_thousands_of_clients_drop() {
         drop(c);
     }
     eventually("every connection has left", || {
-        registry.connection_count() == 0
+        engine.stats().connections == 0
     })
     .await;
-    assert_eq!(registry.stats.subscriptions.load(Ordering::Relaxed), 0);
-    assert!(registry.user_conns("u1").is_empty());
-    eventually("idle topics are dropped", || registry.topic_count() == 0).await;
+    assert_eq!(engine.stats().subscriptions, 0);
+    let stats = api.presence_stats(lobby()).await.unwrap().into_inner();
+    assert_eq!((stats.connections, stats.users), (0, 0));
+    let gone = api
+        .disconnect(herald::proto::DisconnectRequest {
+            target: Some(herald::proto::Target {
+                target: Some(herald::proto::target::Target::UserId("u1".into())),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        gone.code(),
+        tonic::Code::NotFound,
+        "the user index is empty"
+    );
+    eventually("idle topics are dropped", || engine.stats().topics == 0).await;
 }
 
 #[tokio::test]
@@ -355,17 +366,9 @@ async fn a_socket_that_accepts_nothing_is_dropped_after_the_write_timeout() {
         producer.publish(req).await.unwrap();
     }
     eventually("the stuck connection is dropped", || {
-        engine.registry().connection_count() == 0
+        engine.stats().connections == 0
     })
     .await;
-    assert_eq!(
-        engine
-            .registry()
-            .stats
-            .slow_disconnects
-            .load(Ordering::Relaxed),
-        0,
-        "not a queue overflow"
-    );
+    assert_eq!(engine.stats().slow_disconnects, 0, "not a queue overflow");
     drop(stuck);
 }

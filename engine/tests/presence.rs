@@ -130,21 +130,21 @@ async fn stats_match_members_after_concurrent_joins_and_leaves() {
         .unwrap()
         .into_inner();
     assert_eq!(stats.connections as usize, ids.len());
-    let registry = engine.registry();
-    let users: HashSet<String> = ids
-        .iter()
-        .map(|id| {
-            let conn = registry
-                .get(herald::conn::ConnId::parse(id).unwrap())
-                .unwrap();
-            conn.user().unwrap().to_string()
+    let page = api
+        .presence(PresenceRequest {
+            topic: "room:churn".into(),
+            limit: 10_000,
+            cursor: String::new(),
         })
-        .collect();
+        .await
+        .unwrap()
+        .into_inner();
+    let users: HashSet<String> = page.members.into_iter().map(|m| m.user_id).collect();
     assert_eq!(stats.users as usize, users.len());
     // Drop half: the counts follow.
     clients.truncate(100);
     common::eventually("the dropped clients leave", || {
-        registry.connection_count() == 100
+        engine.stats().connections == 100
     })
     .await;
     let (ids, _) = all_members(&mut api, "room:churn", 50).await;

@@ -13,40 +13,47 @@ use tonic::{Status, Streaming};
 
 use super::{HeraldService, item_error, next_request};
 use crate::{
-    conn::{Conn, ConnId},
+    conn::ConnId,
     proto::{self, control_request::Command, control_response, target::Target},
     protocol::{Reply, close},
     queue::Close,
-    registry::SubscribeError,
-    session,
+    registry::{Entry, SubscribeError},
 };
 
 fn missing_target() -> Status {
     Status::invalid_argument("target is missing: set connection_id or user_id")
 }
 
+fn subscribe_status(e: SubscribeError) -> Status {
+    match e {
+        SubscribeError::InvalidTopic(_) => Status::invalid_argument(e.to_string()),
+        SubscribeError::TooMany { .. } => Status::failed_precondition(e.to_string()),
+        SubscribeError::Closed => Status::not_found("the target's connections have closed"),
+    }
+}
+
 impl HeraldService {
     /// The connections a target names: NOT_FOUND when there are none.
-    fn targets(&self, target: Option<proto::Target>) -> Result<Vec<Arc<Conn>>, Status> {
+    fn targets(&self, target: Option<proto::Target>) -> Result<Vec<Arc<Entry>>, Status> {
         match target.and_then(|t| t.target) {
             // A zero-value target (an empty connection id) names nothing either.
             None => Err(missing_target()),
             Some(Target::ConnectionId(id)) if id.is_empty() => Err(missing_target()),
             Some(Target::ConnectionId(id)) => ConnId::parse(&id)
                 .and_then(|id| self.registry.get(id))
-                .map(|conn| vec![conn])
+                .map(|entry| vec![entry])
                 .ok_or_else(|| Status::not_found(format!("no connection {id:?} on this node"))),
             Some(Target::UserId(user)) => {
                 if user.is_empty() {
                     return Err(Status::invalid_argument("user_id is empty"));
                 }
-                let conns = self.registry.user_conns(&user);
-                if conns.is_empty() {
+                let entries = self.registry.user_conns(&user);
+                if entries.is_empty() {
                     return Err(Status::not_found(format!(
                         "user {user:?} has no connections on this node"
                     )));
                 }
-                Ok(conns)
+                Ok(entries)
             }
         }
     }
@@ -65,43 +72,28 @@ impl HeraldService {
         topics.iter().try_for_each(|t| self.check_topic(t))
     }
 
-    /// Puts the target's connections into topics and tells each of them.
+    /// Puts the target's connections into topics — all of them or, when one
+    /// would exceed its subscription limit, none — and tells each of them.
     pub(super) fn subscribe_now(
         &self,
         req: proto::SubscribeRequest,
     ) -> Result<proto::SubscribeResponse, Status> {
         self.check_topics(&req.topics)?;
-        let mut connections = 0;
-        for conn in self.targets(req.target)? {
-            match self.registry.subscribe(&conn, &req.topics) {
-                Ok(()) => {
-                    connections += 1;
-                    let topics = &req.topics;
-                    session::send(
-                        &conn,
-                        Reply::Subscribed {
-                            id: None,
-                            topics,
-                            server: true,
-                        },
-                    );
-                }
-                Err(SubscribeError::Closed(_)) => {}
-                Err(e @ SubscribeError::TooMany { .. }) => {
-                    return Err(Status::failed_precondition(format!(
-                        "connection {}: {e}",
-                        conn.id()
-                    )));
-                }
-                Err(e @ SubscribeError::InvalidTopic(_)) => {
-                    return Err(Status::invalid_argument(e.to_string()));
-                }
-            }
+        let entries = self.targets(req.target)?;
+        let subscribed = self
+            .registry
+            .subscribe(&entries, &req.topics)
+            .map_err(subscribe_status)?;
+        for entry in &entries {
+            entry.conn().reply(Reply::Subscribed {
+                id: None,
+                topics: &req.topics,
+                server: true,
+            });
         }
-        if connections == 0 {
-            return Err(Status::not_found("the target's connections have closed"));
-        }
-        Ok(proto::SubscribeResponse { connections })
+        Ok(proto::SubscribeResponse {
+            connections: subscribed as u32,
+        })
     }
 
     /// Takes the target's connections out of topics and tells each of them.
@@ -110,23 +102,20 @@ impl HeraldService {
         req: proto::UnsubscribeRequest,
     ) -> Result<proto::UnsubscribeResponse, Status> {
         self.check_topics(&req.topics)?;
-        let conns = self.targets(req.target)?;
-        for conn in &conns {
-            self.registry
-                .unsubscribe(conn, &req.topics)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
-            let topics = &req.topics;
-            session::send(
-                conn,
-                Reply::Unsubscribed {
-                    id: None,
-                    topics,
-                    server: true,
-                },
-            );
+        let entries = self.targets(req.target)?;
+        let open = self
+            .registry
+            .unsubscribe(&entries, &req.topics)
+            .map_err(subscribe_status)?;
+        for entry in &entries {
+            entry.conn().reply(Reply::Unsubscribed {
+                id: None,
+                topics: &req.topics,
+                server: true,
+            });
         }
         Ok(proto::UnsubscribeResponse {
-            connections: conns.len() as u32,
+            connections: open as u32,
         })
     }
 
@@ -148,16 +137,11 @@ impl HeraldService {
         if req.reason.len() > 120 {
             return Err(Status::invalid_argument("reason is longer than 120 bytes"));
         }
-        let conns = self.targets(req.target)?;
-        let close = Close {
-            code,
-            reason: req.reason,
-            reconnect: req.reconnect,
-            drain: true,
-        };
-        let closed = conns
+        let entries = self.targets(req.target)?;
+        let close = Close::by_producer(code, req.reason, req.reconnect);
+        let closed = entries
             .iter()
-            .filter(|c| c.queue.close(close.clone()))
+            .filter(|e| e.conn().close(close.clone()))
             .count();
         Ok(proto::DisconnectResponse {
             connections: closed as u32,
@@ -182,7 +166,7 @@ pub(super) async fn run(
     mut requests: Streaming<proto::ControlRequest>,
     tx: mpsc::Sender<Result<proto::ControlResponse, Status>>,
 ) {
-    let stop = HeraldService::shutting_down(service.shutdown.clone());
+    let stop = service.shutdown.clone().cancelled_owned();
     tokio::pin!(stop);
     while let Some(req) = next_request(&mut requests, stop.as_mut(), &tx).await {
         let result = match service.apply(req.command) {

@@ -8,11 +8,9 @@ mod presence;
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use tokio::{
-    sync::{mpsc, watch},
-    time::Instant,
-};
+use tokio::{sync::mpsc, time::Instant};
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
@@ -34,23 +32,24 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// The gRPC service state.
 #[derive(Debug, Clone)]
-pub struct HeraldService {
+pub(crate) struct HeraldService {
     config: Arc<Config>,
     registry: Arc<Registry>,
     broker: Arc<dyn Broker>,
     node_id: Arc<str>,
     started: Instant,
-    shutdown: watch::Receiver<bool>,
+    /// Cancelled when the node starts shutting down.
+    shutdown: CancellationToken,
 }
 
 impl HeraldService {
     /// A service over this node's registry, publishing through `broker`.
-    pub fn new(
+    pub(crate) fn new(
         config: Arc<Config>,
         registry: Arc<Registry>,
         broker: Arc<dyn Broker>,
         node_id: Arc<str>,
-        shutdown: watch::Receiver<bool>,
+        shutdown: CancellationToken,
     ) -> Self {
         Self {
             config,
@@ -60,13 +59,6 @@ impl HeraldService {
             started: Instant::now(),
             shutdown,
         }
-    }
-
-    /// Resolves once the node starts shutting down. Streams end then with
-    /// UNAVAILABLE so producers move on at once instead of holding the node up.
-    async fn shutting_down(mut shutdown: watch::Receiver<bool>) {
-        // An error means the node is gone: also a reason to stop.
-        let _ = shutdown.wait_for(|down| *down).await;
     }
 
     fn check_topic(&self, topic: &str) -> Result<(), Status> {
@@ -252,7 +244,7 @@ impl Herald for HeraldService {
         let service = self.clone();
         tokio::spawn(async move {
             // One request at a time, in order: this keeps per-topic order.
-            let stop = Self::shutting_down(service.shutdown.clone());
+            let stop = service.shutdown.clone().cancelled_owned();
             tokio::pin!(stop);
             while let Some(req) = next_request(&mut requests, stop.as_mut(), &tx).await {
                 let response = service.publish_batch(req).await;
@@ -372,20 +364,18 @@ impl Herald for HeraldService {
         &self,
         _: Request<proto::InfoRequest>,
     ) -> Result<Response<proto::InfoResponse>, Status> {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        let stats = &self.registry.stats;
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let stats = self.registry.stats();
         Ok(Response::new(proto::InfoResponse {
             node_id: self.node_id.to_string(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_seconds: self.started.elapsed().as_secs(),
-            connections: self.registry.connection_count() as u64,
-            topics: self.registry.topic_count() as u64,
-            subscriptions: load(&stats.subscriptions),
-            messages_published: load(&stats.published),
-            messages_delivered: load(&stats.delivered),
-            messages_dropped: load(&stats.dropped),
-            slow_disconnects: load(&stats.slow_disconnects),
+            connections: stats.connections,
+            topics: stats.topics,
+            subscriptions: stats.subscriptions,
+            messages_published: stats.published,
+            messages_delivered: stats.delivered,
+            messages_dropped: stats.dropped,
+            slow_disconnects: stats.slow_disconnects,
         }))
     }
 }

@@ -5,7 +5,8 @@
 use std::{collections::HashMap, sync::Arc};
 
 use futures_util::stream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use super::{HeraldService, ResponseStream};
@@ -163,7 +164,7 @@ struct Watch {
     guard: WatchGuard,
     node_id: Arc<str>,
     resync: proto::PresenceEvent,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 }
 
 impl Watch {
@@ -190,7 +191,7 @@ impl Watch {
             }
             let next = tokio::select! {
                 biased;
-                _ = self.shutdown.wait_for(|down| *down) => None,
+                () = self.shutdown.cancelled() => None,
                 event = self.rx.recv() => Some(event),
             };
             let Some(event) = next else {

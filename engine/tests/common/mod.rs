@@ -1,6 +1,6 @@
 //! Shared helpers for the engine's integration tests: a real engine on port 0,
 //! real WebSocket clients and a real gRPC client.
-#![allow(dead_code, missing_docs, clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code, missing_docs, unreachable_pub)]
 
 use std::time::Duration;
 
