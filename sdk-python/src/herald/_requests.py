@@ -5,6 +5,7 @@ Shared by the sync and asyncio clients so that both send exactly the same thing.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 
 from herald import payload
@@ -26,15 +27,39 @@ def publish(
     idempotency_key: str | None,
     content_type: str | None,
 ) -> pb.PublishRequest:
+    return publish_sized(
+        topic, data, ttl=ttl, idempotency_key=idempotency_key, content_type=content_type
+    )[0]
+
+
+def publish_sized(
+    topic: str,
+    data: payload.Payload,
+    *,
+    ttl: payload.TTL | None,
+    idempotency_key: str | None,
+    content_type: str | None,
+) -> tuple[pb.PublishRequest, int]:
+    """The request and an upper bound of its encoded size inside a PublishStream request.
+
+    The size comes from the inputs (``ByteSize()`` would encode the message, a copy
+    of the payload, once more just to measure it).
+    """
     body, ctype = payload.encode(data, content_type)
+    size = len(body) + _utf8_len(topic) + _utf8_len(ctype) + STREAM_MESSAGE_OVERHEAD
     # Only the fields that are set: this runs once per message of a publisher.
     msg = pb.PublishRequest(topic=topic, data=body, content_type=ctype)
     if idempotency_key is not None:
         msg.idempotency_key = idempotency_key
+        size += _utf8_len(idempotency_key)
     ttl_ms = payload.ttl_ms(ttl)
     if ttl_ms is not None:
         msg.ttl_ms = ttl_ms
-    return msg
+    return msg, size
+
+
+def _utf8_len(s: str) -> int:
+    return len(s) if s.isascii() else len(s.encode())
 
 
 def broadcast(
@@ -105,6 +130,33 @@ def broadcast_results(resp: pb.BroadcastResponse) -> list[PublishResult]:
 #: Most messages one PublishStream request carries (``message`` and ``more`` together);
 #: the engine refuses more than 1024 in ``more``.
 MAX_STREAM_BATCH = 1025
+
+#: Most bytes of messages one PublishStream request carries, unless its first message
+#: alone is larger (a request always carries at least one). The engine refuses a gRPC
+#: request larger than its ``grpc_max_message_bytes``, and the request's stream with it;
+#: by default that limit is ``max_payload_bytes`` plus room for topic lists (about
+#: 394 KB with the default 64 KiB payloads), so one message always fits and 256 KiB of
+#: them do too.
+MAX_STREAM_BATCH_BYTES = 256 << 10
+
+#: What one message adds to a PublishStream request beyond its payload and strings, at
+#: most: the field tags and lengths, ``ttl_ms``, and its own tag and length in ``more``.
+STREAM_MESSAGE_OVERHEAD = 32
+
+
+def stream_batch(sizes: list[int]) -> tuple[int, int]:
+    """How many of the queued messages (``sizes``, at least one, in queue order) the next
+    request carries, and their summed size: as many from the front as keep within
+    MAX_STREAM_BATCH and MAX_STREAM_BATCH_BYTES, and always the first."""
+    limit, max_bytes = MAX_STREAM_BATCH, MAX_STREAM_BATCH_BYTES
+    total = sizes[0]
+    n = 1
+    for size in itertools.islice(sizes, 1, limit):
+        if total + size > max_bytes:
+            break
+        total += size
+        n += 1
+    return n, total
 
 
 def publish_stream_request(

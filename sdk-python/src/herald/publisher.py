@@ -16,8 +16,9 @@ fails every unanswered future with :class:`~herald.Cancelled`.
 
 ``publish`` only queues the message. One sender writes whatever is queued when the
 stream is ready for its next write as one request (up to 1025 messages: the
-request's ``message`` and its ``more``), and the engine answers each message of it
-in one response. So a busy producer sends many messages per stream write while a
+request's ``message`` and its ``more``, and up to 256 KiB of them, so that a request
+stays within the engine's gRPC message limit), and the engine answers each message
+of it in one response. So a busy producer sends many messages per stream write while a
 lone message still goes out at once. ``max_in_flight`` bounds the messages queued
 or waiting for their answer: ``publish`` waits while that many are.
 """
@@ -29,6 +30,7 @@ import collections
 import concurrent.futures
 import threading
 from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 import grpc
 import grpc.aio
@@ -57,12 +59,57 @@ def _check_window(max_in_flight: int) -> None:
         raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
 
 
+_F = TypeVar("_F")
+
+
+class _Queue(Generic[_F]):
+    """The messages queued and not sent yet, in publish order, with their futures and
+    their sizes (see ``_requests.publish_sized``)."""
+
+    __slots__ = ("msgs", "futs", "sizes", "bytes")
+
+    def __init__(self) -> None:
+        self.msgs: list[pb.PublishRequest] = []
+        self.futs: list[_F] = []
+        self.sizes: list[int] = []
+        self.bytes = 0  # sum(self.sizes)
+
+    def push(self, msg: pb.PublishRequest, size: int, fut: _F) -> None:
+        self.msgs.append(msg)
+        self.futs.append(fut)
+        self.sizes.append(size)
+        self.bytes += size
+
+    def take(self) -> tuple[list[pb.PublishRequest], list[_F]]:
+        """The messages of the next request (at least one) and their futures, off the
+        front: everything queued when it fits in one request, else as much as does."""
+        if (
+            len(self.msgs) <= _requests.MAX_STREAM_BATCH
+            and self.bytes <= _requests.MAX_STREAM_BATCH_BYTES
+        ):
+            msgs, futs = self.msgs, self.futs
+            self.msgs, self.futs, self.sizes, self.bytes = [], [], [], 0
+            return msgs, futs
+        n, size = _requests.stream_batch(self.sizes)
+        msgs, futs = self.msgs[:n], self.futs[:n]
+        del self.msgs[:n], self.futs[:n], self.sizes[:n]
+        self.bytes -= size
+        return msgs, futs
+
+    def clear(self) -> list[_F]:
+        """Empty the queue; returns the futures it held."""
+        futs = self.futs
+        self.msgs, self.futs, self.sizes, self.bytes = [], [], [], 0
+        return futs
+
+
 class _Batcher:
     """The blocking publisher's machinery: a queue, one sender, one reader thread.
 
     gRPC's request-consuming thread pulls requests from :meth:`_requests` one write
-    at a time; each pull takes everything queued (up to MAX_STREAM_BATCH). The
-    reader settles the futures of each answered request in order.
+    at a time; each pull takes everything queued (up to MAX_STREAM_BATCH messages and
+    MAX_STREAM_BATCH_BYTES). The reader settles the futures of each answered request
+    in order.
     """
 
     def __init__(self, open_stream: _Open, max_in_flight: int) -> None:
@@ -72,8 +119,7 @@ class _Batcher:
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)  # publishers waiting for the window
         self._work = threading.Condition(self._lock)  # the sender waiting for messages
-        self._msgs: list[pb.PublishRequest] = []  # queued, not yet sent
-        self._futs: list[concurrent.futures.Future[PublishResult]] = []
+        self._queue: _Queue[concurrent.futures.Future[PublishResult]] = _Queue()
         self._sent: dict[int, list[concurrent.futures.Future[PublishResult]]] = {}
         self._in_flight = 0  # queued + sent, not yet answered
         self._next_seq = 1
@@ -84,7 +130,9 @@ class _Batcher:
         self._reader = threading.Thread(target=self._read, name="herald-publisher", daemon=True)
         self._reader.start()
 
-    def publish(self, msg: pb.PublishRequest) -> concurrent.futures.Future[PublishResult]:
+    def publish(
+        self, msg: pb.PublishRequest, size: int
+    ) -> concurrent.futures.Future[PublishResult]:
         fut: concurrent.futures.Future[PublishResult] = self._new_future()
         with self._lock:
             while self._in_flight >= self._max and not (self._closed or self._over):
@@ -92,26 +140,21 @@ class _Batcher:
             if self._closed or self._over:
                 raise self._error or _closed_error(_NAME)
             self._in_flight += 1
-            if not self._msgs:
+            if not self._queue.msgs:
                 self._work.notify()
-            self._msgs.append(msg)
-            self._futs.append(fut)
+            self._queue.push(msg, size, fut)
         return fut
 
     def _requests(self) -> Iterator[pb.PublishStreamRequest]:
         """The requests, as gRPC asks for them; ends when closed and drained."""
-        limit = _requests.MAX_STREAM_BATCH
+        queue = self._queue
         while True:
             with self._lock:
-                while not self._msgs and not (self._closed or self._over):
+                while not queue.msgs and not (self._closed or self._over):
                     self._work.wait()
-                if self._over or not self._msgs:
+                if self._over or not queue.msgs:
                     return
-                if len(self._msgs) <= limit:
-                    msgs, futs, self._msgs, self._futs = self._msgs, self._futs, [], []
-                else:
-                    msgs, futs = self._msgs[:limit], self._futs[:limit]
-                    del self._msgs[:limit], self._futs[:limit]
+                msgs, futs = queue.take()
                 seq = self._next_seq
                 self._next_seq += len(msgs)
                 self._sent[seq] = futs
@@ -145,8 +188,8 @@ class _Batcher:
             self._over = True
             if self._error is None and not self._closed:
                 self._error = err
-            pending = [f for futs in self._sent.values() for f in futs] + self._futs
-            self._sent, self._msgs, self._futs = {}, [], []
+            pending = [f for futs in self._sent.values() for f in futs] + self._queue.clear()
+            self._sent = {}
             self._in_flight = 0
             self._work.notify_all()
             self._room.notify_all()
@@ -195,10 +238,10 @@ class Publisher(SyncStream):
         Raises :class:`~herald.Cancelled` after ``close()``, and the stream's error
         once the stream broke.
         """
-        msg = _requests.publish(
+        msg, size = _requests.publish_sized(
             topic, data, ttl=ttl, idempotency_key=idempotency_key, content_type=content_type
         )
-        return self._batcher.publish(msg)
+        return self._batcher.publish(msg, size)
 
 
 class _AsyncBatcher:
@@ -209,8 +252,7 @@ class _AsyncBatcher:
         self._call = call
         self._max = max_in_flight
         self._loop = asyncio.get_running_loop()
-        self._msgs: list[pb.PublishRequest] = []
-        self._futs: list[asyncio.Future[PublishResult]] = []
+        self._queue: _Queue[asyncio.Future[PublishResult]] = _Queue()
         self._sent: dict[int, list[asyncio.Future[PublishResult]]] = {}
         self._in_flight = 0
         self._room: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -222,7 +264,7 @@ class _AsyncBatcher:
         self._writer = self._loop.create_task(self._write())
         self._reader = self._loop.create_task(self._read())
 
-    async def publish(self, msg: pb.PublishRequest) -> asyncio.Future[PublishResult]:
+    async def publish(self, msg: pb.PublishRequest, size: int) -> asyncio.Future[PublishResult]:
         while self._in_flight >= self._max and not (self._closed or self._over):
             waiter = self._loop.create_future()
             self._room.append(waiter)
@@ -236,8 +278,7 @@ class _AsyncBatcher:
             raise self._error or _closed_error(_NAME)
         fut: asyncio.Future[PublishResult] = self._loop.create_future()
         self._in_flight += 1
-        self._msgs.append(msg)
-        self._futs.append(fut)
+        self._queue.push(msg, size, fut)
         self._wake_writer()
         return fut
 
@@ -256,24 +297,20 @@ class _AsyncBatcher:
                 n -= 1
 
     async def _write(self) -> None:
-        limit = _requests.MAX_STREAM_BATCH
+        queue = self._queue
         while True:
-            while not self._msgs and not (self._closed or self._over):
+            while not queue.msgs and not (self._closed or self._over):
                 self._wake = self._loop.create_future()
                 await self._wake
             if self._over:
                 return
-            if not self._msgs:  # closed and drained
+            if not queue.msgs:  # closed and drained
                 try:
                     await self._call.done_writing()
                 except (grpc.RpcError, asyncio.InvalidStateError):
                     pass
                 return
-            if len(self._msgs) <= limit:
-                msgs, futs, self._msgs, self._futs = self._msgs, self._futs, [], []
-            else:
-                msgs, futs = self._msgs[:limit], self._futs[:limit]
-                del self._msgs[:limit], self._futs[:limit]
+            msgs, futs = queue.take()
             seq = self._next_seq
             self._next_seq += len(msgs)
             self._sent[seq] = futs
@@ -305,8 +342,8 @@ class _AsyncBatcher:
         self._over = True
         if self._error is None and not self._closed:
             self._error = err
-        pending = [f for futs in self._sent.values() for f in futs] + self._futs
-        self._sent, self._msgs, self._futs = {}, [], []
+        pending = [f for futs in self._sent.values() for f in futs] + self._queue.clear()
+        self._sent = {}
         self._in_flight = 0
         # The writer has nothing left to do; a write to a cancelled call can hang.
         self._writer.cancel()
@@ -358,7 +395,7 @@ class AsyncPublisher(AsyncStream):
         Raises :class:`~herald.Cancelled` after ``close()``, and the stream's error
         once the stream broke.
         """
-        msg = _requests.publish(
+        msg, size = _requests.publish_sized(
             topic, data, ttl=ttl, idempotency_key=idempotency_key, content_type=content_type
         )
-        return await self._batcher.publish(msg)
+        return await self._batcher.publish(msg, size)
