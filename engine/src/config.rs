@@ -143,6 +143,8 @@ settings! {
     idle_timeout: Dur = Dur(Duration::from_secs(60)), env "HERALD_IDLE_TIMEOUT";
     /// Close a connection whose socket accepts no data for this long [default: 10s]
     write_timeout: Dur = Dur(Duration::from_secs(10)), env "HERALD_WRITE_TIMEOUT";
+    /// Time a condemned connection (slow consumer, protocol error) gets for its disconnect notice and close frame before its socket is dropped [default: 1s]
+    close_grace: Dur = Dur(Duration::from_secs(1)), env "HERALD_CLOSE_GRACE";
     /// Time allowed for the WebSocket handshake [default: 10s]
     handshake_timeout: Dur = Dur(Duration::from_secs(10)), env "HERALD_HANDSHAKE_TIMEOUT";
     /// Time between reporting NOT_SERVING and closing connections, so load balancers stop routing first [default: 0s]

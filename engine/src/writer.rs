@@ -11,7 +11,7 @@
 //! A write that has to wait for the socket is bounded by the write timeout, and
 //! is abandoned at once when the connection is condemned (a close that discards
 //! the backlog, such as a slow consumer's): the notice and close frame then get
-//! [`CLOSE_GRACE`] to leave, and the socket is dropped.
+//! the close grace (`--close-grace`) to leave, and the socket is dropped.
 
 use std::{collections::VecDeque, sync::Arc, task::Poll, time::Duration};
 
@@ -36,10 +36,6 @@ use crate::{
 /// A batch buffer with more room than this is shrunk after use.
 const SHRINK_ABOVE: usize = 1024;
 
-/// How long the disconnect notice and close frame of a condemned connection may
-/// take to leave before the socket is dropped (docs/protocol.md).
-pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(1);
-
 /// The sending half of a connection's socket.
 type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
 
@@ -52,6 +48,8 @@ pub(crate) struct Timing {
     pub(crate) idle_timeout: Duration,
     /// Give up on a socket that accepts nothing for this long.
     pub(crate) write_timeout: Duration,
+    /// How long a condemned connection's notice and close frame may take.
+    pub(crate) close_grace: Duration,
 }
 
 impl Timing {
@@ -61,6 +59,7 @@ impl Timing {
             ping_interval: config.ping_interval.0,
             idle_timeout: config.idle_timeout.0,
             write_timeout: config.write_timeout.0,
+            close_grace: config.close_grace.0,
         }
     }
 }
@@ -97,6 +96,7 @@ impl Heartbeat {
     }
 
     fn due(&mut self, conn: &Conn) -> Beat {
+        // An idle client is closed at its deadline, whatever the ping schedule.
         let now = Instant::now();
         if now >= conn.last_seen() + self.timing.idle_timeout {
             Beat::Idle
@@ -217,7 +217,7 @@ async fn write_batch(
             let limit = if c.drain {
                 timing.write_timeout
             } else {
-                CLOSE_GRACE
+                timing.close_grace
             };
             let frames = frames.chain(notice).chain(std::iter::once(frame));
             write_unless(sink, limit, frames, std::future::pending()).await

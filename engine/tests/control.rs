@@ -87,6 +87,48 @@ async fn a_user_target_reaches_every_connection_of_that_user() {
 }
 
 #[tokio::test]
+async fn subscribe_by_user_is_all_or_nothing() {
+    let mut cfg = config();
+    cfg.max_subscriptions = 2;
+    let engine = start(cfg).await;
+    let mut api = grpc(&engine).await;
+    // The roomy connection comes first: a subscribe applied connection by
+    // connection would change it before failing on the full one.
+    let mut roomy = Client::connect_query(&engine, "?user=carol").await;
+    let mut full = Client::connect_query(&engine, "?user=carol").await;
+    full.subscribe(&["a", "b"]).await;
+
+    let err = api
+        .subscribe(SubscribeRequest {
+            target: user("carol"),
+            topics: vec!["news".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(err.message().contains(&full.conn_id), "{}", err.message());
+    let stats = api
+        .presence_stats(herald::proto::PresenceStatsRequest {
+            topic: "news".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.connections, 0, "nothing was applied");
+    roomy.expect_silence(Duration::from_millis(200)).await;
+    full.unsubscribe(&["b"]).await;
+    let resp = api
+        .subscribe(SubscribeRequest {
+            target: user("carol"),
+            topics: vec!["news".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.connections, 2);
+}
+
+#[tokio::test]
 async fn disconnect_delivers_code_reason_and_reconnect_hint() {
     let engine = start(config()).await;
     let mut api = grpc(&engine).await;

@@ -379,3 +379,56 @@ async fn idempotency_keys_suppress_duplicates() {
     assert_eq!(client.next_message().await["seq"], 1);
     client.expect_silence(Duration::from_millis(200)).await;
 }
+
+#[tokio::test]
+async fn idempotency_keys_are_kept_for_the_whole_window_not_the_last_ten_thousand() {
+    let engine = start(config()).await;
+    let mut producer = grpc(&engine).await;
+    // 15,000 keyed messages (two and a half minutes at 100/s) in one topic, in
+    // batches over one stream, then the first key again.
+    let keyed = |n: u64| {
+        let mut req = common::json_request("orders:2", json!({ "n": n }));
+        req.idempotency_key = Some(format!("order-{n}"));
+        req
+    };
+    let requests: Vec<PublishStreamRequest> = (0..15)
+        .map(|batch| PublishStreamRequest {
+            client_seq: batch * 1000 + 1,
+            message: Some(keyed(batch * 1000)),
+            more: (batch * 1000 + 1..batch * 1000 + 1000).map(keyed).collect(),
+        })
+        .collect();
+    let mut acks = producer
+        .publish_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut answered = 0;
+    while let Some(ack) = acks.next().await {
+        answered += 1 + ack.unwrap().more.len();
+    }
+    assert_eq!(answered, 15_000);
+    let again = producer.publish(keyed(0)).await.unwrap().into_inner();
+    assert_eq!((again.sequence, again.duplicate), (1, true));
+}
+
+#[tokio::test]
+async fn a_request_over_the_grpc_message_limit_is_out_of_range() {
+    let mut cfg = config();
+    assert_eq!(
+        cfg.grpc_message_limit(),
+        64 * 1024 + 1000 * (255 + 8) + 64 * 1024,
+        "derived from the payload limit and the largest per-call topic list"
+    );
+    cfg.grpc_max_message_bytes = 4096;
+    let engine = start(cfg).await;
+    let mut producer = grpc(&engine).await;
+    let mut req = common::json_request("big:1", json!("x".repeat(5000)));
+    let err = producer.publish(req.clone()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
+    req.data = serde_json::to_vec(&json!("x".repeat(3000))).unwrap().into();
+    assert_eq!(
+        producer.publish(req).await.unwrap().into_inner().sequence,
+        1
+    );
+}

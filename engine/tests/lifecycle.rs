@@ -22,6 +22,7 @@ async fn a_client_that_stops_reading_is_disconnected_and_the_others_keep_receivi
     // for the socket when the client reads again: keep the write timeout out of
     // the way however slow the machine is.
     cfg.write_timeout = Dur(Duration::from_secs(120));
+    cfg.close_grace = Dur(Duration::from_secs(120));
     let engine = start(cfg).await;
     let mut producer = grpc(&engine).await;
     let mut slow = Client::connect(&engine).await;
@@ -74,6 +75,72 @@ async fn a_client_that_stops_reading_is_disconnected_and_the_others_keep_receivi
     .await;
     publish_json(&mut producer, "prices:x", json!("still here")).await;
     assert_eq!(healthy.next_message().await["data"], "still here");
+}
+
+#[tokio::test]
+async fn a_slow_consumer_that_never_reads_again_is_dropped_after_the_close_grace() {
+    let mut cfg = config();
+    cfg.queue_max_messages = 64;
+    cfg.write_timeout = Dur(Duration::from_secs(120));
+    cfg.close_grace = Dur(Duration::from_millis(500));
+    let engine = start(cfg).await;
+    let mut producer = grpc(&engine).await;
+    let mut slow = Client::connect(&engine).await;
+    slow.subscribe(&["prices:y"]).await;
+    let padding = "x".repeat(16 * 1024);
+    let mut published = 0;
+    while engine.stats().slow_disconnects == 0 {
+        assert!(published < 5000, "the client was never found out");
+        publish_json(&mut producer, "prices:y", json!({ "pad": padding })).await;
+        published += 1;
+    }
+    let found_out = tokio::time::Instant::now();
+    // Its writer waits on a full socket: the condemnation ends that wait, and
+    // the notice gets the close grace, not the 120 s write timeout.
+    eventually("the slow client is dropped", || {
+        engine.stats().connections == 0
+    })
+    .await;
+    let took = found_out.elapsed();
+    assert!(took < Duration::from_secs(5), "dropped after {took:?}");
+    let stats = engine.stats();
+    assert_eq!(stats.slow_disconnects, 1);
+    // The discarded backlog (a full queue: 64 messages or 1 MiB, about 62 of
+    // these) and the one that did not fit are all counted.
+    assert!(stats.dropped >= 60, "{stats:?}");
+    assert_eq!(
+        stats.delivered + 1,
+        published,
+        "every publish but the overflowing one was queued"
+    );
+    drop(slow);
+}
+
+#[tokio::test]
+async fn an_idle_client_is_closed_at_its_deadline_not_at_the_next_ping() {
+    use tokio::io::AsyncReadExt;
+    let mut cfg = config();
+    cfg.ping_interval = Dur(Duration::from_secs(3));
+    cfg.idle_timeout = Dur(Duration::from_secs(4));
+    let engine = start(cfg).await;
+    let connected = tokio::time::Instant::now();
+    let mut silent = common::raw_ws(&engine).await;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\"code\":4002") {
+        let n = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf))
+            .await
+            .expect("the close comes within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed without a notice");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let took = connected.elapsed();
+    // Pings at 3 s and 6 s: checking only on ping ticks would close at 6 s.
+    assert!(
+        took >= Duration::from_millis(3900) && took <= Duration::from_secs(5),
+        "closed {took:?} after connecting; the idle timeout is 4 s"
+    );
 }
 
 #[tokio::test]
