@@ -10,6 +10,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 )
 
 // DefaultMaxInFlight is how many messages a [Publisher] holds queued or waiting
@@ -20,6 +22,15 @@ const DefaultMaxInFlight = 1024
 // message and up to 1024 more.
 const maxStreamBatch = 1 + 1024
 
+// maxStreamBatchBytes is the most bytes of messages one PublishStream request
+// carries, unless its first message alone is larger (a request always carries
+// at least one). The engine refuses a gRPC request larger than its
+// grpc_max_message_bytes, and the request's stream with it; by default that
+// limit is max_payload_bytes plus room for topic lists (about 394 KB with the
+// default 64 KiB payloads), so one message always fits and 256 KiB of them do
+// too.
+const maxStreamBatchBytes = 256 << 10
+
 // Publisher publishes many messages over one PublishStream. It is safe for
 // concurrent use. Messages are sent in the order of the calls to
 // [Publisher.PublishAsync] (and [Publisher.Publish]), so the engine applies them
@@ -29,8 +40,9 @@ const maxStreamBatch = 1 + 1024
 //
 // PublishAsync only queues the message. One sender writes whatever is queued
 // when the stream is ready for its next write as one request (up to 1025
-// messages), so a busy producer sends many messages per stream write while a
-// lone message still goes out at once. At most [WithMaxInFlight] messages
+// messages and 256 KiB of them, within the engine's gRPC message limit), so a
+// busy producer sends many messages per stream write while a lone message
+// still goes out at once. At most [WithMaxInFlight] messages
 // (default 1024) are queued or waiting for their ack: PublishAsync waits while
 // that many are.
 //
@@ -55,7 +67,29 @@ type Publisher struct {
 
 type queuedPublish struct {
 	msg  *heraldv1.PublishRequest
+	size int // the encoded size of msg inside a request's more
 	pend *pending[PublishResult]
+}
+
+// streamMessageSize is the encoded size of msg inside a PublishStream
+// request's more: the message, its length and its field tag.
+func streamMessageSize(msg *heraldv1.PublishRequest) int {
+	return 1 + protowire.SizeBytes(proto.Size(msg))
+}
+
+// streamBatchLen is how many of the queued messages, from the front, the next
+// request carries: as many as keep within maxStreamBatch and
+// maxStreamBatchBytes, and always the first.
+func streamBatchLen(queue []queuedPublish) int {
+	n, size := 1, queue[0].size
+	for n < len(queue) && n < maxStreamBatch {
+		size += queue[n].size
+		if size > maxStreamBatchBytes {
+			break
+		}
+		n++
+	}
+	return n
 }
 
 // PublisherOption adjusts a [Publisher] made by [Client.NewPublisher].
@@ -101,8 +135,8 @@ func (c *Client) NewPublisher(ctx context.Context, opts ...PublisherOption) (*Pu
 }
 
 // send writes the queued messages, as many per request as are queued (up to
-// maxStreamBatch), until the publisher is closed and drained or the stream is
-// over.
+// maxStreamBatch messages and maxStreamBatchBytes), until the publisher is
+// closed and drained or the stream is over.
 func (p *Publisher) send() {
 	for {
 		select {
@@ -125,7 +159,7 @@ func (p *Publisher) send() {
 				}
 				break
 			}
-			n := min(len(p.queue), maxStreamBatch)
+			n := streamBatchLen(p.queue)
 			batch := p.queue[:n:n]
 			p.queue = p.queue[n:]
 			seq := p.nextSeq
@@ -295,6 +329,7 @@ func (p *Publisher) PublishAsync(ctx context.Context, topic string, payload Payl
 	if err != nil {
 		return failedPublish(err)
 	}
+	size := streamMessageSize(msg)
 	select {
 	case p.slots <- struct{}{}:
 	case <-p.over:
@@ -310,7 +345,7 @@ func (p *Publisher) PublishAsync(ctx context.Context, topic string, payload Payl
 	case p.closed:
 		err = ErrClosed
 	default:
-		p.queue = append(p.queue, queuedPublish{msg: msg, pend: pend})
+		p.queue = append(p.queue, queuedPublish{msg: msg, size: size, pend: pend})
 	}
 	p.mu.Unlock()
 	if err != nil {
