@@ -426,6 +426,19 @@ async fn a_request_over_the_grpc_message_limit_is_out_of_range() {
     let mut req = common::json_request("big:1", json!("x".repeat(5000)));
     let err = producer.publish(req.clone()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
+    // On a stream, the oversize request ends the stream with the same status.
+    let oversize = PublishStreamRequest {
+        client_seq: 1,
+        message: Some(req.clone()),
+        more: Vec::new(),
+    };
+    let mut acks = producer
+        .publish_stream(tokio_stream::iter([oversize]))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = acks.next().await.unwrap().unwrap_err();
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
     req.data = serde_json::to_vec(&json!("x".repeat(3000))).unwrap().into();
     assert_eq!(
         producer.publish(req).await.unwrap().into_inner().sequence,

@@ -189,7 +189,8 @@ fn broker_status(e: BrokerError) -> Status {
     }
 }
 
-/// The next request of a bidirectional stream; `None` once the client has closed it
+/// The next request of a bidirectional stream; `None` once the client has closed it,
+/// a request failed to decode (the client is sent that status, e.g. OUT_OF_RANGE),
 /// or the node is shutting down (the client is then sent UNAVAILABLE).
 async fn next_request<Req, Resp>(
     requests: &mut Streaming<Req>,
@@ -207,7 +208,12 @@ async fn next_request<Req, Resp>(
     match next {
         Some(Ok(req)) => Some(req),
         Some(Err(status)) => {
-            tracing::debug!(%status, "stream ended by the client");
+            // A request the engine cannot decode (over the message limit, say) or
+            // a stream the client cancelled: either way the stream ends, and a
+            // client still listening learns why.
+            tracing::debug!(%status, "request stream failed");
+            // Never wait for a client that does not read its answers.
+            let _ = tx.try_send(Err(status));
             None
         }
         None => None,
