@@ -1,5 +1,5 @@
-//! The `herald` binary: reads the configuration, sets up logging, runs one node
-//! until SIGINT or SIGTERM.
+//! The `herald` binary: reads the configuration, sets up logging, raises the
+//! open-file limit, runs one node until SIGINT or SIGTERM.
 
 use std::{io::IsTerminal, process::ExitCode};
 
@@ -23,6 +23,7 @@ fn main() -> ExitCode {
         LogFormat::Text => subscriber.init(),
         LogFormat::Json => subscriber.json().init(),
     }
+    raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -45,4 +46,14 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// Every connection is a file descriptor: raise the soft limit to the hard limit,
+/// which containers and systemd often set far higher (1024 soft / 524288 hard is
+/// common) than the soft limit a process starts with.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
 }
