@@ -72,6 +72,8 @@ pub enum LogFormat {
 macro_rules! settings {
     ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, env $env:literal; )*) => {
         /// The complete engine configuration, with every value resolved.
+        // The field docs double as `--help` text, whose `[default: …]` is not a link.
+        #[allow(rustdoc::broken_intra_doc_links)]
         #[derive(Debug, Clone, Deserialize)]
         #[serde(default, deny_unknown_fields)]
         pub struct Config {
