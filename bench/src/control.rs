@@ -22,22 +22,22 @@ use tonic::transport::Channel;
 
 /// Counters of answered commands (cumulative since the stream opened).
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct Counts {
+pub(crate) struct Counts {
     /// Commands answered.
-    pub answered: u64,
+    pub(crate) answered: u64,
     /// Commands answered with an error.
-    pub errors: u64,
+    pub(crate) errors: u64,
     /// Answers whose request id was not the oldest unanswered command's.
-    pub misordered: u64,
+    pub(crate) misordered: u64,
     /// Connections reached by successful subscribes.
-    pub sub_reached: u64,
+    pub(crate) sub_reached: u64,
     /// Connections reached by successful unsubscribes.
-    pub unsub_reached: u64,
+    pub(crate) unsub_reached: u64,
 }
 
 impl Counts {
     /// The counts since `base`.
-    pub fn since(&self, base: &Counts) -> Counts {
+    pub(crate) fn since(&self, base: &Counts) -> Counts {
         Counts {
             answered: self.answered - base.answered,
             errors: self.errors - base.errors,
@@ -73,7 +73,7 @@ impl Shared {
 }
 
 /// An open Control stream.
-pub struct ControlStream {
+pub(crate) struct ControlStream {
     tx: Option<mpsc::Sender<ControlRequest>>,
     window: usize,
     sem: Arc<Semaphore>,
@@ -90,7 +90,7 @@ fn user(id: &str) -> Option<Target> {
 
 impl ControlStream {
     /// Opens the stream; at most `window` commands are unanswered at a time.
-    pub fn open(mut client: HeraldClient<Channel>, window: usize) -> Result<ControlStream> {
+    pub(crate) fn open(mut client: HeraldClient<Channel>, window: usize) -> Result<ControlStream> {
         let window = window.clamp(1, 1 << 20);
         let (tx, rx) = mpsc::channel::<ControlRequest>(window.min(4096));
         let sem = Arc::new(Semaphore::new(window));
@@ -187,7 +187,7 @@ impl ControlStream {
     }
 
     /// Sends Subscribe(user `uid` → `topic`), waiting while the window is full.
-    pub async fn subscribe(&mut self, uid: &str, topic: &str) -> Result<()> {
+    pub(crate) async fn subscribe(&mut self, uid: &str, topic: &str) -> Result<()> {
         self.send(control_request::Command::Subscribe(SubscribeRequest {
             target: user(uid),
             topics: vec![topic.to_string()],
@@ -196,7 +196,7 @@ impl ControlStream {
     }
 
     /// Sends Unsubscribe(user `uid` from `topic`), waiting while the window is full.
-    pub async fn unsubscribe(&mut self, uid: &str, topic: &str) -> Result<()> {
+    pub(crate) async fn unsubscribe(&mut self, uid: &str, topic: &str) -> Result<()> {
         self.send(control_request::Command::Unsubscribe(UnsubscribeRequest {
             target: user(uid),
             topics: vec![topic.to_string()],
@@ -205,7 +205,7 @@ impl ControlStream {
     }
 
     /// Waits until every command sent so far is answered (or `timeout` passed).
-    pub async fn settle(&self, timeout: Duration) -> Result<()> {
+    pub(crate) async fn settle(&self, timeout: Duration) -> Result<()> {
         let n = u32::try_from(self.window).unwrap_or(u32::MAX);
         match tokio::time::timeout(timeout, self.sem.acquire_many(n)).await {
             Ok(Ok(_all)) => Ok(()),
@@ -221,7 +221,7 @@ impl ControlStream {
     }
 
     /// The counters so far.
-    pub fn counts(&self) -> Counts {
+    pub(crate) fn counts(&self) -> Counts {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         Counts {
             answered: l(&self.sh.answered),
@@ -233,12 +233,12 @@ impl ControlStream {
     }
 
     /// The first failed command's error, if any.
-    pub fn first_error(&self) -> Option<String> {
+    pub(crate) fn first_error(&self) -> Option<String> {
         self.sh.first_error.lock().ok().and_then(|g| g.clone())
     }
 
     /// Returns the send→answer histogram (µs) so far and starts a new one.
-    pub fn take_hist(&self) -> Result<Histogram<u64>> {
+    pub(crate) fn take_hist(&self) -> Result<Histogram<u64>> {
         let fresh = new_hist()?;
         match self.sh.hist.lock() {
             Ok(mut g) => Ok(g.replace(fresh).unwrap_or(new_hist()?)),
@@ -247,7 +247,7 @@ impl ControlStream {
     }
 
     /// Ends the stream and waits for the engine to close its side.
-    pub async fn close(mut self) -> Result<()> {
+    pub(crate) async fn close(mut self) -> Result<()> {
         self.tx = None;
         match tokio::time::timeout(Duration::from_secs(10), self.reader).await {
             Ok(Ok(r)) => r,

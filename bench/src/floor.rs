@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 
 /// Arguments of `herald-bench floor-writer`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct FloorArgs {
+pub(crate) struct FloorArgs {
     /// Address to accept reader connections on.
     #[arg(long)]
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
 }
 
 /// The frame Herald would send for a message on topic `bench`: an unmasked text frame.
-pub fn ws_frame(seq: u64, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn ws_frame(seq: u64, payload: &[u8]) -> Vec<u8> {
     let mut body =
         format!("{{\"type\":\"message\",\"topic\":\"bench\",\"seq\":{seq},\"data\":").into_bytes();
     body.extend_from_slice(payload);
@@ -117,7 +117,7 @@ fn socket2_listen(addr: SocketAddr) -> Result<TcpListener> {
 }
 
 /// Runs the floor writer until `quit` or end of stdin.
-pub fn run(args: FloorArgs) -> Result<()> {
+pub(crate) fn run(args: FloorArgs) -> Result<()> {
     // A deep accept queue (std's default of 128 drops connects in a storm).
     let sock = socket2_listen(args.listen)?;
     let listener: TcpListener = sock;

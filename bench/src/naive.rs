@@ -26,13 +26,13 @@ use tonic::{Request, Response, Status, Streaming};
 
 /// Arguments of `herald-bench naive`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct NaiveArgs {
+pub(crate) struct NaiveArgs {
     /// WebSocket listen address.
     #[arg(long)]
-    pub ws_addr: SocketAddr,
+    pub(crate) ws_addr: SocketAddr,
     /// gRPC listen address.
     #[arg(long)]
-    pub grpc_addr: SocketAddr,
+    pub(crate) grpc_addr: SocketAddr,
 }
 
 struct Conn {
@@ -230,7 +230,7 @@ impl Herald for Svc {
 }
 
 /// Runs the naive broadcaster until killed.
-pub fn run(args: NaiveArgs) -> Result<()> {
+pub(crate) fn run(args: NaiveArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

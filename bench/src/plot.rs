@@ -49,7 +49,7 @@ fn text_width(s: &str, scale: i32) -> i32 {
 
 /// Plots p50/p99/p99.9 latency against connection count for each target of the
 /// fan-out rows, plus the floor's round time.
-pub fn latency_vs_connections(rows: &[Row], path: &Path) -> Result<()> {
+pub(crate) fn latency_vs_connections(rows: &[Row], path: &Path) -> Result<()> {
     let fan: Vec<&Row> = rows.iter().filter(|r| r.phase == "fanout").collect();
     if fan.is_empty() {
         return Ok(());
@@ -250,17 +250,17 @@ pub fn latency_vs_connections(rows: &[Row], path: &Path) -> Result<()> {
 
 /// `plot`: redraws the chart from a saved fan-out result file.
 #[derive(Debug, Clone, clap::Args)]
-pub struct PlotArgs {
+pub(crate) struct PlotArgs {
     /// A fanout-*.json file from the results directory.
     #[arg(long)]
-    pub from: std::path::PathBuf,
+    pub(crate) from: std::path::PathBuf,
     /// The PNG to write.
     #[arg(long, default_value = "docs/img/latency-vs-connections.png")]
-    pub out: std::path::PathBuf,
+    pub(crate) out: std::path::PathBuf,
 }
 
 /// Runs `plot`.
-pub fn run(a: PlotArgs) -> Result<()> {
+pub(crate) fn run(a: PlotArgs) -> Result<()> {
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&a.from)?)?;
     let rows: Vec<Row> = v["rows"]
         .as_array()

@@ -14,10 +14,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 /// Most connections one worker process holds (the per-process limit is 20,000 files).
-pub const MAX_PER_WORKER: u64 = 10_000;
+pub(crate) const MAX_PER_WORKER: u64 = 10_000;
 
 /// One running worker process.
-pub struct Worker {
+pub(crate) struct Worker {
     child: Child,
     stdin: ChildStdin,
     lines: Lines<BufReader<ChildStdout>>,
@@ -25,30 +25,30 @@ pub struct Worker {
 
 /// What a group of workers should do.
 #[derive(Debug, Clone)]
-pub struct Spec {
+pub(crate) struct Spec {
     /// Connection mode.
-    pub mode: Mode,
+    pub(crate) mode: Mode,
     /// Server address.
-    pub target: SocketAddr,
+    pub(crate) target: SocketAddr,
     /// Total connections.
-    pub conns: u64,
+    pub(crate) conns: u64,
     /// Shared topics.
-    pub topics: Vec<String>,
+    pub(crate) topics: Vec<String>,
     /// Subscribe each to `user:<index>` too.
-    pub user_topics: bool,
+    pub(crate) user_topics: bool,
     /// Connect each as user `u<index>`.
-    pub user_ids: bool,
+    pub(crate) user_ids: bool,
     /// Churn rate (per second) and duration (s).
-    pub churn: Option<(f64, f64)>,
+    pub(crate) churn: Option<(f64, f64)>,
     /// Connects in flight per worker.
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Max connections per worker process.
-    pub per_worker: u64,
+    pub(crate) per_worker: u64,
 }
 
 impl Spec {
     /// A subscribed-readers spec.
-    pub fn readers(mode: Mode, target: SocketAddr, conns: u64, topics: &[&str]) -> Self {
+    pub(crate) fn readers(mode: Mode, target: SocketAddr, conns: u64, topics: &[&str]) -> Self {
         Spec {
             mode,
             target,
@@ -75,49 +75,49 @@ fn src_ips(rng: &mut Rng) -> String {
 }
 
 /// A group of workers.
-pub struct Pool {
+pub(crate) struct Pool {
     /// The workers.
-    pub workers: Vec<Worker>,
+    pub(crate) workers: Vec<Worker>,
 }
 
 /// Merged results of one `report` round.
 #[derive(Debug)]
-pub struct Report {
+pub(crate) struct Report {
     /// Messages received.
-    pub received: u64,
+    pub(crate) received: u64,
     /// Server-initiated subscribed/unsubscribed pushes received.
-    pub pushes: u64,
+    pub(crate) pushes: u64,
     /// Latency histogram (µs).
-    pub hist: Histogram<u64>,
+    pub(crate) hist: Histogram<u64>,
     /// Connections closed so far.
-    pub closed: u64,
+    pub(crate) closed: u64,
     /// Messages skipped in some connection's `seq` order, since the worker started.
-    pub seq_gaps: u64,
+    pub(crate) seq_gaps: u64,
     /// Messages that arrived with a `seq` not above the previous one, likewise.
-    pub seq_reorders: u64,
+    pub(crate) seq_reorders: u64,
     /// Close codes seen.
-    pub close_codes: BTreeMap<String, u64>,
+    pub(crate) close_codes: BTreeMap<String, u64>,
     /// A few errors.
-    pub errors: Vec<String>,
+    pub(crate) errors: Vec<String>,
     /// Sum of the workers' CPU seconds since they started.
-    pub cpu_s: f64,
+    pub(crate) cpu_s: f64,
 }
 
 /// Readiness of a group.
 #[derive(Debug, Default)]
-pub struct Ready {
+pub(crate) struct Ready {
     /// Connections up.
-    pub connected: u64,
+    pub(crate) connected: u64,
     /// Connections that failed.
-    pub failed: u64,
+    pub(crate) failed: u64,
     /// Earliest connect start (unix ns).
-    pub t_first_ns: u64,
+    pub(crate) t_first_ns: u64,
     /// Latest subscribe done (unix ns).
-    pub t_last_ns: u64,
+    pub(crate) t_last_ns: u64,
     /// A few errors.
-    pub errors: Vec<String>,
+    pub(crate) errors: Vec<String>,
     /// Workers' CPU seconds until ready.
-    pub cpu_s: f64,
+    pub(crate) cpu_s: f64,
 }
 
 impl Worker {
@@ -158,7 +158,7 @@ fn strs(v: &Value) -> Vec<String> {
 
 impl Pool {
     /// Spawns the workers for `spec` (they start connecting at once).
-    pub fn spawn(spec: &Spec) -> Result<Pool> {
+    pub(crate) fn spawn(spec: &Spec) -> Result<Pool> {
         let exe = std::env::current_exe()?;
         let n_workers = match spec.mode {
             Mode::Churn => 1,
@@ -227,7 +227,7 @@ impl Pool {
     }
 
     /// Waits until every worker has all its connections up (or failed).
-    pub async fn ready(&mut self, timeout: Duration) -> Result<Ready> {
+    pub(crate) async fn ready(&mut self, timeout: Duration) -> Result<Ready> {
         let evs = futures_util::future::join_all(
             self.workers.iter_mut().map(|w| w.event("ready", timeout)),
         )
@@ -252,7 +252,7 @@ impl Pool {
     }
 
     /// Messages received so far by all workers (since the last report).
-    pub async fn count(&mut self) -> Result<u64> {
+    pub(crate) async fn count(&mut self) -> Result<u64> {
         self.count_of("received").await
     }
 
@@ -272,7 +272,7 @@ impl Pool {
 
     /// Polls until `expected` server-initiated pushes arrived (since the last
     /// report) or `max_wait` passed; returns the count.
-    pub async fn drain_pushes(&mut self, expected: u64, max_wait: Duration) -> Result<u64> {
+    pub(crate) async fn drain_pushes(&mut self, expected: u64, max_wait: Duration) -> Result<u64> {
         let start = tokio::time::Instant::now();
         loop {
             let n = self.count_of("pushes").await?;
@@ -284,7 +284,7 @@ impl Pool {
     }
 
     /// Polls until `expected` messages arrived or `max_wait` passed; returns the count.
-    pub async fn drain(&mut self, expected: u64, max_wait: Duration) -> Result<u64> {
+    pub(crate) async fn drain(&mut self, expected: u64, max_wait: Duration) -> Result<u64> {
         let start = tokio::time::Instant::now();
         loop {
             let n = self.count().await?;
@@ -296,7 +296,7 @@ impl Pool {
     }
 
     /// Collects and resets every worker's counters and histogram.
-    pub async fn report(&mut self) -> Result<Report> {
+    pub(crate) async fn report(&mut self) -> Result<Report> {
         for w in &mut self.workers {
             w.send("report").await?;
         }
@@ -333,7 +333,7 @@ impl Pool {
     }
 
     /// Sends `start` (churn workers) to every worker.
-    pub async fn start(&mut self) -> Result<()> {
+    pub(crate) async fn start(&mut self) -> Result<()> {
         for w in &mut self.workers {
             w.send("start").await?;
         }
@@ -341,7 +341,7 @@ impl Pool {
     }
 
     /// Waits for every churn worker's `churn_done` event.
-    pub async fn churn_done(&mut self, timeout: Duration) -> Result<Vec<Value>> {
+    pub(crate) async fn churn_done(&mut self, timeout: Duration) -> Result<Vec<Value>> {
         let mut out = Vec::new();
         for w in &mut self.workers {
             out.push(w.event("churn_done", timeout).await?);
@@ -350,7 +350,7 @@ impl Pool {
     }
 
     /// Tells the workers to quit and waits for them (killing any that hang).
-    pub async fn quit(mut self) {
+    pub(crate) async fn quit(mut self) {
         for w in &mut self.workers {
             let _ = w.send("quit").await;
         }

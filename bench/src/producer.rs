@@ -18,7 +18,7 @@ use tonic::transport::Channel;
 
 /// Where each message goes.
 #[derive(Debug, Clone)]
-pub enum Topics {
+pub(crate) enum Topics {
     /// Always this topic.
     One(String),
     /// `user:N` with N uniformly random in `0..n`.
@@ -36,22 +36,22 @@ impl Topics {
 
 /// Counts of a publishing phase.
 #[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct PubStats {
+pub(crate) struct PubStats {
     /// Requests sent.
-    pub sent: u64,
+    pub(crate) sent: u64,
     /// Acknowledged (accepted) messages or successful calls.
-    pub acked: u64,
+    pub(crate) acked: u64,
     /// Refused messages or failed calls.
-    pub errors: u64,
+    pub(crate) errors: u64,
     /// Seconds from the first send to the last answer.
-    pub elapsed_s: f64,
+    pub(crate) elapsed_s: f64,
     /// The first error text, if any.
-    pub first_error: Option<String>,
+    pub(crate) first_error: Option<String>,
 }
 
 /// A gRPC producer.
 #[derive(Clone)]
-pub struct Producer {
+pub(crate) struct Producer {
     client: HeraldClient<Channel>,
 }
 
@@ -67,7 +67,7 @@ fn request(topic: String, payload: usize) -> PublishRequest {
 
 impl Producer {
     /// Connects to the gRPC server at `addr`.
-    pub async fn connect(addr: SocketAddr) -> Result<Producer> {
+    pub(crate) async fn connect(addr: SocketAddr) -> Result<Producer> {
         let ch = Channel::from_shared(format!("http://{addr}"))
             .map_err(|e| crate::util::BenchError::Msg(e.to_string()))?
             .tcp_nodelay(true)
@@ -79,19 +79,19 @@ impl Producer {
     }
 
     /// The gRPC client (for the Control stream).
-    pub fn client(&self) -> HeraldClient<Channel> {
+    pub(crate) fn client(&self) -> HeraldClient<Channel> {
         self.client.clone()
     }
 
     /// Publishes one stamped message with unary Publish.
-    pub async fn publish_one(&self, topic: &str, payload: usize) -> Result<()> {
+    pub(crate) async fn publish_one(&self, topic: &str, payload: usize) -> Result<()> {
         let mut c = self.client.clone();
         c.publish(request(topic.to_string(), payload)).await?;
         Ok(())
     }
 
     /// The engine's Info counters, if it serves them.
-    pub async fn info(&self) -> Option<InfoResponse> {
+    pub(crate) async fn info(&self) -> Option<InfoResponse> {
         let mut c = self.client.clone();
         match c.info(InfoRequest {}).await {
             Ok(r) => Some(r.into_inner()),
@@ -104,7 +104,7 @@ impl Producer {
 
     /// Streams messages at `rate` per second for `duration` seconds (`window` caps the
     /// unacknowledged ones; 0 = no cap). With `rate` 0, sends as fast as the window allows.
-    pub async fn stream(
+    pub(crate) async fn stream(
         &self,
         topics: Topics,
         rate: f64,
@@ -192,7 +192,7 @@ impl Producer {
     }
 
     /// `concurrency` loops of unary Publish calls for `duration` seconds.
-    pub async fn unary(
+    pub(crate) async fn unary(
         &self,
         topic: &str,
         duration: f64,

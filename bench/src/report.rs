@@ -9,48 +9,48 @@ use std::path::{Path, PathBuf};
 
 /// One measured point.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Row {
+pub(crate) struct Row {
     /// floor, naive or herald.
-    pub target: String,
+    pub(crate) target: String,
     /// What the row is (scenario phase or step).
-    pub phase: String,
+    pub(crate) phase: String,
     /// Subscribed connections.
-    pub conns: u64,
+    pub(crate) conns: u64,
     /// Publish rate, messages per second.
-    pub rate_hz: f64,
+    pub(crate) rate_hz: f64,
     /// Publishing time, seconds.
-    pub duration_s: f64,
+    pub(crate) duration_s: f64,
     /// Messages accepted by the engine (rounds for the floor).
-    pub published: u64,
+    pub(crate) published: u64,
     /// Deliveries expected.
-    pub expected: u64,
+    pub(crate) expected: u64,
     /// Deliveries seen by the clients.
-    pub delivered: u64,
+    pub(crate) delivered: u64,
     /// delivered / expected.
-    pub delivered_frac: f64,
+    pub(crate) delivered_frac: f64,
     /// Publish→receive latency.
-    pub lat: Lat,
+    pub(crate) lat: Lat,
     /// Deliveries per second of publishing time.
-    pub deliveries_per_s: f64,
+    pub(crate) deliveries_per_s: f64,
     /// Engine CPU seconds (utime+stime) during the phase.
-    pub engine_cpu_s: f64,
+    pub(crate) engine_cpu_s: f64,
     /// Engine CPU seconds per million deliveries (= µs per delivery).
-    pub cpu_s_per_m: f64,
+    pub(crate) cpu_s_per_m: f64,
     /// Engine peak RSS (VmHWM), MiB.
-    pub peak_rss_mib: f64,
+    pub(crate) peak_rss_mib: f64,
     /// Load-generator worker CPU seconds during the phase.
-    pub gen_cpu_s: f64,
+    pub(crate) gen_cpu_s: f64,
     /// Anything else worth a glance.
-    pub note: String,
+    pub(crate) note: String,
     /// Scenario-specific figures.
-    pub extra: serde_json::Map<String, serde_json::Value>,
+    pub(crate) extra: serde_json::Map<String, serde_json::Value>,
     /// A detail row: kept in the JSON, left out of the markdown table.
-    pub detail: bool,
+    pub(crate) detail: bool,
 }
 
 impl Row {
     /// Fills the derived fields from the raw ones.
-    pub fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         self.delivered_frac = if self.expected > 0 {
             self.delivered as f64 / self.expected as f64
         } else {
@@ -67,32 +67,32 @@ impl Row {
 
 /// A whole run of one scenario command.
 #[derive(Debug, Clone, Serialize)]
-pub struct RunDoc {
+pub(crate) struct RunDoc {
     /// Scenario name.
-    pub scenario: String,
+    pub(crate) scenario: String,
     /// The exact command line.
-    pub command: String,
+    pub(crate) command: String,
     /// UTC date and time.
-    pub date: String,
+    pub(crate) date: String,
     /// Cores available.
-    pub cores: usize,
+    pub(crate) cores: usize,
     /// Load average when the run started.
-    pub load_start: String,
+    pub(crate) load_start: String,
     /// Load average when it ended.
-    pub load_end: String,
+    pub(crate) load_end: String,
     /// The repository revision the run was made at (`git describe`), if known.
-    pub revision: String,
+    pub(crate) revision: String,
     /// CPU busy (percent of all cores) in the second before each target started,
     /// while the harness ran nothing: other work sharing the machine.
-    pub busy_before_pct: Vec<(String, f64)>,
+    pub(crate) busy_before_pct: Vec<(String, f64)>,
     /// The measured points.
-    pub rows: Vec<Row>,
+    pub(crate) rows: Vec<Row>,
     /// Comparisons against the targets, one sentence each.
-    pub summary: Vec<String>,
+    pub(crate) summary: Vec<String>,
 }
 
 /// `YYYY-MM-DD HH:MM:SS` UTC for unix seconds.
-pub fn utc(secs: u64) -> String {
+pub(crate) fn utc(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     // Howard Hinnant's civil-from-days.
@@ -115,7 +115,7 @@ pub fn utc(secs: u64) -> String {
 
 impl RunDoc {
     /// Starts a run record.
-    pub fn new(scenario: &str) -> Self {
+    pub(crate) fn new(scenario: &str) -> Self {
         let command = std::env::args()
             .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
             .collect::<Vec<_>>()
@@ -143,7 +143,7 @@ impl RunDoc {
     }
 
     /// Writes the JSON file (and the markdown section if `md` is set); returns the JSON path.
-    pub fn save(&mut self, out_dir: &Path, md: Option<&Path>) -> Result<PathBuf> {
+    pub(crate) fn save(&mut self, out_dir: &Path, md: Option<&Path>) -> Result<PathBuf> {
         self.load_end = loadavg();
         std::fs::create_dir_all(out_dir)?;
         let stamp = self.date.replace([' ', ':'], "-");
@@ -160,7 +160,7 @@ impl RunDoc {
     }
 
     /// The markdown section of this run.
-    pub fn markdown(&self) -> String {
+    pub(crate) fn markdown(&self) -> String {
         let mut s = format!(
             "\n### {} — {} UTC\n\n```\n{}\n```\n\n{} cores; load average {} at start, {} at end (it includes this run's own previous steps).",
             self.scenario, self.date, self.command, self.cores, self.load_start, self.load_end

@@ -18,37 +18,37 @@ use std::time::Duration;
 
 /// Options every scenario takes.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Common {
+pub(crate) struct Common {
     /// Systems to measure, in this order.
     #[arg(long, value_delimiter = ',', default_value = "floor,naive,herald")]
-    pub targets: Vec<Target>,
+    pub(crate) targets: Vec<Target>,
     /// Herald's binary.
     #[arg(long, env = "HERALD_BIN", default_value = "target/release/herald")]
-    pub herald_bin: PathBuf,
+    pub(crate) herald_bin: PathBuf,
     /// An extra flag for Herald (repeatable), e.g. --herald-arg=--queue-max-messages=4096.
     #[arg(long = "herald-arg", allow_hyphen_values = true)]
-    pub herald_args: Vec<String>,
+    pub(crate) herald_args: Vec<String>,
     /// Where result JSON files (and server logs) go.
     #[arg(long, default_value = "bench/results")]
-    pub out_dir: PathBuf,
+    pub(crate) out_dir: PathBuf,
     /// Append a markdown section with the results to this file.
     #[arg(long)]
-    pub markdown: Option<PathBuf>,
+    pub(crate) markdown: Option<PathBuf>,
     /// Payload size in bytes.
     #[arg(long, default_value_t = 100)]
-    pub payload: usize,
+    pub(crate) payload: usize,
     /// Most connections per worker process.
     #[arg(long, default_value_t = MAX_PER_WORKER)]
-    pub per_worker: u64,
+    pub(crate) per_worker: u64,
     /// Connects in flight per worker process.
     #[arg(long, default_value_t = 128)]
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Milliseconds to watch the machine's CPU use before each target starts.
     #[arg(long, default_value_t = 1000)]
-    pub busy_probe_ms: u64,
+    pub(crate) busy_probe_ms: u64,
     /// Fail (exit non-zero) when a delivery is missing or a connection fails.
     #[arg(long)]
-    pub strict: bool,
+    pub(crate) strict: bool,
 }
 
 struct Setup {
@@ -343,31 +343,31 @@ fn ratio(a: f64, b: f64) -> String {
 
 /// `fanout`: C connections on one topic, R Hz for D s.
 #[derive(Debug, Clone, clap::Args)]
-pub struct FanoutArgs {
+pub(crate) struct FanoutArgs {
     #[command(flatten)]
-    pub common: Common,
+    pub(crate) common: Common,
     /// Connection counts, one run each.
     #[arg(long, value_delimiter = ',', default_value = "1000,5000,19000")]
-    pub conns: Vec<u64>,
+    pub(crate) conns: Vec<u64>,
     /// Publish rates (Hz) matching --conns (the last one repeats).
     #[arg(long, value_delimiter = ',', default_value = "10,10,2")]
-    pub rates: Vec<f64>,
+    pub(crate) rates: Vec<f64>,
     /// Seconds of publishing per run.
     #[arg(long, default_value_t = 10.0)]
-    pub duration: f64,
+    pub(crate) duration: f64,
     /// Most seconds to wait for the last deliveries.
     #[arg(long, default_value_t = 10.0)]
-    pub drain: f64,
+    pub(crate) drain: f64,
     /// Runs per connection count and target; the table shows the median by p99.
     #[arg(long, default_value_t = 1)]
-    pub repeat: u32,
+    pub(crate) repeat: u32,
     /// Draw latency against connection count into this PNG.
     #[arg(long)]
-    pub plot: Option<PathBuf>,
+    pub(crate) plot: Option<PathBuf>,
 }
 
 /// Runs `fanout`.
-pub async fn fanout(a: FanoutArgs) -> Result<()> {
+pub(crate) async fn fanout(a: FanoutArgs) -> Result<()> {
     let c = &a.common;
     let mut doc = RunDoc::new("fanout");
     for (i, &conns) in a.conns.iter().enumerate() {
@@ -489,35 +489,35 @@ fn fanout_summary(doc: &mut RunDoc, conns: u64) {
 /// `saturate`: raise the publish rate step by step until deliveries stop being
 /// complete or p99 passes the limit.
 #[derive(Debug, Clone, clap::Args)]
-pub struct SaturateArgs {
+pub(crate) struct SaturateArgs {
     #[command(flatten)]
-    pub common: Common,
+    pub(crate) common: Common,
     /// Connection counts.
     #[arg(long, value_delimiter = ',', default_value = "5000,19000")]
-    pub conns: Vec<u64>,
+    pub(crate) conns: Vec<u64>,
     /// Deliveries per second of the first step.
     #[arg(long, default_value_t = 20_000.0)]
-    pub start_deliveries: f64,
+    pub(crate) start_deliveries: f64,
     /// Rate factor between steps.
     #[arg(long, default_value_t = 1.25)]
-    pub factor: f64,
+    pub(crate) factor: f64,
     /// Seconds per step.
     #[arg(long, default_value_t = 5.0)]
-    pub step_duration: f64,
+    pub(crate) step_duration: f64,
     /// Most steps.
     #[arg(long, default_value_t = 20)]
-    pub max_steps: u32,
+    pub(crate) max_steps: u32,
     /// p99 limit in ms for a step to pass.
     #[arg(long, default_value_t = 100.0)]
-    pub p99_limit_ms: f64,
+    pub(crate) p99_limit_ms: f64,
     /// Keep stepping while delivery is complete and p99 stays under this (ms), to
     /// find the throughput limit even where one round alone exceeds the p99 limit.
     #[arg(long, default_value_t = 1000.0)]
-    pub p99_stop_ms: f64,
+    pub(crate) p99_stop_ms: f64,
 }
 
 /// Runs `saturate`.
-pub async fn saturate(a: SaturateArgs) -> Result<()> {
+pub(crate) async fn saturate(a: SaturateArgs) -> Result<()> {
     let c = &a.common;
     let mut doc = RunDoc::new("saturate");
     for &conns in &a.conns {
@@ -636,22 +636,22 @@ pub async fn saturate(a: SaturateArgs) -> Result<()> {
 /// `targeted`: each connection on its own `user:N` topic plus one shared topic;
 /// messages go to random users.
 #[derive(Debug, Clone, clap::Args)]
-pub struct TargetedArgs {
+pub(crate) struct TargetedArgs {
     #[command(flatten)]
-    pub common: Common,
+    pub(crate) common: Common,
     /// Connections.
     #[arg(long, default_value_t = 5000)]
-    pub conns: u64,
+    pub(crate) conns: u64,
     /// Messages per second (each to one random user).
     #[arg(long, default_value_t = 2000.0)]
-    pub rate: f64,
+    pub(crate) rate: f64,
     /// Seconds of publishing.
     #[arg(long, default_value_t = 10.0)]
-    pub duration: f64,
+    pub(crate) duration: f64,
 }
 
 /// Runs `targeted`.
-pub async fn targeted(a: TargetedArgs) -> Result<()> {
+pub(crate) async fn targeted(a: TargetedArgs) -> Result<()> {
     let c = &a.common;
     let mut doc = RunDoc::new("targeted");
     for &t in c.targets.iter().filter(|t| **t != Target::Floor) {
@@ -688,22 +688,22 @@ pub async fn targeted(a: TargetedArgs) -> Result<()> {
 /// `ingest`: acked messages/s through PublishStream and calls/s through unary
 /// Publish, to a topic with one subscriber.
 #[derive(Debug, Clone, clap::Args)]
-pub struct IngestArgs {
+pub(crate) struct IngestArgs {
     #[command(flatten)]
-    pub common: Common,
+    pub(crate) common: Common,
     /// Seconds per phase.
     #[arg(long, default_value_t = 5.0)]
-    pub duration: f64,
+    pub(crate) duration: f64,
     /// Unacknowledged messages allowed on the stream.
     #[arg(long, default_value_t = 2000)]
-    pub window: usize,
+    pub(crate) window: usize,
     /// Concurrent unary calls.
     #[arg(long, default_value_t = 64)]
-    pub unary_concurrency: usize,
+    pub(crate) unary_concurrency: usize,
 }
 
 /// Runs `ingest`.
-pub async fn ingest(a: IngestArgs) -> Result<()> {
+pub(crate) async fn ingest(a: IngestArgs) -> Result<()> {
     let c = &a.common;
     let mut doc = RunDoc::new("ingest");
     for &t in c.targets.iter().filter(|t| **t != Target::Floor) {
@@ -778,16 +778,16 @@ pub async fn ingest(a: IngestArgs) -> Result<()> {
 
 /// `join`: time for C clients to connect and subscribe to one topic.
 #[derive(Debug, Clone, clap::Args)]
-pub struct JoinArgs {
+pub(crate) struct JoinArgs {
     #[command(flatten)]
-    pub common: Common,
+    pub(crate) common: Common,
     /// Connection counts.
     #[arg(long, value_delimiter = ',', default_value = "5000,10000,19000")]
-    pub conns: Vec<u64>,
+    pub(crate) conns: Vec<u64>,
 }
 
 /// Runs `join`.
-pub async fn join(a: JoinArgs) -> Result<()> {
+pub(crate) async fn join(a: JoinArgs) -> Result<()> {
     let c = &a.common;
     let mut doc = RunDoc::new("join");
     for &conns in &a.conns {
@@ -861,19 +861,19 @@ pub async fn join(a: JoinArgs) -> Result<()> {
 
 /// `idle`: engine RSS per idle subscribed connection.
 #[derive(Debug, Clone, clap::Args)]
-pub struct IdleArgs {
+pub(crate) struct IdleArgs {
     #[command(flatten)]
-    pub common: Common,
+    pub(crate) common: Common,
     /// Connections.
     #[arg(long, default_value_t = 19_000)]
-    pub conns: u64,
+    pub(crate) conns: u64,
     /// Seconds to wait after the last subscribe before reading RSS.
     #[arg(long, default_value_t = 3.0)]
-    pub settle: f64,
+    pub(crate) settle: f64,
 }
 
 /// Runs `idle`.
-pub async fn idle(a: IdleArgs) -> Result<()> {
+pub(crate) async fn idle(a: IdleArgs) -> Result<()> {
     let c = &a.common;
     let mut doc = RunDoc::new("idle");
     for &t in c.targets.iter().filter(|t| **t != Target::Floor) {
@@ -1019,25 +1019,25 @@ async fn stop_and_check(c: &Common, s: Setup, steady: &Row, with: &Row) -> Resul
 
 /// `churn`: fan-out while other clients connect, subscribe and disconnect.
 #[derive(Debug, Clone, clap::Args)]
-pub struct ChurnArgs {
+pub(crate) struct ChurnArgs {
     #[command(flatten)]
-    pub common: Common,
+    pub(crate) common: Common,
     /// Steady subscribed connections.
     #[arg(long, default_value_t = 5000)]
-    pub conns: u64,
+    pub(crate) conns: u64,
     /// Publish rate, Hz.
     #[arg(long, default_value_t = 10.0)]
-    pub rate: f64,
+    pub(crate) rate: f64,
     /// Churning clients per second.
     #[arg(long, default_value_t = 500.0)]
-    pub churn_rate: f64,
+    pub(crate) churn_rate: f64,
     /// Seconds per phase.
     #[arg(long, default_value_t = 10.0)]
-    pub duration: f64,
+    pub(crate) duration: f64,
 }
 
 /// Runs `churn`.
-pub async fn churn(a: ChurnArgs) -> Result<()> {
+pub(crate) async fn churn(a: ChurnArgs) -> Result<()> {
     let c = &a.common;
     let mut doc = RunDoc::new("churn");
     for t in measured_targets(c) {
@@ -1099,31 +1099,31 @@ pub async fn churn(a: ChurnArgs) -> Result<()> {
 
 /// `slow`: fan-out plus clients that stop reading.
 #[derive(Debug, Clone, clap::Args)]
-pub struct SlowArgs {
+pub(crate) struct SlowArgs {
     #[command(flatten)]
-    pub common: Common,
+    pub(crate) common: Common,
     /// Normal subscribed connections.
     #[arg(long, default_value_t = 5000)]
-    pub conns: u64,
+    pub(crate) conns: u64,
     /// Publish rate on the shared topic, Hz.
     #[arg(long, default_value_t = 10.0)]
-    pub rate: f64,
+    pub(crate) rate: f64,
     /// Seconds per phase.
     #[arg(long, default_value_t = 10.0)]
-    pub duration: f64,
+    pub(crate) duration: f64,
     /// Clients that stop reading.
     #[arg(long, default_value_t = 20)]
-    pub slow: u64,
+    pub(crate) slow: u64,
     /// Payload of the bulk topic only the slow clients are on, bytes.
     #[arg(long, default_value_t = 16_384)]
-    pub slow_payload: usize,
+    pub(crate) slow_payload: usize,
     /// Publish rate of the bulk topic, Hz.
     #[arg(long, default_value_t = 100.0)]
-    pub slow_rate: f64,
+    pub(crate) slow_rate: f64,
 }
 
 /// Runs `slow`.
-pub async fn slow(a: SlowArgs) -> Result<()> {
+pub(crate) async fn slow(a: SlowArgs) -> Result<()> {
     let c = &a.common;
     let mut doc = RunDoc::new("slow");
     for t in measured_targets(c) {
@@ -1201,25 +1201,25 @@ pub async fn slow(a: SlowArgs) -> Result<()> {
 /// Herald only (the floor and the naive baseline have no Control API), so
 /// `--targets` is ignored.
 #[derive(Debug, Clone, clap::Args)]
-pub struct ControlArgs {
+pub(crate) struct ControlArgs {
     #[command(flatten)]
-    pub common: Common,
+    pub(crate) common: Common,
     /// Connections, each with its own user id `u<index>`.
     #[arg(long, default_value_t = 5000)]
-    pub conns: u64,
+    pub(crate) conns: u64,
     /// Rooms (`room:0`, `room:1`, …) the users move between.
     #[arg(long, default_value_t = 8)]
-    pub rooms: u64,
+    pub(crate) rooms: u64,
     /// Seconds of commands.
     #[arg(long, default_value_t = 5.0)]
-    pub duration: f64,
+    pub(crate) duration: f64,
     /// Unanswered commands allowed on the stream.
     #[arg(long, default_value_t = 1000)]
-    pub window: usize,
+    pub(crate) window: usize,
 }
 
 /// Runs `control`.
-pub async fn control(a: ControlArgs) -> Result<()> {
+pub(crate) async fn control(a: ControlArgs) -> Result<()> {
     let c = &a.common;
     if a.rooms < 2 || a.conns == 0 {
         return err("control needs --rooms ≥ 2 and --conns ≥ 1");

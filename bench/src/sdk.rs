@@ -29,31 +29,31 @@ const UNARY_P50_LIMIT_US: f64 = 1000.0;
 
 /// Options of `sdk`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct SdkArgs {
+pub(crate) struct SdkArgs {
     #[command(flatten)]
-    pub common: Common,
+    pub(crate) common: Common,
     /// SDKs to measure, in this order.
     #[arg(long, value_delimiter = ',', default_value = "go,python")]
-    pub sdks: Vec<Sdk>,
+    pub(crate) sdks: Vec<Sdk>,
     /// Seconds of publishing per mode.
     #[arg(long, default_value_t = 5.0)]
-    pub duration: f64,
+    pub(crate) duration: f64,
     /// The Python interpreter that runs the Python driver (with the SDK installed).
     #[arg(long, default_value = "sdk-python/.venv/bin/python")]
-    pub python: PathBuf,
+    pub(crate) python: PathBuf,
     /// The Go driver's binary; without it, the driver is built with `go build`
     /// into target/sdk-bench/ when missing there.
     #[arg(long)]
-    pub go_driver: Option<PathBuf>,
+    pub(crate) go_driver: Option<PathBuf>,
     /// Topic the drivers publish to (nobody subscribes: this measures the
     /// producer path).
     #[arg(long, default_value = "bench:sdk")]
-    pub topic: String,
+    pub(crate) topic: String,
 }
 
 /// An SDK with a benchmark driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Sdk {
+pub(crate) enum Sdk {
     /// The Go SDK (sdk-go).
     Go,
     /// The Python SDK (sdk-python).
@@ -78,23 +78,23 @@ impl Sdk {
 
 /// A driver's one line of output.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DriverResult {
+pub(crate) struct DriverResult {
     /// "go" or "python".
-    pub sdk: String,
+    pub(crate) sdk: String,
     /// The mode it ran.
-    pub mode: String,
+    pub(crate) mode: String,
     /// Successful calls (unary) or acked messages (stream).
-    pub messages: u64,
+    pub(crate) messages: u64,
     /// Measured seconds.
-    pub seconds: f64,
+    pub(crate) seconds: f64,
     /// messages / seconds.
-    pub per_s: f64,
+    pub(crate) per_s: f64,
     /// Median latency, µs.
-    pub p50_us: f64,
+    pub(crate) p50_us: f64,
     /// 99th percentile latency, µs.
-    pub p99_us: f64,
+    pub(crate) p99_us: f64,
     /// Failed calls or refused messages.
-    pub errors: u64,
+    pub(crate) errors: u64,
 }
 
 /// How to start one SDK's driver: the program and the arguments before the flags.
@@ -252,7 +252,7 @@ fn herald_version(bin: &Path) -> String {
 }
 
 /// Runs `sdk`.
-pub async fn sdk(a: SdkArgs) -> Result<()> {
+pub(crate) async fn sdk(a: SdkArgs) -> Result<()> {
     let c = &a.common;
     if a.duration.is_nan() || a.duration <= 0.0 {
         return err("sdk needs --duration > 0");

@@ -13,7 +13,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 /// Which system a run measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
-pub enum Target {
+pub(crate) enum Target {
     /// Plain loopback TCP writes from one thread: the physical floor.
     Floor,
     /// The deliberately naive broadcaster.
@@ -24,7 +24,7 @@ pub enum Target {
 
 impl Target {
     /// Lower-case name.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Target::Floor => "floor",
             Target::Naive => "naive",
@@ -34,22 +34,22 @@ impl Target {
 }
 
 /// A free loopback port (bound and released at once).
-pub fn free_port() -> Result<SocketAddr> {
+pub(crate) fn free_port() -> Result<SocketAddr> {
     let l = TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?)
 }
 
 /// A running system under test.
-pub struct Server {
+pub(crate) struct Server {
     /// What it is.
-    pub target: Target,
+    pub(crate) target: Target,
     child: Child,
     /// Its process id.
-    pub pid: u32,
+    pub(crate) pid: u32,
     /// WebSocket (or, for the floor, plain TCP) address.
-    pub ws_addr: SocketAddr,
+    pub(crate) ws_addr: SocketAddr,
     /// gRPC address (Herald and naive).
-    pub grpc_addr: Option<SocketAddr>,
+    pub(crate) grpc_addr: Option<SocketAddr>,
     floor_io: Option<(ChildStdin, Lines<BufReader<ChildStdout>>)>,
 }
 
@@ -69,7 +69,7 @@ async fn wait_listening(addr: SocketAddr, child: &mut Child) -> Result<()> {
 impl Server {
     /// Starts `target`. `herald_bin` is Herald's binary, `extra` extra Herald flags,
     /// `log_dir` where its stderr goes.
-    pub async fn start(
+    pub(crate) async fn start(
         target: Target,
         herald_bin: &Path,
         extra: &[String],
@@ -153,24 +153,24 @@ impl Server {
     }
 
     /// CPU seconds used so far.
-    pub fn cpu_s(&self) -> f64 {
+    pub(crate) fn cpu_s(&self) -> f64 {
         cpu_ticks(self.pid)
             .map(|t| t as f64 / TICKS_PER_S)
             .unwrap_or(0.0)
     }
 
     /// (VmRSS, VmHWM) in KiB.
-    pub fn rss(&self) -> (u64, u64) {
+    pub(crate) fn rss(&self) -> (u64, u64) {
         rss_kib(self.pid).unwrap_or((0, 0))
     }
 
     /// Whether the process is still running.
-    pub fn alive(&mut self) -> bool {
+    pub(crate) fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Floor only: waits until the writer has accepted `n` connections.
-    pub async fn floor_wait_conns(&mut self, n: u64) -> Result<()> {
+    pub(crate) async fn floor_wait_conns(&mut self, n: u64) -> Result<()> {
         let (stdin, lines) = self
             .floor_io
             .as_mut()
@@ -198,7 +198,7 @@ impl Server {
     }
 
     /// Floor only: write rounds at `rate` Hz (0 = back to back) for `duration` s.
-    pub async fn floor_publish(
+    pub(crate) async fn floor_publish(
         &mut self,
         rate: f64,
         duration: f64,
@@ -228,7 +228,7 @@ impl Server {
     }
 
     /// Stops the process (SIGKILL; the systems under test keep no state).
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
 }

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Everything that can go wrong in the harness.
 #[derive(Debug, thiserror::Error)]
-pub enum BenchError {
+pub(crate) enum BenchError {
     /// An I/O error (sockets, files, child processes).
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
@@ -33,15 +33,15 @@ pub enum BenchError {
 }
 
 /// Result with [`BenchError`].
-pub type Result<T> = std::result::Result<T, BenchError>;
+pub(crate) type Result<T> = std::result::Result<T, BenchError>;
 
 /// Builds a [`BenchError::Msg`].
-pub fn err<T>(msg: impl Into<String>) -> Result<T> {
+pub(crate) fn err<T>(msg: impl Into<String>) -> Result<T> {
     Err(BenchError::Msg(msg.into()))
 }
 
 /// Nanoseconds since the Unix epoch (0 if the clock is before it).
-pub fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -49,10 +49,10 @@ pub fn now_ns() -> u64 {
 }
 
 /// Clock ticks per second of `/proc/*/stat` times (USER_HZ, fixed at 100 on Linux).
-pub const TICKS_PER_S: f64 = 100.0;
+pub(crate) const TICKS_PER_S: f64 = 100.0;
 
 /// utime + stime of a process in clock ticks, from `/proc/PID/stat`.
-pub fn cpu_ticks(pid: u32) -> Result<u64> {
+pub(crate) fn cpu_ticks(pid: u32) -> Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name may hold spaces: fields start after the last ')'.
     let rest = s
@@ -71,14 +71,14 @@ pub fn cpu_ticks(pid: u32) -> Result<u64> {
 }
 
 /// CPU seconds of the current process.
-pub fn self_cpu_s() -> f64 {
+pub(crate) fn self_cpu_s() -> f64 {
     cpu_ticks(std::process::id())
         .map(|t| t as f64 / TICKS_PER_S)
         .unwrap_or(0.0)
 }
 
 /// Resident memory of a process: (VmRSS, VmHWM) in KiB.
-pub fn rss_kib(pid: u32) -> Result<(u64, u64)> {
+pub(crate) fn rss_kib(pid: u32) -> Result<(u64, u64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| -> u64 {
         s.lines()
@@ -91,7 +91,7 @@ pub fn rss_kib(pid: u32) -> Result<(u64, u64)> {
 }
 
 /// The 1-minute load average, if readable.
-pub fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
@@ -112,7 +112,7 @@ fn cpu_jiffies() -> Option<(u64, u64)> {
 
 /// Share of all cores busy over the next `ms` milliseconds, in percent (0–100). Taken
 /// while the harness runs nothing, it shows how much other work shares the machine.
-pub fn cpu_busy_pct(ms: u64) -> f64 {
+pub(crate) fn cpu_busy_pct(ms: u64) -> f64 {
     let Some((t0, i0)) = cpu_jiffies() else {
         return 0.0;
     };
@@ -128,7 +128,7 @@ pub fn cpu_busy_pct(ms: u64) -> f64 {
 }
 
 /// A JSON payload of about `size` bytes carrying the send time: `{"t":NANOS,"pad":"..."}`.
-pub fn stamped_payload(size: usize) -> Vec<u8> {
+pub(crate) fn stamped_payload(size: usize) -> Vec<u8> {
     let head = format!("{{\"t\":{},\"pad\":\"", now_ns());
     let pad = size.saturating_sub(head.len() + 2).max(1);
     let mut v = Vec::with_capacity(head.len() + pad + 2);
@@ -139,7 +139,7 @@ pub fn stamped_payload(size: usize) -> Vec<u8> {
 }
 
 /// The send stamp in a received frame: the digits after the first `"t":`.
-pub fn parse_stamp(frame: &[u8]) -> Option<u64> {
+pub(crate) fn parse_stamp(frame: &[u8]) -> Option<u64> {
     let key = b"\"t\":";
     let pos = frame.windows(key.len()).position(|w| w == key)? + key.len();
     let mut v: u64 = 0;
@@ -156,7 +156,7 @@ pub fn parse_stamp(frame: &[u8]) -> Option<u64> {
 }
 
 /// The `seq` of a received message frame: the digits after the first `"seq":`.
-pub fn parse_seq(frame: &[u8]) -> Option<u64> {
+pub(crate) fn parse_seq(frame: &[u8]) -> Option<u64> {
     let key = b"\"seq\":";
     let pos = frame.windows(key.len()).position(|w| w == key)? + key.len();
     let digits = frame[pos..].iter().take_while(|b| b.is_ascii_digit());
@@ -170,17 +170,17 @@ pub fn parse_seq(frame: &[u8]) -> Option<u64> {
 }
 
 /// A latency histogram in microseconds, 1 µs to 10 min, 3 significant digits.
-pub fn new_hist() -> Result<Histogram<u64>> {
+pub(crate) fn new_hist() -> Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 600_000_000, 3).map_err(|e| BenchError::Hist(e.to_string()))
 }
 
 /// A histogram as (value, count) pairs of its non-empty buckets.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct HistDump(pub Vec<(u64, u64)>);
+pub(crate) struct HistDump(pub Vec<(u64, u64)>);
 
 impl HistDump {
     /// Dumps a histogram.
-    pub fn from_hist(h: &Histogram<u64>) -> Self {
+    pub(crate) fn from_hist(h: &Histogram<u64>) -> Self {
         HistDump(
             h.iter_recorded()
                 .map(|v| (v.value_iterated_to(), v.count_at_value()))
@@ -189,7 +189,7 @@ impl HistDump {
     }
 
     /// Adds the dump into a histogram.
-    pub fn add_to(&self, h: &mut Histogram<u64>) -> Result<()> {
+    pub(crate) fn add_to(&self, h: &mut Histogram<u64>) -> Result<()> {
         for &(v, c) in &self.0 {
             h.record_n(v.max(1), c)
                 .map_err(|e| BenchError::Hist(e.to_string()))?;
@@ -200,22 +200,22 @@ impl HistDump {
 
 /// Latency summary in milliseconds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Lat {
+pub(crate) struct Lat {
     /// Samples.
-    pub n: u64,
+    pub(crate) n: u64,
     /// Median.
-    pub p50_ms: f64,
+    pub(crate) p50_ms: f64,
     /// 99th percentile.
-    pub p99_ms: f64,
+    pub(crate) p99_ms: f64,
     /// 99.9th percentile.
-    pub p999_ms: f64,
+    pub(crate) p999_ms: f64,
     /// Maximum.
-    pub max_ms: f64,
+    pub(crate) max_ms: f64,
 }
 
 impl Lat {
     /// Summarises a microsecond histogram.
-    pub fn of(h: &Histogram<u64>) -> Self {
+    pub(crate) fn of(h: &Histogram<u64>) -> Self {
         if h.is_empty() {
             return Lat::default();
         }
@@ -231,16 +231,16 @@ impl Lat {
 }
 
 /// A small xorshift generator (no need for cryptographic quality here).
-pub struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
     /// Seeds from the clock and a salt.
-    pub fn new(salt: u64) -> Self {
+    pub(crate) fn new(salt: u64) -> Self {
         Rng((now_ns() ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1)
     }
 
     /// The next value.
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
@@ -250,7 +250,7 @@ impl Rng {
     }
 
     /// A value in `0..n` (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n.max(1)
     }
 }

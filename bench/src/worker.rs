@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// What the worker's connections do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// Subscribed WebSocket readers.
     Ws,
     /// WebSocket clients that subscribe and then never read again.
@@ -41,46 +41,46 @@ pub enum Mode {
 
 /// Arguments of `herald-bench worker`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct WorkerArgs {
+pub(crate) struct WorkerArgs {
     /// Connection mode.
     #[arg(long, value_enum)]
-    pub mode: Mode,
+    pub(crate) mode: Mode,
     /// Server address (host:port).
     #[arg(long)]
-    pub target: SocketAddr,
+    pub(crate) target: SocketAddr,
     /// WebSocket path.
     #[arg(long, default_value = "/ws")]
-    pub path: String,
+    pub(crate) path: String,
     /// Source addresses to bind, used round-robin.
     #[arg(long, value_delimiter = ',', required = true)]
-    pub src_ips: Vec<IpAddr>,
+    pub(crate) src_ips: Vec<IpAddr>,
     /// Number of connections (ws, slow, tcp).
     #[arg(long, default_value_t = 0)]
-    pub conns: u64,
+    pub(crate) conns: u64,
     /// Global index of the first connection (for `user:N` topics).
     #[arg(long, default_value_t = 0)]
-    pub first: u64,
+    pub(crate) first: u64,
     /// Topics every connection subscribes to.
     #[arg(long, value_delimiter = ',')]
-    pub topics: Vec<String>,
+    pub(crate) topics: Vec<String>,
     /// Also subscribe each connection to `user:<index>`.
     #[arg(long)]
-    pub user_topics: bool,
+    pub(crate) user_topics: bool,
     /// Connect each connection as user `u<index>` (`?user=u<index>`).
     #[arg(long)]
-    pub user_ids: bool,
+    pub(crate) user_ids: bool,
     /// Connects in flight at once.
     #[arg(long, default_value_t = 128)]
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Churn: connect/subscribe/close cycles per second.
     #[arg(long, default_value_t = 0.0)]
-    pub rate: f64,
+    pub(crate) rate: f64,
     /// Churn: seconds to churn for.
     #[arg(long, default_value_t = 0.0)]
-    pub duration: f64,
+    pub(crate) duration: f64,
     /// Receive buffer (SO_RCVBUF) for slow clients, bytes.
     #[arg(long, default_value_t = 4096)]
-    pub slow_rcvbuf: u32,
+    pub(crate) slow_rcvbuf: u32,
 }
 
 #[derive(Default)]
@@ -174,7 +174,11 @@ fn ws_config() -> WebSocketConfig {
 }
 
 /// Opens a TCP connection from `src` (port chosen by the kernel) to `dst`.
-pub async fn tcp_connect(src: IpAddr, dst: SocketAddr, rcvbuf: Option<u32>) -> Result<TcpStream> {
+pub(crate) async fn tcp_connect(
+    src: IpAddr,
+    dst: SocketAddr,
+    rcvbuf: Option<u32>,
+) -> Result<TcpStream> {
     let sock = TcpSocket::new_v4()?;
     sock.set_reuseaddr(true)?;
     if let Some(b) = rcvbuf {
@@ -188,7 +192,7 @@ pub async fn tcp_connect(src: IpAddr, dst: SocketAddr, rcvbuf: Option<u32>) -> R
 
 /// Connects a WebSocket client and subscribes it; returns once `subscribed` arrived
 /// (with no topics: once the `connected` frame arrived).
-pub async fn ws_connect_subscribe(
+pub(crate) async fn ws_connect_subscribe(
     src: IpAddr,
     dst: SocketAddr,
     path: &str,
@@ -417,7 +421,7 @@ async fn churn(sh: Arc<Shared>, a: Arc<WorkerArgs>) {
 }
 
 /// Runs the worker process until `quit` or end of stdin.
-pub fn run(args: WorkerArgs) -> Result<()> {
+pub(crate) fn run(args: WorkerArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
