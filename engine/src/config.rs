@@ -153,6 +153,8 @@ settings! {
     presence_topics: String = ">".to_owned(), env "HERALD_PRESENCE_TOPICS";
     /// Events one WatchPresence stream may have waiting before it is told to resync [default: 4096]
     presence_watch_buffer: usize = 4096, env "HERALD_PRESENCE_WATCH_BUFFER";
+    /// WatchPresence snapshots reading topics at the same time; the others wait their turn (a turn reads up to 256 topics with members) [default: 2]
+    presence_max_snapshots: usize = 2, env "HERALD_PRESENCE_MAX_SNAPSHOTS";
     /// Log format [default: text]
     log_format: LogFormat = LogFormat::Text, env "HERALD_LOG_FORMAT";
     /// Log filter, in RUST_LOG syntax [default: info]
@@ -226,6 +228,7 @@ impl Config {
             ("queue_max_bytes", self.queue_max_bytes),
             ("read_buffer_bytes", self.read_buffer_bytes),
             ("presence_watch_buffer", self.presence_watch_buffer),
+            ("presence_max_snapshots", self.presence_max_snapshots),
             ("grpc_max_concurrent_calls", self.grpc_max_concurrent_calls),
             (
                 "grpc_max_streams_per_connection",

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use crate::{
     conn::{Conn, ConnId},
-    presence::{EventKind, PresenceHub},
+    presence::PresenceHub,
     protocol::{self, Payload, close},
     queue::{Close, Item, PushError},
     snapshot::{Snapshot, Subscribers},
@@ -140,7 +140,7 @@ impl Topic {
     }
 
     /// Adds a connection. The caller holds the connection's subscription lock.
-    pub fn add(&self, conn: &Arc<Conn>, hub: &PresenceHub) -> Change {
+    pub fn add(self: &Arc<Self>, conn: &Arc<Conn>, hub: &PresenceHub) -> Change {
         let old = {
             let mut m = lock(&self.members);
             if m.removed {
@@ -154,7 +154,7 @@ impl Topic {
             }
             m.subscribers.insert(Arc::clone(conn));
             if self.tracked {
-                hub.member_changed(EventKind::Join, &self.name, conn);
+                hub.joined(self, conn, m.conns.len() == 1);
             }
             self.publish_snapshot(&m)
         };
@@ -163,7 +163,7 @@ impl Topic {
     }
 
     /// Removes a connection. The caller holds the connection's subscription lock.
-    pub fn remove(&self, conn: &Arc<Conn>, hub: &PresenceHub) -> Change {
+    pub fn remove(self: &Arc<Self>, conn: &Arc<Conn>, hub: &PresenceHub) -> Change {
         let old = {
             let mut m = lock(&self.members);
             if m.conns.remove(&conn.id()).is_none() {
@@ -180,7 +180,7 @@ impl Topic {
             m.subscribers.remove(conn.id());
             m.last_active = Instant::now();
             if self.tracked {
-                hub.member_changed(EventKind::Leave, &self.name, conn);
+                hub.left(self, conn, m.conns.is_empty());
             }
             self.publish_snapshot(&m)
         };
@@ -210,11 +210,15 @@ impl Topic {
         self.tracked
     }
 
-    /// Every member, with the presence sequence number that separates the events
-    /// already reflected in this list from later ones.
-    pub fn presence_snapshot(&self, hub: &PresenceHub) -> (Vec<Arc<Conn>>, u64) {
+    /// Every member (the subscriber snapshot, shared, not copied), with the
+    /// presence sequence number that separates the events already reflected in it
+    /// from later ones; `None` once the topic has left the registry.
+    pub fn presence_snapshot(&self, hub: &PresenceHub) -> Option<(Arc<Snapshot>, u64)> {
         let m = lock(&self.members);
-        (m.conns.values().cloned().collect(), hub.current_seq())
+        if m.removed {
+            return None;
+        }
+        Some((self.snapshot.load_full(), hub.current_seq()))
     }
 
     /// Up to `limit` members with ids greater than `after`, in id order.
