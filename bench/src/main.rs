@@ -9,6 +9,7 @@ mod floor;
 mod naive;
 mod plot;
 mod pool;
+mod presence;
 mod producer;
 mod proto;
 mod report;
@@ -47,6 +48,8 @@ enum Cmd {
     Slow(scenarios::SlowArgs),
     /// Control: commands/s moving user connections between rooms over the Control stream (Herald only).
     Control(scenarios::ControlArgs),
+    /// Presence: fan-out p99 and engine RSS while N WatchPresence snapshots open on a node with many retained topics (Herald only).
+    Presence(presence::PresenceArgs),
     /// Redraw the latency chart from a saved fan-out result.
     Plot(plot::PlotArgs),
     /// (internal) a load-generator process.
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         Cmd::Churn(a) => coordinator(scenarios::churn(a)),
         Cmd::Slow(a) => coordinator(scenarios::slow(a)),
         Cmd::Control(a) => coordinator(scenarios::control(a)),
+        Cmd::Presence(a) => coordinator(presence::presence(a)),
         Cmd::Plot(a) => plot::run(a),
         Cmd::Worker(a) => worker::run(a),
         Cmd::Naive(a) => naive::run(a),

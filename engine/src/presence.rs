@@ -461,7 +461,7 @@ mod tests {
                 x ^= x >> 7;
                 x ^= x << 17;
                 name.push(segments[(x % segments.len() as u64) as usize]);
-                if depth > 0 && x % 3 == 0 {
+                if depth > 0 && x.is_multiple_of(3) {
                     break;
                 }
             }

@@ -129,10 +129,10 @@ impl HeraldService {
     }
 }
 
-/// Topics a snapshot resolves per turn (one permit, one index range).
+/// Topics a snapshot reads per turn (one permit, one range of the index).
 const SNAPSHOT_TURN: usize = 256;
 
-/// Members turned into SNAPSHOT events at a time.
+/// Members turned into SNAPSHOT events per step (one permit).
 const SNAPSHOT_PIECE: usize = 64;
 
 enum Phase {
@@ -145,11 +145,12 @@ enum Phase {
 
 /// The state of one `WatchPresence` stream.
 ///
-/// The snapshot is built lazily, a turn at a time as the stream is read: a turn
-/// takes one of the node's snapshot permits, reads the next range of the index of
-/// topics with members ([`PresenceHub::scan`]), reads each of those topics'
-/// members with its sequence number, then moves every event queued so far out of
-/// the watcher's buffer, dropping those the snapshot already reflects. An event
+/// The snapshot is built lazily, a step at a time as the stream is read, each
+/// step holding one of the node's snapshot permits. A turn reads the next range
+/// of the index of topics with members ([`PresenceHub::scan`]) and each of those
+/// topics' members with its sequence number, then moves every event queued so far
+/// out of the watcher's buffer, dropping those the snapshot already reflects;
+/// the following steps turn those members into events, a piece at a time. An event
 /// of a topic is queued before that topic's snapshot is read if and only if it is
 /// stamped at or below the snapshot's number, so once a range is behind the
 /// cursor every later event of it is news: no per-topic state outlives its turn,
@@ -211,14 +212,15 @@ impl Watch {
                 return Some((Ok(resync), self));
             }
             if matches!(self.phase, Phase::Snapshot) {
-                if self.fill() {
-                    continue;
-                }
-                if self.cursor == Cursor::End {
+                if self.resolved.is_empty() && self.cursor == Cursor::End {
                     self.phase = Phase::Live;
                     let end = self.marker(PresenceEventKind::SnapshotEnd);
                     return Some((Ok(end), self));
                 }
+                // Every step (a range of topics, or a piece of members turned into
+                // events) lets other tasks run first and holds one of the node's
+                // snapshot permits, so snapshots never crowd out delivery.
+                tokio::task::yield_now().await;
                 let permits = Arc::clone(&self.permits);
                 let permit = tokio::select! {
                     biased;
@@ -229,7 +231,9 @@ impl Watch {
                     self.phase = Phase::Done;
                     return Some((Err(Status::unavailable("server shutting down")), self));
                 }
-                self.turn();
+                if !self.fill() {
+                    self.turn();
+                }
                 drop(permit);
                 continue;
             }
