@@ -153,8 +153,8 @@ settings! {
     presence_topics: String = ">".to_owned(), env "HERALD_PRESENCE_TOPICS";
     /// Events one WatchPresence stream may have waiting before it is told to resync [default: 4096]
     presence_watch_buffer: usize = 4096, env "HERALD_PRESENCE_WATCH_BUFFER";
-    /// WatchPresence snapshots reading topics at the same time; the others wait their turn (a turn reads up to 256 topics with members) [default: 2]
-    presence_max_snapshots: usize = 2, env "HERALD_PRESENCE_MAX_SNAPSHOTS";
+    /// WatchPresence snapshots building a step at the same time (a step reads up to 256 topics with members, or turns 64 members into events); the others wait their turn [default: 1]
+    presence_max_snapshots: usize = 1, env "HERALD_PRESENCE_MAX_SNAPSHOTS";
     /// Log format [default: text]
     log_format: LogFormat = LogFormat::Text, env "HERALD_LOG_FORMAT";
     /// Log filter, in RUST_LOG syntax [default: info]
