@@ -9,6 +9,7 @@ mod floor;
 mod naive;
 mod plot;
 mod pool;
+mod presence;
 mod producer;
 mod proto;
 mod report;
@@ -50,6 +51,8 @@ enum Cmd {
     Control(scenarios::ControlArgs),
     /// SDKs: sequential unary Publish calls and streaming publishes from the Go and Python SDKs.
     Sdk(sdk::SdkArgs),
+    /// Presence: fan-out p99 and engine RSS while N WatchPresence snapshots open on a node with many retained topics (Herald only).
+    Presence(presence::PresenceArgs),
     /// Redraw the latency chart from a saved fan-out result.
     Plot(plot::PlotArgs),
     /// (internal) a load-generator process.
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
         Cmd::Slow(a) => coordinator(scenarios::slow(a)),
         Cmd::Control(a) => coordinator(scenarios::control(a)),
         Cmd::Sdk(a) => coordinator(sdk::sdk(a)),
+        Cmd::Presence(a) => coordinator(presence::presence(a)),
         Cmd::Plot(a) => plot::run(a),
         Cmd::Worker(a) => worker::run(a),
         Cmd::Naive(a) => naive::run(a),

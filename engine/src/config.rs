@@ -163,6 +163,8 @@ settings! {
     presence_topics: String = ">".to_owned(), env "HERALD_PRESENCE_TOPICS";
     /// Events one WatchPresence stream may have waiting before it is told to resync [default: 4096]
     presence_watch_buffer: usize = 4096, env "HERALD_PRESENCE_WATCH_BUFFER";
+    /// WatchPresence snapshots building a step at the same time (a step reads up to 256 topics with members, or turns 64 members into events); the others wait their turn [default: 1]
+    presence_max_snapshots: usize = 1, env "HERALD_PRESENCE_MAX_SNAPSHOTS";
     /// Log format [default: text]
     log_format: LogFormat = LogFormat::Text, env "HERALD_LOG_FORMAT";
     /// Log filter, in RUST_LOG syntax [default: info]
@@ -238,6 +240,7 @@ impl Config {
             ("presence_watch_buffer", self.presence_watch_buffer),
             ("listen_backlog", self.listen_backlog as usize),
             ("idempotency_max_keys", self.idempotency_max_keys),
+            ("presence_max_snapshots", self.presence_max_snapshots),
             ("grpc_max_concurrent_calls", self.grpc_max_concurrent_calls),
             (
                 "grpc_max_streams_per_connection",

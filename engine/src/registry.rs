@@ -137,11 +137,6 @@ impl Registry {
         &self.presence
     }
 
-    /// Every topic this node holds.
-    pub(crate) fn topics(&self) -> Vec<Arc<Topic>> {
-        self.topics.pin().values().cloned().collect()
-    }
-
     /// The registry's limits.
     pub(crate) fn limits(&self) -> &Limits {
         &self.limits

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use crate::{
     conn::{Conn, ConnId, Sent},
-    presence::{EventKind, PresenceHub},
+    presence::PresenceHub,
     protocol::{self, Payload},
     queue::Item,
     snapshot::{Snapshot, Subscribers},
@@ -196,7 +196,7 @@ impl Topic {
     }
 
     /// Adds a connection. The caller holds the connection's subscription lock.
-    pub(crate) fn add(&self, conn: &Arc<Conn>, hub: &PresenceHub) -> Change {
+    pub(crate) fn add(self: &Arc<Self>, conn: &Arc<Conn>, hub: &PresenceHub) -> Change {
         let old = {
             let mut m = self.members.lock();
             if m.removed {
@@ -210,7 +210,7 @@ impl Topic {
             }
             m.subscribers.insert(Arc::clone(conn));
             if self.tracked {
-                hub.member_changed(EventKind::Join, &self.name, conn);
+                hub.joined(self, conn, m.conns.len() == 1);
             }
             self.publish_snapshot(&m)
         };
@@ -219,7 +219,7 @@ impl Topic {
     }
 
     /// Removes a connection. The caller holds the connection's subscription lock.
-    pub(crate) fn remove(&self, conn: &Arc<Conn>, hub: &PresenceHub) -> Change {
+    pub(crate) fn remove(self: &Arc<Self>, conn: &Arc<Conn>, hub: &PresenceHub) -> Change {
         let old = {
             let mut m = self.members.lock();
             if m.conns.remove(&conn.id()).is_none() {
@@ -236,7 +236,7 @@ impl Topic {
             m.subscribers.remove(conn.id());
             m.last_active = Instant::now();
             if self.tracked {
-                hub.member_changed(EventKind::Leave, &self.name, conn);
+                hub.left(self, conn, m.conns.is_empty());
             }
             self.publish_snapshot(&m)
         };
@@ -256,16 +256,15 @@ impl Topic {
         (m.conns.len(), m.users.len())
     }
 
-    /// Whether join/leave events are produced for this topic.
-    pub(crate) fn tracked(&self) -> bool {
-        self.tracked
-    }
-
-    /// Every member, with the presence sequence number that separates the events
-    /// already reflected in this list from later ones.
-    pub(crate) fn presence_snapshot(&self, hub: &PresenceHub) -> (Vec<Arc<Conn>>, u64) {
+    /// Every member (the subscriber snapshot, shared, not copied), with the
+    /// presence sequence number that separates the events already reflected in it
+    /// from later ones; `None` once the topic has left the registry.
+    pub(crate) fn presence_snapshot(&self, hub: &PresenceHub) -> Option<(Arc<Snapshot>, u64)> {
         let m = self.members.lock();
-        (m.conns.values().cloned().collect(), hub.current_seq())
+        if m.removed {
+            return None;
+        }
+        Some((self.snapshot.load_full(), hub.current_seq()))
     }
 
     /// Up to `limit` members with ids greater than `after`, in id order.

@@ -2,18 +2,20 @@
 //! streams (an optional exact snapshot followed by live events; see
 //! [`crate::presence`] for how the two fit together without gap or duplicate).
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::VecDeque, sync::Arc};
 
 use futures_util::stream;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use super::{HeraldService, ResponseStream};
 use crate::{
     conn::{Conn, ConnId},
-    presence::{Event, EventKind, WatchGuard, now_ms},
+    presence::{Cursor, Event, EventKind, PresenceHub, WatchGuard, now_ms},
     proto::{self, PresenceEventKind},
+    snapshot::Snapshot,
+    topic::Topic,
     topic_name::TopicPattern,
 };
 
@@ -104,39 +106,79 @@ impl HeraldService {
             req.include_connections,
             self.config.presence_watch_buffer,
         );
-        let mut initial = Vec::new();
-        let mut seen = HashMap::new();
-        if req.include_snapshot {
-            for topic in self.registry.topics() {
-                if !topic.tracked() || !patterns.iter().any(|p| p.matches(topic.name())) {
-                    continue;
-                }
-                let (members, seq) = topic.presence_snapshot(hub);
-                let now = now_ms();
-                initial.extend(members.iter().map(|c| proto::PresenceEvent {
-                    kind: PresenceEventKind::Snapshot as i32,
-                    topic: topic.name().to_owned(),
-                    member: Some(member(c)),
-                    node_id: self.node_id.to_string(),
-                    timestamp_ms: now,
-                }));
-                seen.insert(Arc::clone(topic.name_arc()), seq);
-            }
-            initial.push(self.marker(PresenceEventKind::SnapshotEnd));
-        }
         let state = Watch {
-            phase: Phase::Live,
-            initial: initial.into_iter(),
+            phase: if req.include_snapshot {
+                Phase::Snapshot
+            } else {
+                Phase::Live
+            },
+            hub: Arc::clone(hub),
+            permits: hub.snapshot_permits(self.config.presence_max_snapshots),
+            patterns,
+            cursor: Cursor::Start,
+            resolved: VecDeque::new(),
+            sent: 0,
+            out: VecDeque::new(),
+            pending: VecDeque::new(),
+            pending_limit: self.config.presence_watch_buffer,
             rx,
-            seen,
             guard,
             node_id: Arc::clone(&self.node_id),
-            resync: self.marker(PresenceEventKind::Resync),
             shutdown: self.shutdown.clone(),
         };
         Ok(Box::pin(stream::unfold(state, Watch::next)))
     }
+}
 
+/// Topics a snapshot reads per turn (one permit, one range of the index).
+const SNAPSHOT_TURN: usize = 256;
+
+/// Members turned into SNAPSHOT events per step (one permit).
+const SNAPSHOT_PIECE: usize = 64;
+
+enum Phase {
+    /// Sending the snapshot, one range of the topic index at a time.
+    Snapshot,
+    Live,
+    ResyncSent,
+    Done,
+}
+
+/// The state of one `WatchPresence` stream.
+///
+/// The snapshot is built lazily, a step at a time as the stream is read, each
+/// step holding one of the node's snapshot permits. A turn reads the next range
+/// of the index of topics with members ([`PresenceHub::scan`]) and each of those
+/// topics' members with its sequence number, then moves every event queued so far
+/// out of the watcher's buffer, dropping those the snapshot already reflects;
+/// the following steps turn those members into events, a piece at a time. An event
+/// of a topic is queued before that topic's snapshot is read if and only if it is
+/// stamped at or below the snapshot's number, so once a range is behind the
+/// cursor every later event of it is news: no per-topic state outlives its turn,
+/// and a watcher holds at most one turn of topics (their member lists are the
+/// shared subscriber snapshots), one piece of events and a bounded buffer.
+struct Watch {
+    phase: Phase,
+    hub: Arc<PresenceHub>,
+    permits: Arc<Semaphore>,
+    patterns: Vec<TopicPattern>,
+    cursor: Cursor,
+    /// Topics read but not yet sent, in name order, with their members.
+    resolved: VecDeque<(Arc<str>, Arc<Snapshot>)>,
+    /// Members of the first topic in `resolved` already turned into events.
+    sent: usize,
+    /// Events ready to send.
+    out: VecDeque<proto::PresenceEvent>,
+    /// Live events that arrived while the snapshot was being sent.
+    pending: VecDeque<Event>,
+    pending_limit: usize,
+    rx: mpsc::Receiver<Event>,
+    guard: WatchGuard,
+    node_id: Arc<str>,
+    shutdown: CancellationToken,
+}
+
+impl Watch {
     fn marker(&self, kind: PresenceEventKind) -> proto::PresenceEvent {
         proto::PresenceEvent {
             kind: kind as i32,
@@ -146,28 +188,7 @@ impl HeraldService {
             timestamp_ms: now_ms(),
         }
     }
-}
 
-enum Phase {
-    Live,
-    ResyncSent,
-    Done,
-}
-
-/// The state of one `WatchPresence` stream.
-struct Watch {
-    phase: Phase,
-    initial: std::vec::IntoIter<proto::PresenceEvent>,
-    rx: mpsc::Receiver<Event>,
-    /// Per snapshotted topic, the last event sequence the snapshot reflects.
-    seen: HashMap<Arc<str>, u64>,
-    guard: WatchGuard,
-    node_id: Arc<str>,
-    resync: proto::PresenceEvent,
-    shutdown: CancellationToken,
-}
-
-impl Watch {
     async fn next(mut self) -> Option<(Result<proto::PresenceEvent, Status>, Self)> {
         match self.phase {
             Phase::Done => return None,
@@ -178,16 +199,47 @@ impl Watch {
                 );
                 return Some((Err(status), self));
             }
-            Phase::Live => {}
-        }
-        if let Some(event) = self.initial.next() {
-            return Some((Ok(event), self));
+            Phase::Snapshot | Phase::Live => {}
         }
         loop {
+            if let Some(event) = self.out.pop_front() {
+                return Some((Ok(event), self));
+            }
             if self.guard.watcher().overflowed() {
                 self.phase = Phase::ResyncSent;
-                let resync = self.resync.clone();
+                self.resolved.clear();
+                self.pending.clear();
+                let resync = self.marker(PresenceEventKind::Resync);
                 return Some((Ok(resync), self));
+            }
+            if matches!(self.phase, Phase::Snapshot) {
+                if self.resolved.is_empty() && self.cursor == Cursor::End {
+                    self.phase = Phase::Live;
+                    let end = self.marker(PresenceEventKind::SnapshotEnd);
+                    return Some((Ok(end), self));
+                }
+                // Every step (a range of topics, or a piece of members turned into
+                // events) lets other tasks run first and holds one of the node's
+                // snapshot permits, so snapshots never crowd out delivery.
+                tokio::task::yield_now().await;
+                let permits = Arc::clone(&self.permits);
+                let permit = tokio::select! {
+                    biased;
+                    () = self.shutdown.cancelled() => None,
+                    permit = permits.acquire() => permit.ok(),
+                };
+                if permit.is_none() {
+                    self.phase = Phase::Done;
+                    return Some((Err(Status::unavailable("server shutting down")), self));
+                }
+                if !self.fill() {
+                    self.turn();
+                }
+                drop(permit);
+                continue;
+            }
+            if let Some(event) = self.pending.pop_front() {
+                return Some((Ok(self.live(&event)), self));
             }
             let next = tokio::select! {
                 biased;
@@ -199,25 +251,109 @@ impl Watch {
                 return Some((Err(Status::unavailable("server shutting down")), self));
             };
             let event = event?;
-            if let Some(topic) = &event.topic
-                && self.seen.get(topic).is_some_and(|s| event.seq <= *s)
-            {
-                continue;
+            return Some((Ok(self.live(&event)), self));
+        }
+    }
+
+    /// Turns the next piece of members into SNAPSHOT events; false when every
+    /// topic read so far has been sent.
+    fn fill(&mut self) -> bool {
+        while let Some((topic, members)) = self.resolved.front() {
+            let now = now_ms();
+            let before = self.out.len();
+            self.out.extend(
+                members
+                    .iter()
+                    .skip(self.sent)
+                    .take(SNAPSHOT_PIECE)
+                    .map(|c| proto::PresenceEvent {
+                        kind: PresenceEventKind::Snapshot as i32,
+                        topic: topic.to_string(),
+                        member: Some(member(c)),
+                        node_id: self.node_id.to_string(),
+                        timestamp_ms: now,
+                    }),
+            );
+            let added = self.out.len() - before;
+            if added > 0 {
+                self.sent += added;
+                return true;
             }
-            let kind = match event.kind {
-                EventKind::Join => PresenceEventKind::Join,
-                EventKind::Leave => PresenceEventKind::Leave,
-                EventKind::Connect => PresenceEventKind::Connect,
-                EventKind::Disconnect => PresenceEventKind::Disconnect,
+            self.resolved.pop_front();
+            self.sent = 0;
+        }
+        false
+    }
+
+    /// One turn of the snapshot (the caller holds a permit): reads the next range
+    /// of topics, then sorts the events queued so far into dropped and pending.
+    fn turn(&mut self) {
+        let scan = self.hub.scan(&self.patterns, &self.cursor, SNAPSHOT_TURN);
+        // Per topic read, the sequence number its snapshot reflects; in name order.
+        let mut read: Vec<(Arc<str>, u64)> = Vec::with_capacity(scan.topics.len());
+        for (name, topic) in scan.topics {
+            let (members, seq) = self.read(&name, topic);
+            if !members.is_empty() {
+                self.resolved.push_back((Arc::clone(&name), members));
+            }
+            read.push((name, seq));
+        }
+        // Every event of these topics stamped at or below its number is queued by
+        // now (it was queued under the topic's lock, or, for a topic that was empty,
+        // before it left the index): take them all out.
+        while let Ok(event) = self.rx.try_recv() {
+            let keep = match &event.topic {
+                None => true,
+                Some(topic) if self.cursor.covers(topic) => true,
+                Some(topic) if scan.next.covers(topic) => {
+                    let at = read
+                        .binary_search_by(|(name, _)| name.as_ref().cmp(topic.as_ref()))
+                        .map_or(scan.seq, |i| read[i].1);
+                    event.seq > at
+                }
+                // Not read yet: the snapshot of its range will reflect it.
+                Some(_) => false,
             };
-            let out = proto::PresenceEvent {
-                kind: kind as i32,
-                topic: event.topic.as_deref().unwrap_or_default().to_owned(),
-                member: Some(member(&event.conn)),
-                node_id: self.node_id.to_string(),
-                timestamp_ms: event.timestamp_ms,
-            };
-            return Some((Ok(out), self));
+            if keep {
+                if self.pending.len() >= self.pending_limit {
+                    self.guard.watcher().mark_overflowed();
+                    self.pending.clear();
+                    break;
+                }
+                self.pending.push_back(event);
+            }
+        }
+        self.cursor = scan.next;
+    }
+
+    /// The members of `topic` with their sequence number. A topic that has left
+    /// the registry since the scan is replaced by its successor, or counts as
+    /// empty as of a sequence number read under the index lock.
+    fn read(&self, name: &str, mut topic: Arc<Topic>) -> (Arc<Snapshot>, u64) {
+        loop {
+            if let Some(found) = topic.presence_snapshot(&self.hub) {
+                return found;
+            }
+            match self.hub.active_topic(name) {
+                (Some(next), _) => topic = next,
+                (None, seq) => return (Arc::default(), seq),
+            }
+        }
+    }
+
+    fn live(&self, event: &Event) -> proto::PresenceEvent {
+        let kind = match event.kind {
+            EventKind::Join => PresenceEventKind::Join,
+            EventKind::Leave => PresenceEventKind::Leave,
+            EventKind::Connect => PresenceEventKind::Connect,
+            EventKind::Disconnect => PresenceEventKind::Disconnect,
+        };
+        proto::PresenceEvent {
+            kind: kind as i32,
+            topic: event.topic.as_deref().unwrap_or_default().to_owned(),
+            member: Some(member(&event.conn)),
+            node_id: self.node_id.to_string(),
+            timestamp_ms: event.timestamp_ms,
         }
     }
 }
