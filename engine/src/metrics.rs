@@ -548,7 +548,10 @@ mod tests {
         let grpc = GrpcMetrics::new(&[
             crate::proto::FILE_DESCRIPTOR_SET,
             tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
         ]);
+        let reflection = grpc.method("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo");
+        assert_ne!(grpc.methods[reflection].service, "unknown");
         let publish = grpc.method("/herald.v1.Herald/Publish");
         assert_eq!(grpc.methods[publish].method, "Publish");
         let check = grpc.method("/grpc.health.v1.Health/Check");
