@@ -164,10 +164,11 @@ impl Conn {
     /// a published message — how long that message took from publish to socket
     /// (one clock read per batch).
     pub(crate) fn wrote(&self, frames: usize, first_published: Option<Instant>) {
-        self.counters.batch_sizes.observe(frames as u64);
+        let stats = self.counters.writer(self.id.slot());
+        stats.batch_sizes.observe(frames as u64);
         if let Some(at) = first_published {
             let ns = u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            self.counters.write_latency_ns.observe(ns);
+            stats.write_latency_ns.observe(ns);
         }
     }
 

@@ -191,7 +191,7 @@ impl Collector for NodeCollector {
                 None,
                 MetricType::Histogram,
             )?,
-            &c.batch_sizes.read(),
+            &c.batch_sizes(),
             1.0,
         )?;
         histogram(
@@ -201,7 +201,7 @@ impl Collector for NodeCollector {
                 None,
                 MetricType::Histogram,
             )?,
-            &c.write_latency_ns.read(),
+            &c.write_latency_ns(),
             1e9,
         )?;
         histogram(

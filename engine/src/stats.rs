@@ -4,7 +4,9 @@
 //!
 //! Nothing here takes a lock: a counter is one relaxed atomic add, a histogram
 //! observation two (its bucket and its sum). The delivery path adds per publish
-//! and per writer batch, never per message per subscriber.
+//! and per writer batch, never per message per subscriber; the per-batch
+//! histograms are striped by connection so that writers on different cores
+//! rarely touch the same cache line.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -29,13 +31,24 @@ pub(crate) struct Counters {
     pub(crate) subscriptions: AtomicU64,
     /// Connections closed, by close code ([`CLOSE_CODES`], then "other").
     pub(crate) closes: [AtomicU64; CLOSE_CODES.len() + 1],
+    /// What the writers observe per batch, striped by connection.
+    writers: [WriterStats; WRITER_STRIPES],
+    /// Time to queue one message to every subscriber, in nanoseconds (per publish
+    /// to a topic with subscribers).
+    pub(crate) fan_out_ns: Histogram<FAN_OUT_BUCKETS>,
+}
+
+/// How many stripes the per-batch writer histograms are spread over.
+const WRITER_STRIPES: usize = 16;
+
+/// The per-batch histograms of the writers of one stripe, on their own cache lines.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct WriterStats {
     /// Frames the writer took from a queue at once (per batch).
     pub(crate) batch_sizes: Histogram<BATCH_BUCKETS>,
     /// Publish → socket write, in nanoseconds (the first message of each batch).
     pub(crate) write_latency_ns: Histogram<LATENCY_BUCKETS>,
-    /// Time to queue one message to every subscriber, in nanoseconds (per publish
-    /// to a topic with subscribers).
-    pub(crate) fan_out_ns: Histogram<FAN_OUT_BUCKETS>,
 }
 
 /// The close codes counted one by one; any other (a producer's own code in
@@ -54,14 +67,14 @@ pub(crate) const CLOSE_CODES: [u16; 9] = [
 
 /// Buckets of the writer batch size histogram (frames).
 pub(crate) const BATCH_BUCKETS: usize = 14;
-/// Upper bounds of [`Counters::batch_sizes`].
+/// Upper bounds of [`WriterStats::batch_sizes`].
 pub(crate) const BATCH_BOUNDS: [u64; BATCH_BUCKETS] = [
     1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192,
 ];
 
 /// Buckets of the publish → write latency histogram.
 pub(crate) const LATENCY_BUCKETS: usize = 18;
-/// Upper bounds of [`Counters::write_latency_ns`] (nanoseconds).
+/// Upper bounds of [`WriterStats::write_latency_ns`] (nanoseconds).
 pub(crate) const LATENCY_BOUNDS_NS: [u64; LATENCY_BUCKETS] = [
     10_000,
     25_000,
@@ -112,6 +125,21 @@ impl Counters {
 
     pub(crate) fn sub(counter: &AtomicU64, n: u64) {
         counter.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// The writer histograms of the stripe a connection (by its slot) uses.
+    pub(crate) fn writer(&self, slot: usize) -> &WriterStats {
+        &self.writers[slot % WRITER_STRIPES]
+    }
+
+    /// Every stripe's batch sizes, added up.
+    pub(crate) fn batch_sizes(&self) -> HistogramValue<BATCH_BUCKETS> {
+        HistogramValue::total(self.writers.iter().map(|w| w.batch_sizes.read()))
+    }
+
+    /// Every stripe's publish → write latencies, added up.
+    pub(crate) fn write_latency_ns(&self) -> HistogramValue<LATENCY_BUCKETS> {
+        HistogramValue::total(self.writers.iter().map(|w| w.write_latency_ns.read()))
     }
 
     /// Counts one connection closed with `code`.
@@ -186,6 +214,30 @@ pub(crate) struct HistogramValue<const N: usize> {
     /// (upper bound, observations above the previous bound and at or below
     /// this one), ascending.
     pub(crate) buckets: [(u64, u64); N],
+}
+
+impl<const N: usize> HistogramValue<N> {
+    /// The sum of several histograms with the same bounds.
+    fn total(values: impl Iterator<Item = Self>) -> Self {
+        let mut total: Option<Self> = None;
+        for v in values {
+            match &mut total {
+                None => total = Some(v),
+                Some(t) => {
+                    t.sum += v.sum;
+                    t.count += v.count;
+                    for (a, b) in t.buckets.iter_mut().zip(v.buckets) {
+                        a.1 += b.1;
+                    }
+                }
+            }
+        }
+        total.unwrap_or(Self {
+            sum: 0,
+            count: 0,
+            buckets: [(0, 0); N],
+        })
+    }
 }
 
 impl Default for Histogram<BATCH_BUCKETS> {
@@ -264,6 +316,21 @@ mod tests {
         assert_eq!(v.count, 6);
         assert_eq!(v.sum, 1027);
         assert_eq!(v.buckets, [(1, 2), (10, 2), (100, 1)]);
+    }
+
+    #[test]
+    fn writer_stripes_add_up() {
+        let c = Counters::default();
+        for slot in 0..40 {
+            c.writer(slot).batch_sizes.observe(3);
+        }
+        c.writer(7).write_latency_ns.observe(20_000);
+        let sizes = c.batch_sizes();
+        assert_eq!((sizes.count, sizes.sum), (40, 120));
+        assert_eq!(sizes.buckets[2], (4, 40));
+        let latency = c.write_latency_ns();
+        assert_eq!((latency.count, latency.sum), (1, 20_000));
+        assert_eq!(latency.buckets[1], (25_000, 1));
     }
 
     #[test]
