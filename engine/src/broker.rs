@@ -48,6 +48,11 @@ pub(crate) trait Broker: Send + Sync + std::fmt::Debug {
     /// Publishes one message. Publications to one topic through one broker are
     /// delivered in the order this method is called.
     fn publish(&self, publication: Publication) -> BrokerFuture<'_, Receipt>;
+
+    /// The broker's kind, as `/metrics` reports it (`herald_broker_info`). A
+    /// broker that spans nodes exposes its own state (connection, lag) next to it
+    /// in [`crate::metrics`].
+    fn kind(&self) -> &'static str;
 }
 
 /// The single-node broker: delivers to this node's registry directly.
@@ -72,5 +77,9 @@ impl Broker for InProcess {
             seq: delivery.seq,
             duplicate: delivery.duplicate,
         })))
+    }
+
+    fn kind(&self) -> &'static str {
+        "in_process"
     }
 }

@@ -107,6 +107,8 @@ settings! {
     ws_path: String = "/ws".to_owned(), env "HERALD_WS_PATH";
     /// gRPC listen address [default: 0.0.0.0:50051]
     grpc_addr: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 50051)), env "HERALD_GRPC_ADDR";
+    /// HTTP admin listen address for /metrics, /healthz, /readyz and the status page, e.g. 127.0.0.1:9090; empty: no admin listener [default: off]
+    admin_addr: String = String::new(), env "HERALD_ADMIN_ADDR";
     /// This node's id, reported by Info and presence [default: random]
     node_id: String = String::new(), env "HERALD_NODE_ID";
     /// Longest topic name in bytes [default: 255]
@@ -266,7 +268,21 @@ impl Config {
             ));
         }
         self.presence_patterns()?;
+        self.admin_socket_addr()?;
         Ok(())
+    }
+
+    /// The admin listener's address; `None` when `admin_addr` is empty (off).
+    pub fn admin_socket_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let addr = self.admin_addr.trim();
+        if addr.is_empty() {
+            return Ok(None);
+        }
+        addr.parse().map(Some).map_err(|_| {
+            ConfigError::Invalid(format!(
+                "admin_addr {addr:?} is not an address such as 127.0.0.1:9090 (empty: off)"
+            ))
+        })
     }
 
     /// The largest gRPC request the engine decodes: the configured value, or room
@@ -330,5 +346,23 @@ mod tests {
             ..Config::default()
         };
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn the_admin_listener_is_off_unless_an_address_is_given() {
+        assert_eq!(Config::default().admin_socket_addr().unwrap(), None);
+        let on = Config {
+            admin_addr: "127.0.0.1:9090".into(),
+            ..Config::default()
+        };
+        assert_eq!(
+            on.admin_socket_addr().unwrap(),
+            Some(SocketAddr::from(([127, 0, 0, 1], 9090)))
+        );
+        let bad = Config {
+            admin_addr: "localhost".into(),
+            ..Config::default()
+        };
+        assert!(bad.validate().is_err());
     }
 }

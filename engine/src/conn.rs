@@ -124,12 +124,15 @@ impl Conn {
             Ok(()) => Sent::Queued,
             Err(PushError::Closed) => Sent::Closed,
             Err(PushError::Full) => {
-                if let Some(discarded) = self.queue.close(Close::slow_consumer()) {
+                let slow = Close::slow_consumer();
+                let code = slow.code;
+                if let Some(discarded) = self.queue.close(slow) {
                     Counters::add(&self.counters.slow_disconnects, 1);
+                    self.counters.closed(code);
                     // The backlog, and the frame that did not fit.
-                    Counters::add(&self.counters.dropped, discarded as u64 + 1);
+                    Counters::add(&self.counters.dropped_slow, discarded as u64 + 1);
                 } else {
-                    Counters::add(&self.counters.dropped, 1);
+                    Counters::add(&self.counters.dropped_slow, 1);
                 }
                 Sent::Slow
             }
@@ -142,13 +145,31 @@ impl Conn {
     }
 
     /// Asks the writer to close the connection; false if it was already closing.
+    /// The first close of a connection is counted by its code.
     pub(crate) fn close(&self, close: Close) -> bool {
-        self.queue.close(close).is_some()
+        let code = close.code;
+        let first = self.queue.close(close).is_some();
+        if first {
+            self.counters.closed(code);
+        }
+        first
     }
 
     /// Counts frames the writer dropped because they outlived their TTL.
     pub(crate) fn expired(&self, n: u64) {
-        Counters::add(&self.counters.dropped, n);
+        Counters::add(&self.counters.dropped_expired, n);
+    }
+
+    /// Records one batch the writer took: its size, and — when its first frame is
+    /// a published message — how long that message took from publish to socket
+    /// (one clock read per batch).
+    pub(crate) fn wrote(&self, frames: usize, first_published: Option<Instant>) {
+        let stats = self.counters.writer(self.id.slot());
+        stats.batch_sizes.observe(frames as u64);
+        if let Some(at) = first_published {
+            let ns = u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            stats.write_latency_ns.observe(ns);
+        }
     }
 
     /// Records that a frame was received now.
@@ -198,6 +219,15 @@ mod tests {
         assert_eq!(conn.send(frame()), Sent::Slow);
         assert_eq!(conn.send(frame()), Sent::Closed);
         assert_eq!(counters.slow_disconnects.load(Ordering::Relaxed), 1);
-        assert_eq!(counters.dropped.load(Ordering::Relaxed), 4);
+        assert_eq!(counters.dropped_slow.load(Ordering::Relaxed), 4);
+        assert_eq!(
+            counters
+                .closes
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .sum::<u64>(),
+            1,
+            "one close, counted once"
+        );
     }
 }

@@ -16,7 +16,9 @@
 //! | queue | `queue` | each connection's bounded outgoing queue, and its close |
 //! | writer | `writer` | batched socket writes, heartbeats, close frames |
 //!
-//! Around it: `grpc` (the producer API: publish, control, presence), `broker`
+//! Around it: `grpc` (the producer API: publish, control, presence), `admin`
+//! (the optional HTTP admin listener: `/metrics`, `/healthz`, `/readyz`, a status
+//! page) with `metrics` (Prometheus exposition, the gRPC call layer), `broker`
 //! (the seam where a multi-node broker plugs in), `presence` (join/leave events
 //! and their watchers), `protocol` (the client wire format and close codes),
 //! `topic_name` (the topic rule), `stats` (counters) and [`config`].
@@ -24,10 +26,12 @@
 //! Layers import only downwards: server → grpc → session → broker / writer →
 //! registry → topic → snapshot → conn → queue.
 
+mod admin;
 mod broker;
 pub mod config;
 mod conn;
 mod grpc;
+mod metrics;
 mod presence;
 mod protocol;
 mod queue;

@@ -29,6 +29,9 @@ pub(crate) struct Item {
     pub(crate) text: Utf8Bytes,
     /// Drop instead of sending when still queued at this instant.
     pub(crate) expires: Option<Instant>,
+    /// When the message was published (for the publish → write latency); `None`
+    /// for replies and server pushes.
+    pub(crate) published: Option<Instant>,
 }
 
 impl Item {
@@ -37,6 +40,7 @@ impl Item {
         Self {
             text,
             expires: None,
+            published: None,
         }
     }
 }

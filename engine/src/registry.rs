@@ -148,6 +148,11 @@ impl Registry {
             .snapshot(self.connection_count(), self.topics.len())
     }
 
+    /// The node's counters and histograms, for the metrics endpoint.
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
     /// Checks a topic name against the rule and the configured length.
     pub(crate) fn validate_topic(&self, name: &str) -> Result<(), TopicError> {
         topic_name::validate(name, self.limits.max_topic_len)
@@ -376,6 +381,10 @@ impl Registry {
                     if !delivery.duplicate {
                         Counters::add(&self.counters.published, 1);
                         Counters::add(&self.counters.delivered, delivery.queued);
+                    }
+                    if let Some(took) = delivery.fan_out {
+                        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+                        self.counters.fan_out_ns.observe(ns);
                     }
                     return delivery;
                 }

@@ -5,7 +5,14 @@
 //! Health is NOT_SERVING until both listeners are up, SERVING while the node runs,
 //! and NOT_SERVING again from the first moment of shutdown.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::{
     net::{TcpListener, TcpSocket},
@@ -18,9 +25,11 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::{
+    admin,
     broker::{Broker, InProcess},
-    config::Config,
+    config::{Config, ConfigError},
     grpc::HeraldService,
+    metrics::{GrpcLayer, GrpcMetrics, Metrics},
     presence::PresenceHub,
     proto::{self, herald_server::HeraldServer},
     queue::Close,
@@ -43,6 +52,9 @@ pub enum StartError {
     /// The reflection service could not be built from the descriptor set.
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// A running node: its listeners, its tasks, and how to stop them.
@@ -61,6 +73,18 @@ pub struct Engine {
     stop_grpc: CancellationToken,
     grpc: JoinHandle<()>,
     sweeper: JoinHandle<()>,
+    /// Set while gRPC health is SERVING (what `/readyz` reports).
+    ready: Arc<AtomicBool>,
+    /// The admin listener, when there is one.
+    admin: Option<AdminListener>,
+}
+
+/// The running admin listener.
+#[derive(Debug)]
+struct AdminListener {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
 }
 
 const SERVICE: &str = <HeraldServer<HeraldService> as tonic::server::NamedService>::NAME;
@@ -73,6 +97,10 @@ impl Engine {
         // 1. Bind.
         let (ws_listener, ws_addr) = bind(config.ws_addr, config.listen_backlog)?;
         let (grpc_listener, grpc_addr) = bind(config.grpc_addr, config.listen_backlog)?;
+        let admin_listener = match config.admin_socket_addr()? {
+            Some(addr) => Some(bind(addr, config.listen_backlog)?),
+            None => None,
+        };
 
         // 2. The node's state.
         let node_id: Arc<str> = if config.node_id.is_empty() {
@@ -95,7 +123,14 @@ impl Engine {
             Arc::new(PresenceHub::new(tracked)),
         ));
         let broker: Arc<dyn Broker> = Arc::new(InProcess::new(Arc::clone(&registry)));
+        let broker_kind = broker.kind();
         let shutdown = CancellationToken::new();
+        let ready = Arc::new(AtomicBool::new(false));
+        let grpc_metrics = Arc::new(GrpcMetrics::new(&[
+            proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        ]));
 
         // 3. gRPC: the API, health and reflection.
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -114,6 +149,7 @@ impl Engine {
         let stop_grpc = CancellationToken::new();
         let grpc_server = tonic::transport::Server::builder()
             .max_concurrent_streams(Some(config.grpc_max_streams_per_connection))
+            .layer(GrpcLayer(Arc::clone(&grpc_metrics)))
             .layer(GlobalConcurrencyLimitLayer::new(
                 config.grpc_max_concurrent_calls,
             ))
@@ -143,8 +179,29 @@ impl Engine {
         ));
         let sweeper = tokio::spawn(sweep_loop(Arc::clone(&registry)));
 
+        // 5. The admin listener: metrics, health, status page.
+        let admin = admin_listener.map(|(listener, addr)| {
+            let state = admin::State {
+                metrics: Metrics::new(
+                    Arc::clone(&registry),
+                    grpc_metrics,
+                    broker_kind,
+                    Arc::clone(&ready),
+                ),
+                registry: Arc::clone(&registry),
+                ready: Arc::clone(&ready),
+                node_id: Arc::clone(&node_id),
+                started: std::time::Instant::now(),
+            };
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(admin::serve(listener, Arc::new(state), stop.clone()));
+            AdminListener { addr, stop, task }
+        });
+
         set_health(&health, ServingStatus::Serving).await;
-        tracing::info!(node_id = %node_id, %ws_addr, ws_path = %config.ws_path, %grpc_addr, "herald is serving");
+        ready.store(true, Ordering::SeqCst);
+        let admin_addr = admin.as_ref().map(|a| a.addr.to_string());
+        tracing::info!(node_id = %node_id, %ws_addr, ws_path = %config.ws_path, %grpc_addr, admin_addr = %admin_addr.as_deref().unwrap_or("off"), "herald is serving");
         Ok(Self {
             config,
             registry,
@@ -156,6 +213,8 @@ impl Engine {
             stop_grpc,
             grpc,
             sweeper,
+            ready,
+            admin,
         })
     }
 
@@ -167,6 +226,12 @@ impl Engine {
     /// The bound gRPC address.
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// The bound admin (metrics, health, status page) address, if the admin
+    /// listener is on (`admin_addr`).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.addr)
     }
 
     /// The node's counters now.
@@ -187,6 +252,7 @@ impl Engine {
     pub async fn shutdown(self) {
         let started = Instant::now();
         let deadline = started + self.config.shutdown_delay.0 + self.config.shutdown_timeout.0;
+        self.ready.store(false, Ordering::SeqCst);
         set_health(&self.health, ServingStatus::NotServing).await;
         tracing::info!(
             connections = self.registry.connection_count(),
@@ -217,6 +283,11 @@ impl Engine {
             grpc.abort();
         }
         self.sweeper.abort();
+        // The admin listener goes last: /readyz says 503 for the whole shutdown.
+        if let Some(admin) = self.admin {
+            admin.stop.cancel();
+            let _ = admin.task.await;
+        }
         tracing::info!(elapsed = ?started.elapsed(), "stopped");
     }
 }

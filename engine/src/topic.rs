@@ -143,6 +143,8 @@ pub(crate) struct Delivery {
     pub(crate) duplicate: bool,
     /// Connections the message was queued to.
     pub(crate) queued: u64,
+    /// How long the fan-out took, when the topic had subscribers.
+    pub(crate) fan_out: Option<Duration>,
 }
 
 /// A publish that arrived after the topic left the registry.
@@ -303,6 +305,7 @@ impl Topic {
                 seq,
                 duplicate: true,
                 queued: 0,
+                fan_out: None,
             });
         }
         // 2. The sequence number.
@@ -313,20 +316,30 @@ impl Topic {
         }
         // 3. The fan-out.
         let expires = ttl.filter(|t| !t.is_zero()).map(|t| now + t);
+        let (queued, fan_out) = self.fan_out(seq, payload, now, expires);
         Ok(Delivery {
             seq,
             duplicate: false,
-            queued: self.fan_out(seq, payload, expires),
+            queued,
+            fan_out,
         })
     }
 
     /// Encodes the message once and queues it to every subscriber of the current
     /// snapshot, without any lock and without ever waiting on a client: a full
-    /// queue closes that connection as a slow consumer. Returns how many took it.
-    fn fan_out(&self, seq: u64, payload: &Payload, expires: Option<Instant>) -> u64 {
+    /// queue closes that connection as a slow consumer. Returns how many took it
+    /// and, with any subscriber, how long since `published` it took (one clock
+    /// read per publish; each frame carries `published` for the writer).
+    fn fan_out(
+        &self,
+        seq: u64,
+        payload: &Payload,
+        published: Instant,
+        expires: Option<Instant>,
+    ) -> (u64, Option<Duration>) {
         let snapshot = self.snapshot.load_full();
         if snapshot.is_empty() {
-            return 0;
+            return (0, None);
         }
         let text = protocol::encode_message(&self.name, seq, payload);
         let mut queued = 0;
@@ -334,12 +347,13 @@ impl Topic {
             let item = Item {
                 text: text.clone(),
                 expires,
+                published: Some(published),
             };
             if conn.send(item) == Sent::Queued {
                 queued += 1;
             }
         }
-        queued
+        (queued, Some(published.elapsed()))
     }
 
     /// If the topic has had no members and no publishes for `retention`, marks it

@@ -154,7 +154,12 @@ pub(crate) async fn run(
             }
         };
         // 2. Write the batch (and the close, if there is one).
+        let frames = batch.len();
+        let first_published = batch.front().and_then(|item| item.published);
         let result = write_batch(&mut sink, &conn, &mut batch, close.as_ref(), timing).await;
+        if frames > 0 && result.is_ok() {
+            conn.wrote(frames, first_published);
+        }
         // After a burst, give back what a long backlog made the buffers grow to
         // (the two buffers alternate with the queue, so both shrink in turn).
         if batch.capacity() > SHRINK_ABOVE {
