@@ -129,7 +129,9 @@ def test_repeated_engine_resyncs_back_off(small_buffer_engine: Engine) -> None:
             assert snapshot(watch) == []
             reopened.append(time.monotonic() - started)
         assert reopened[0] < backoff - 0.5  # the first RESYNC: reopened at once
-        assert reopened[1] >= backoff  # the second in a row: after a backoff
+        # The second in a row: after a backoff. The backoff runs from the moment the
+        # RESYNC arrived, a moment before this test sees it (and starts its clock).
+        assert reopened[1] >= backoff - 0.05
 
 
 def test_max_reconnects_gives_up(
