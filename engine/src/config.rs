@@ -9,6 +9,7 @@ use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 use clap::Parser;
 use serde::Deserialize;
 
+pub use crate::rules::{TopicRule, Who};
 use crate::topic_name::TopicPattern;
 
 /// Why the configuration could not be loaded.
@@ -70,7 +71,12 @@ pub enum LogFormat {
 }
 
 macro_rules! settings {
-    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, env $env:literal; )*) => {
+    (
+        $( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, env $env:literal $(, $extra:meta)*; )*
+        @file_only {
+            $( $(#[doc = $fdoc:literal])* $fname:ident : $fty:ty = $fdefault:expr; )*
+        }
+    ) => {
         /// The complete engine configuration, with every value resolved.
         // The field docs double as `--help` text, whose `[default: …]` is not a link.
         #[allow(rustdoc::broken_intra_doc_links)]
@@ -78,18 +84,19 @@ macro_rules! settings {
         #[serde(default, deny_unknown_fields)]
         pub struct Config {
             $( $(#[doc = $doc])* pub $name: $ty, )*
+            $( $(#[doc = $fdoc])* pub $fname: $fty, )*
         }
 
         impl Default for Config {
             fn default() -> Self {
-                Self { $( $name: $default, )* }
+                Self { $( $name: $default, )* $( $fname: $fdefault, )* }
             }
         }
 
         /// Values given on the command line or in the environment.
         #[derive(Debug, Default, clap::Args)]
         struct Overrides {
-            $( $(#[doc = $doc])* #[arg(long, env = $env)] $name: Option<$ty>, )*
+            $( $(#[doc = $doc])* #[arg(long, env = $env $(, $extra)*)] $name: Option<$ty>, )*
         }
 
         impl Overrides {
@@ -167,6 +174,58 @@ settings! {
     log_format: LogFormat = LogFormat::Text, env "HERALD_LOG_FORMAT";
     /// Log filter, in RUST_LOG syntax [default: info]
     log: String = "info".to_owned(), env "HERALD_LOG";
+    /// Shared secret that verifies HS256 connection tokens ("HS384=secret" or "HS512=secret" pins another HMAC algorithm); with any token key set, clients must authenticate [default: none]
+    token_hmac_secret: Secret = Secret::default(), env "HERALD_TOKEN_HMAC_SECRET";
+    /// Public keys (PEM files, comma-separated) that verify connection tokens: RSA keys verify RS256, EC P-256 keys ES256, Ed25519 keys EdDSA; "ALG=path" pins another algorithm of the key's family (RS384, PS256, ES384, ...) [default: none]
+    token_public_key: String = String::new(), env "HERALD_TOKEN_PUBLIC_KEY";
+    /// JWKS file (JSON) whose public keys verify connection tokens; a key's "alg" pins its algorithm and "kid" selects it [default: none]
+    token_jwks_file: String = String::new(), env "HERALD_TOKEN_JWKS_FILE";
+    /// Accept connection tokens without an exp claim (they never expire) [default: false]
+    token_allow_no_exp: bool = false, env "HERALD_TOKEN_ALLOW_NO_EXP", num_args = 0..=1, default_missing_value = "true";
+    /// Required aud claim of connection tokens [default: not checked]
+    token_audience: String = String::new(), env "HERALD_TOKEN_AUDIENCE";
+    /// Required iss claim of connection tokens [default: not checked]
+    token_issuer: String = String::new(), env "HERALD_TOKEN_ISSUER";
+    /// Clock skew allowed when checking exp and nbf [default: 0s]
+    token_leeway: Dur = Dur(Duration::ZERO), env "HERALD_TOKEN_LEEWAY";
+    /// How long before a token's exp the server sends refresh_required [default: 30s]
+    token_refresh_before: Dur = Dur(Duration::from_secs(30)), env "HERALD_TOKEN_REFRESH_BEFORE";
+    @file_only {
+        /// Topic rules (`[[topics]]` tables in the config file): who may subscribe to
+        /// the topics a pattern matches, and per-pattern publish limits. The first
+        /// matching rule applies. See docs/security.md.
+        topics: Vec<TopicRule> = Vec::new();
+    }
+}
+
+/// A secret given in the configuration: never shown by `Debug`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self)
+    }
 }
 
 /// Command-line interface of the `herald` binary.
@@ -263,6 +322,8 @@ impl Config {
             ));
         }
         self.presence_patterns()?;
+        crate::rules::Rules::compile(&self.topics, self.max_topic_len)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(())
     }
 

@@ -19,11 +19,13 @@
 //! Around it: `grpc` (the producer API: publish, control, presence), `broker`
 //! (the seam where a multi-node broker plugs in), `presence` (join/leave events
 //! and their watchers), `protocol` (the client wire format and close codes),
-//! `topic_name` (the topic rule), `stats` (counters) and [`config`].
+//! `topic_name` (the topic rule), `auth` (connection tokens: keys and claims),
+//! `rules` (who may subscribe to which topics), `stats` (counters) and [`config`].
 //!
 //! Layers import only downwards: server → grpc → session → broker / writer →
 //! registry → topic → snapshot → conn → queue.
 
+mod auth;
 mod broker;
 pub mod config;
 mod conn;
@@ -32,6 +34,7 @@ mod presence;
 mod protocol;
 mod queue;
 mod registry;
+mod rules;
 mod server;
 mod session;
 mod snapshot;
@@ -40,6 +43,7 @@ mod topic;
 mod topic_name;
 mod writer;
 
+pub use auth::KeyError;
 pub use config::Config;
 pub use conn::ConnId;
 pub use server::{Engine, StartError};

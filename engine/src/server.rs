@@ -18,6 +18,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::{
+    auth::{ClientAccess, KeyError},
     broker::{Broker, InProcess},
     config::Config,
     grpc::HeraldService,
@@ -43,6 +44,9 @@ pub enum StartError {
     /// The reflection service could not be built from the descriptor set.
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The token keys or topic rules could not be loaded.
+    #[error("client authentication: {0}")]
+    Auth(#[from] KeyError),
 }
 
 /// A running node: its listeners, its tasks, and how to stop them.
@@ -70,6 +74,9 @@ impl Engine {
     /// [`Engine::ws_addr`] and [`Engine::grpc_addr`].
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let config = Arc::new(config);
+        // 0. Who may connect and subscribe.
+        let access = Arc::new(ClientAccess::from_config(&config)?);
+        log_access(&access);
         // 1. Bind.
         let (ws_listener, ws_addr) = bind(config.ws_addr, config.listen_backlog)?;
         let (grpc_listener, grpc_addr) = bind(config.grpc_addr, config.listen_backlog)?;
@@ -138,6 +145,7 @@ impl Engine {
             ws_listener,
             Arc::clone(&config),
             Arc::clone(&registry),
+            access,
             sessions.clone(),
             shutdown.clone(),
         ));
@@ -260,6 +268,7 @@ async fn accept_loop(
     listener: TcpListener,
     config: Arc<Config>,
     registry: Arc<Registry>,
+    access: Arc<ClientAccess>,
     sessions: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -269,7 +278,12 @@ async fn accept_loop(
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
-                    sessions.spawn(session::serve(stream, Arc::clone(&config), Arc::clone(&registry)));
+                    sessions.spawn(session::serve(
+                        stream,
+                        Arc::clone(&config),
+                        Arc::clone(&registry),
+                        Arc::clone(&access),
+                    ));
                 }
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
@@ -277,6 +291,26 @@ async fn accept_loop(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
+        }
+    }
+}
+
+/// Says at start whether clients are authenticated.
+fn log_access(access: &ClientAccess) {
+    match &access.tokens {
+        Some(tokens) => {
+            tracing::info!(algorithms = ?tokens.algorithms(), "clients authenticate with tokens");
+        }
+        None => {
+            tracing::warn!(
+                "no token key is configured: clients are NOT authenticated and may claim any \
+                 user id (open mode); set --token-hmac-secret, --token-public-key or --token-jwks-file"
+            );
+            if access.rules.needs_authentication() {
+                tracing::warn!(
+                    "topic rules of kind authenticated, owner or granted admit no client in open mode"
+                );
+            }
         }
     }
 }
