@@ -381,6 +381,28 @@ mod tests {
     }
 
     #[test]
+    fn topic_rules_are_a_file_only_array_of_tables() {
+        let config: Config = toml::from_str(
+            "log = \"debug\"\n\n[[topics]]\npattern = \"user:*\"\nsubscribe = \"owner\"\n\n\
+             [[topics]]\npattern = \"broadcast:*\"\nsubscribe = \"authenticated\"\n\
+             publish_rate = 10\npublish_burst = 20\nmessage_ttl = \"5s\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.topics.len(), 2);
+        assert_eq!(config.topics[0].subscribe, Who::Owner);
+        assert_eq!(config.topics[1].publish_burst, Some(20));
+        assert!(config.validate().is_ok());
+        let bad: Config =
+            toml::from_str("[[topics]]\npattern = \"user:>\"\nsubscribe = \"owner\"\n").unwrap();
+        assert!(bad.validate().is_err());
+        assert!(
+            toml::from_str::<Config>("[[topics]]\npattern = \"a\"\nsubscribe = \"owner\"\nx = 1\n")
+                .is_err()
+        );
+        assert_eq!(format!("{:?}", Secret("s3cret".into())), "\"***\"");
+    }
+
+    #[test]
     fn unknown_keys_and_bad_ranges_are_refused() {
         assert!(toml::from_str::<Config>("no_such_key = 1").is_err());
         let config = Config {

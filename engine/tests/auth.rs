@@ -3,6 +3,7 @@
 //! (alg none, HS-with-an-RSA-key), RS256/ES256/EdDSA PEM keys, a JWKS file, the
 //! refresh flow and the expiry close, each topic rule kind and the `subscribe`
 //! claim. The keys in tests/keys/ are test-only.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
