@@ -259,6 +259,7 @@ async fn every_refusal_class_gets_its_own_401() {
     let ok = hs(good(json!({})));
     Client::connect_query(&engine, &format!("?token={ok}")).await;
 
+    assert_401(&engine, "", "token_missing").await;
     assert_401(&engine, "not-a-jwt", "token_malformed").await;
     assert_401(&engine, "a.b.c", "token_malformed").await;
     let forged = sign(
