@@ -4,7 +4,13 @@
 //! Precedence, highest first: flag, environment variable, config file, built-in
 //! default. `herald --help` lists every option.
 
-use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
 
 use clap::Parser;
 use serde::Deserialize;
@@ -69,8 +75,39 @@ pub enum LogFormat {
     Json,
 }
 
+/// A secret (an API key): shown as `"***"` by `Debug`, so a logged configuration
+/// never leaks it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The secret value.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
 macro_rules! settings {
-    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, env $env:literal; )*) => {
+    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, env $env:literal $(, arg($($arg:tt)*))?; )*) => {
         /// The complete engine configuration, with every value resolved.
         // The field docs double as `--help` text, whose `[default: …]` is not a link.
         #[allow(rustdoc::broken_intra_doc_links)]
@@ -89,7 +126,7 @@ macro_rules! settings {
         /// Values given on the command line or in the environment.
         #[derive(Debug, Default, clap::Args)]
         struct Overrides {
-            $( $(#[doc = $doc])* #[arg(long, env = $env)] $name: Option<$ty>, )*
+            $( $(#[doc = $doc])* #[arg(long, env = $env $(, $($arg)*)?)] $name: Option<$ty>, )*
         }
 
         impl Overrides {
@@ -163,6 +200,20 @@ settings! {
     presence_topics: String = ">".to_owned(), env "HERALD_PRESENCE_TOPICS";
     /// Events one WatchPresence stream may have waiting before it is told to resync [default: 4096]
     presence_watch_buffer: usize = 4096, env "HERALD_PRESENCE_WATCH_BUFFER";
+    /// gRPC API key: calls must carry `authorization: Bearer <key>` (health excepted). Repeat the flag for several keys; HERALD_API_KEYS takes them comma-separated. No key at all leaves the API open [default: none]
+    api_key: Vec<Secret> = Vec::new(), env "HERALD_API_KEYS", arg(value_delimiter = ',', value_name = "KEY", hide_env_values = true);
+    /// File of further gRPC API keys, one per line ('#' comments); read again on SIGHUP and when it changes [default: none]
+    api_keys_file: PathBuf = PathBuf::new(), env "HERALD_API_KEYS_FILE";
+    /// TLS certificate chain (PEM) for the WebSocket listener (wss://) and, unless grpc_tls_cert is given, for gRPC [default: none]
+    tls_cert: PathBuf = PathBuf::new(), env "HERALD_TLS_CERT";
+    /// Private key (PEM) of tls_cert [default: none]
+    tls_key: PathBuf = PathBuf::new(), env "HERALD_TLS_KEY";
+    /// TLS certificate chain (PEM) for the gRPC listener only, instead of tls_cert [default: tls_cert]
+    grpc_tls_cert: PathBuf = PathBuf::new(), env "HERALD_GRPC_TLS_CERT";
+    /// Private key (PEM) of grpc_tls_cert [default: tls_key]
+    grpc_tls_key: PathBuf = PathBuf::new(), env "HERALD_GRPC_TLS_KEY";
+    /// CA certificates (PEM): gRPC clients must present a certificate signed by one of them (mutual TLS; needs gRPC TLS) [default: none]
+    grpc_client_ca: PathBuf = PathBuf::new(), env "HERALD_GRPC_CLIENT_CA";
     /// Log format [default: text]
     log_format: LogFormat = LogFormat::Text, env "HERALD_LOG_FORMAT";
     /// Log filter, in RUST_LOG syntax [default: info]
@@ -263,6 +314,7 @@ impl Config {
             ));
         }
         self.presence_patterns()?;
+        self.check_tls_paths()?;
         Ok(())
     }
 
@@ -274,6 +326,55 @@ impl Config {
         }
         let topics = self.max_broadcast_topics.max(self.max_topics_per_command);
         self.max_payload_bytes + topics * (self.max_topic_len + 8) + 64 * 1024
+    }
+
+    /// The WebSocket listener's certificate and key files, when it serves TLS.
+    pub(crate) fn ws_tls_files(&self) -> Option<(&Path, &Path)> {
+        given(&self.tls_cert).zip(given(&self.tls_key))
+    }
+
+    /// The gRPC listener's certificate and key files, when it serves TLS.
+    pub(crate) fn grpc_tls_files(&self) -> Option<(&Path, &Path)> {
+        match given(&self.grpc_tls_cert) {
+            Some(cert) => Some(cert).zip(given(&self.grpc_tls_key)),
+            None => self.ws_tls_files(),
+        }
+    }
+
+    /// The keys file, if one is configured.
+    pub(crate) fn api_keys_path(&self) -> Option<&Path> {
+        given(&self.api_keys_file)
+    }
+
+    /// The CA for gRPC client certificates, if one is configured.
+    pub(crate) fn grpc_client_ca_path(&self) -> Option<&Path> {
+        given(&self.grpc_client_ca)
+    }
+
+    /// Certificates come with their keys, and a client CA needs gRPC TLS.
+    fn check_tls_paths(&self) -> Result<(), ConfigError> {
+        let pairs = [
+            ("tls_cert", &self.tls_cert, "tls_key", &self.tls_key),
+            (
+                "grpc_tls_cert",
+                &self.grpc_tls_cert,
+                "grpc_tls_key",
+                &self.grpc_tls_key,
+            ),
+        ];
+        for (cert_name, cert, key_name, key) in pairs {
+            if given(cert).is_some() != given(key).is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "{cert_name} and {key_name} must be given together"
+                )));
+            }
+        }
+        if self.grpc_client_ca_path().is_some() && self.grpc_tls_files().is_none() {
+            return Err(ConfigError::Invalid(
+                "grpc_client_ca needs a gRPC certificate (tls_cert/tls_key or grpc_tls_cert/grpc_tls_key)".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// The parsed `presence_topics` patterns.
@@ -288,6 +389,11 @@ impl Config {
             })
             .collect()
     }
+}
+
+/// An optional path: empty means not given.
+fn given(path: &Path) -> Option<&Path> {
+    (!path.as_os_str().is_empty()).then_some(path)
 }
 
 #[cfg(test)]

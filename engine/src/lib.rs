@@ -9,6 +9,7 @@
 //! | step | module | owns |
 //! |------|--------|------|
 //! | accept | `server` | listeners, gRPC + health + reflection, graceful shutdown |
+//! | security | `apikey`, `tls` | the gRPC API-key layer; rustls for both listeners |
 //! | session | `session` | handshake, the client's read loop and commands |
 //! | registry | `registry` | connections (slab) and their topics, users, the topic map, the lock order |
 //! | topic snapshot | `topic`, `snapshot` | subscriber sets as immutable chunked snapshots; fan-out |
@@ -24,6 +25,7 @@
 //! Layers import only downwards: server → grpc → session → broker / writer →
 //! registry → topic → snapshot → conn → queue.
 
+mod apikey;
 mod broker;
 pub mod config;
 mod conn;
@@ -36,14 +38,17 @@ mod server;
 mod session;
 mod snapshot;
 mod stats;
+mod tls;
 mod topic;
 mod topic_name;
 mod writer;
 
+pub use apikey::ApiKeyError;
 pub use config::Config;
 pub use conn::ConnId;
 pub use server::{Engine, StartError};
 pub use stats::Stats;
+pub use tls::TlsError;
 
 pub mod proto {
     //! Code generated from `proto/herald/v1/herald.proto`.

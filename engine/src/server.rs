@@ -18,6 +18,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::{
+    apikey::{self, ApiKeyLayer, ApiKeys},
     broker::{Broker, InProcess},
     config::Config,
     grpc::HeraldService,
@@ -27,6 +28,7 @@ use crate::{
     registry::{Limits, Registry},
     session,
     stats::Stats,
+    tls,
 };
 
 /// Why the node could not start.
@@ -43,6 +45,12 @@ pub enum StartError {
     /// The reflection service could not be built from the descriptor set.
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// A TLS certificate, key or CA file is unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The API keys are unusable.
+    #[error(transparent)]
+    ApiKeys(#[from] apikey::ApiKeyError),
 }
 
 /// A running node: its listeners, its tasks, and how to stop them.
@@ -70,6 +78,10 @@ impl Engine {
     /// [`Engine::ws_addr`] and [`Engine::grpc_addr`].
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let config = Arc::new(config);
+        // 0. Keys and certificates, before anything listens.
+        let api_keys = Arc::new(ApiKeys::load(&config)?);
+        let ws_tls = tls::ws_acceptor(&config)?;
+        let grpc_builder = tls::grpc_builder(&config)?;
         // 1. Bind.
         let (ws_listener, ws_addr) = bind(config.ws_addr, config.listen_backlog)?;
         let (grpc_listener, grpc_addr) = bind(config.grpc_addr, config.listen_backlog)?;
@@ -112,8 +124,10 @@ impl Engine {
             shutdown.clone(),
         );
         let stop_grpc = CancellationToken::new();
-        let grpc_server = tonic::transport::Server::builder()
+        let grpc_server = grpc_builder
             .max_concurrent_streams(Some(config.grpc_max_streams_per_connection))
+            // Outermost: a call without a valid key takes no concurrency slot.
+            .layer(ApiKeyLayer::new(Arc::clone(&api_keys)))
             .layer(GlobalConcurrencyLimitLayer::new(
                 config.grpc_max_concurrent_calls,
             ))
@@ -136,12 +150,21 @@ impl Engine {
         let sessions = TaskTracker::new();
         sessions.spawn(accept_loop(
             ws_listener,
+            ws_tls.clone(),
             Arc::clone(&config),
             Arc::clone(&registry),
             sessions.clone(),
             shutdown.clone(),
         ));
         let sweeper = tokio::spawn(sweep_loop(Arc::clone(&registry)));
+        log_security(&config, &api_keys, ws_tls.is_some());
+        let stop_watch = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop_watch.cancelled() => {}
+                () = apikey::watch(api_keys) => {}
+            }
+        });
 
         set_health(&health, ServingStatus::Serving).await;
         tracing::info!(node_id = %node_id, %ws_addr, ws_path = %config.ws_path, %grpc_addr, "herald is serving");
@@ -256,8 +279,23 @@ fn grpc_incoming(
     })
 }
 
+/// Says at start how the listeners are secured, and warns when the API is open.
+fn log_security(config: &Config, api_keys: &ApiKeys, ws_tls: bool) {
+    let grpc_tls = config.grpc_tls_files().is_some();
+    let client_certs = config.grpc_client_ca_path().is_some();
+    if api_keys.is_open() {
+        tracing::warn!(
+            "no API key configured: anyone who reaches the gRPC port can publish and disconnect (set --api-key or --api-keys-file)"
+        );
+    } else {
+        tracing::info!(keys = api_keys.count(), file = ?api_keys.file(), "gRPC calls need an API key");
+    }
+    tracing::info!(ws_tls, grpc_tls, client_certs, "TLS");
+}
+
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     config: Arc<Config>,
     registry: Arc<Registry>,
     sessions: TaskTracker,
@@ -269,7 +307,7 @@ async fn accept_loop(
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
-                    sessions.spawn(session::serve(stream, Arc::clone(&config), Arc::clone(&registry)));
+                    sessions.spawn(session::serve(stream, tls.clone(), Arc::clone(&config), Arc::clone(&registry)));
                 }
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.

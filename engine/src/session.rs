@@ -8,6 +8,7 @@ use std::{sync::Arc, time::Duration};
 
 use futures_util::{StreamExt, stream::SplitStream};
 use tokio::{net::TcpStream, sync::oneshot};
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
@@ -24,6 +25,7 @@ use crate::{
     protocol::{self, Command, Reply, close},
     queue::Close,
     registry::{Entry, Registry, SubscribeError},
+    tls::{self, Stream},
     writer::{self, Timing},
 };
 
@@ -38,10 +40,15 @@ struct Identity {
     info: Option<Arc<str>>,
 }
 
-/// Serves one accepted TCP connection until it closes: handshake, registration
-/// and writer, the read loop, then cleanup.
-pub(crate) async fn serve(stream: TcpStream, config: Arc<Config>, registry: Arc<Registry>) {
-    let Some((ws, identity)) = handshake(stream, &config).await else {
+/// Serves one accepted TCP connection until it closes: handshake (TLS first when
+/// the listener serves it), registration and writer, the read loop, then cleanup.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    config: Arc<Config>,
+    registry: Arc<Registry>,
+) {
+    let Some((ws, identity)) = handshake(stream, tls.as_ref(), &config).await else {
         return;
     };
     let entry = registry.register(identity.user, identity.info);
@@ -66,12 +73,14 @@ pub(crate) async fn serve(stream: TcpStream, config: Arc<Config>, registry: Arc<
     tracing::debug!(conn = %conn.id(), "disconnected");
 }
 
-/// The WebSocket handshake: the path, then the identity from the query. `None`
-/// when the client is refused or the handshake fails or times out.
+/// The TLS handshake when the listener serves TLS, then the WebSocket handshake:
+/// the path, then the identity from the query; both within the handshake timeout.
+/// `None` when the client is refused or the handshake fails or times out.
 async fn handshake(
     stream: TcpStream,
+    tls: Option<&TlsAcceptor>,
     config: &Config,
-) -> Option<(WebSocketStream<TcpStream>, Identity)> {
+) -> Option<(WebSocketStream<Stream>, Identity)> {
     let _ = stream.set_nodelay(true);
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(config.read_buffer_bytes)
@@ -91,8 +100,12 @@ async fn handshake(
             .map_err(|msg| refuse(StatusCode::BAD_REQUEST, msg))?;
         Ok(resp)
     };
-    let handshake =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config));
+    let handshake = async {
+        let stream = tls::accept(stream, tls)
+            .await
+            .map_err(tungstenite::Error::Io)?;
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config)).await
+    };
     match tokio::time::timeout(config.handshake_timeout.0, handshake).await {
         Ok(Ok(ws)) => Some((ws, identity)),
         Ok(Err(e)) => {
@@ -110,7 +123,7 @@ async fn handshake(
 /// has sent the server's close frame.
 async fn read_loop(
     entry: &Arc<Entry>,
-    stream: &mut SplitStream<WebSocketStream<TcpStream>>,
+    stream: &mut SplitStream<WebSocketStream<Stream>>,
     done_rx: &mut oneshot::Receiver<()>,
     registry: &Registry,
     config: &Config,
