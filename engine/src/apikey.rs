@@ -74,6 +74,10 @@ impl ApiKeys {
         let mut fixed = Vec::with_capacity(config.api_key.len());
         for (i, key) in config.api_key.iter().enumerate() {
             let key = key.expose().trim();
+            // `HERALD_API_KEYS=` (set but empty) or `a,,b`: no key, not a bad one.
+            if key.is_empty() {
+                continue;
+            }
             check_key(key, || format!("API key #{}", i + 1))?;
             fixed.push(Box::from(key.as_bytes()));
         }
@@ -344,6 +348,7 @@ mod tests {
     fn no_keys_means_open() {
         let k = keys(&[]);
         assert!(k.is_open());
+        assert!(keys(&["", " "]).is_open(), "empty entries are no keys");
         assert!(k.allows(None));
     }
 
