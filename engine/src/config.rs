@@ -212,6 +212,8 @@ settings! {
     grpc_tls_cert: PathBuf = PathBuf::new(), env "HERALD_GRPC_TLS_CERT";
     /// Private key (PEM) of grpc_tls_cert [default: tls_key]
     grpc_tls_key: PathBuf = PathBuf::new(), env "HERALD_GRPC_TLS_KEY";
+    /// Serve gRPC in plain text even when tls_cert is given (only wss:// uses TLS; for a gRPC port on a private network) [default: false]
+    grpc_plaintext: bool = false, env "HERALD_GRPC_PLAINTEXT";
     /// CA certificates (PEM): gRPC clients must present a certificate signed by one of them (mutual TLS; needs gRPC TLS) [default: none]
     grpc_client_ca: PathBuf = PathBuf::new(), env "HERALD_GRPC_CLIENT_CA";
     /// Log format [default: text]
@@ -337,6 +339,7 @@ impl Config {
     pub(crate) fn grpc_tls_files(&self) -> Option<(&Path, &Path)> {
         match given(&self.grpc_tls_cert) {
             Some(cert) => Some(cert).zip(given(&self.grpc_tls_key)),
+            None if self.grpc_plaintext => None,
             None => self.ws_tls_files(),
         }
     }
@@ -368,6 +371,11 @@ impl Config {
                     "{cert_name} and {key_name} must be given together"
                 )));
             }
+        }
+        if self.grpc_plaintext && given(&self.grpc_tls_cert).is_some() {
+            return Err(ConfigError::Invalid(
+                "grpc_plaintext and grpc_tls_cert contradict each other".into(),
+            ));
         }
         if self.grpc_client_ca_path().is_some() && self.grpc_tls_files().is_none() {
             return Err(ConfigError::Invalid(

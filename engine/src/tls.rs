@@ -4,7 +4,8 @@
 //!   handshake runs inside the session's handshake timeout, and a session's socket
 //!   is a [`Stream`]: plain TCP or TLS over TCP, one `match` per read or write.
 //! - gRPC: tonic's own rustls acceptor, with `grpc_tls_cert`/`grpc_tls_key` or,
-//!   when those are not given, the same `tls_cert`/`tls_key`; `grpc_client_ca`
+//!   when those are not given, the same `tls_cert`/`tls_key` (unless
+//!   `grpc_plaintext` keeps gRPC in plain text); `grpc_client_ca`
 //!   requires every gRPC client to present a certificate signed by that CA.
 //!
 //! Every file is read and checked at start (a certificate and its key must match),

@@ -534,6 +534,25 @@ async fn a_separate_grpc_certificate_and_bad_files_are_reported() {
     assert!(!c.conn_id.is_empty());
     engine.shutdown().await;
 
+    // WebSocket only: wss://, and gRPC in plain text.
+    let engine = start(Config {
+        grpc_plaintext: true,
+        ..pki.config()
+    })
+    .await;
+    let mut grpc = HeraldClient::new(plain_channel(&engine).await);
+    grpc.info(InfoRequest {}).await.unwrap();
+    let tcp = TcpStream::connect(engine.ws_addr()).await.unwrap();
+    let tls = pki
+        .ws_connector()
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let url = format!("wss://localhost:{}/ws", engine.ws_addr().port());
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "connected");
+    engine.shutdown().await;
+
     // A key that does not belong to the certificate, a missing file, a file
     // without PEM: the start fails, naming the problem.
     let other_key = KeyPair::generate().unwrap();
