@@ -355,15 +355,23 @@ async fn presence_input_errors_and_untracked_topics() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    let err = api
-        .presence(PresenceRequest {
-            topic: "room:a".into(),
-            limit: 0,
-            cursor: "nope".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // Cursors this engine never issued: garbage, a bare connection id (what
+    // cursors used to be), a forged tag.
+    for cursor in [
+        "nope",
+        "ffffffffffffffff",
+        "ffffffffffffffff0000000000000000",
+    ] {
+        let err = api
+            .presence(PresenceRequest {
+                topic: "room:a".into(),
+                limit: 0,
+                cursor: cursor.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{cursor}");
+    }
     let err = api
         .presence(PresenceRequest {
             topic: "room:a".into(),

@@ -38,6 +38,9 @@ pub(crate) struct HeraldService {
     broker: Arc<dyn Broker>,
     node_id: Arc<str>,
     started: Instant,
+    /// Keys the tags of presence page cursors (random per process), so that a
+    /// cursor this node did not issue is refused.
+    cursor_key: std::collections::hash_map::RandomState,
     /// Cancelled when the node starts shutting down.
     shutdown: CancellationToken,
 }
@@ -57,6 +60,7 @@ impl HeraldService {
             broker,
             node_id,
             started: Instant::now(),
+            cursor_key: std::collections::hash_map::RandomState::new(),
             shutdown,
         }
     }

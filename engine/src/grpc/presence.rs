@@ -34,6 +34,27 @@ pub(super) fn member(conn: &Conn) -> proto::Member {
 }
 
 impl HeraldService {
+    /// A page cursor: the last member's id and a tag keyed per process over the
+    /// topic and that id (32 hex digits).
+    fn cursor(&self, topic: &str, after: ConnId) -> String {
+        format!("{after}{:016x}", self.cursor_tag(topic, after))
+    }
+
+    fn cursor_tag(&self, topic: &str, after: ConnId) -> u64 {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut hasher = self.cursor_key.build_hasher();
+        topic.hash(&mut hasher);
+        after.hash(&mut hasher);
+        hasher.finish()
+    }
+
+    /// The member id a cursor this node issued for `topic` stands for.
+    fn open_cursor(&self, topic: &str, cursor: &str) -> Option<ConnId> {
+        let after = ConnId::parse(cursor.get(..16)?)?;
+        let tag = u64::from_str_radix(cursor.get(16..)?, 16).ok()?;
+        (cursor.len() == 32 && tag == self.cursor_tag(topic, after)).then_some(after)
+    }
+
     pub(super) fn presence_page(
         &self,
         req: proto::PresenceRequest,
@@ -48,20 +69,21 @@ impl HeraldService {
             }
             n => n,
         };
-        let after =
-            match req.cursor.as_str() {
-                "" => None,
-                c => Some(ConnId::parse(c).ok_or_else(|| {
-                    Status::invalid_argument("cursor is not one this engine issued")
-                })?),
-            };
+        let after = match req.cursor.as_str() {
+            "" => None,
+            c => Some(self.open_cursor(&req.topic, c).ok_or_else(|| {
+                Status::invalid_argument("cursor is not one this engine issued for this topic")
+            })?),
+        };
         let Some(topic) = self.registry.topic(&req.topic) else {
             return Ok(proto::PresenceResponse::default());
         };
         let mut page = topic.members_after(after, limit + 1);
         let next_cursor = if page.len() > limit {
             page.truncate(limit);
-            page.last().map(|c| c.id().to_string()).unwrap_or_default()
+            page.last()
+                .map(|c| self.cursor(&req.topic, c.id()))
+                .unwrap_or_default()
         } else {
             String::new()
         };
