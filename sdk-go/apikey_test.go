@@ -6,9 +6,9 @@ import (
 	herald "github.com/heraldrt/herald/sdk-go"
 )
 
-// The engine does not check API keys: a client that sends one works like any
-// other, over unary calls and streams. (What is sent is checked by
-// TestAPIKeyCredsMetadata.)
+// An engine without API keys accepts any key: a client that sends one works
+// like any other, over unary calls and streams. (What is sent is checked by
+// TestAPIKeyCredsMetadata; an engine with keys, by tls_test.go.)
 func TestAPIKeyClientWorks(t *testing.T) {
 	e := needEngine(t)
 	c := e.client(t, herald.WithAPIKey("k-123"))

@@ -164,6 +164,9 @@ type Info struct {
 	MessagesDelivered uint64 // queued to connections
 	MessagesDropped   uint64 // dropped on queue overflow or expired by TTL
 	SlowDisconnects   uint64 // connections closed because their queue overflowed
+	// ClientAuth reports whether WebSocket clients must authenticate with a
+	// token; false means the node runs open (any client may claim any user id).
+	ClientAuth bool
 }
 
 // Info returns the node's identity, version, uptime and counters.
@@ -183,6 +186,7 @@ func (c *Client) Info(ctx context.Context) (Info, error) {
 		MessagesDelivered: r.GetMessagesDelivered(),
 		MessagesDropped:   r.GetMessagesDropped(),
 		SlowDisconnects:   r.GetSlowDisconnects(),
+		ClientAuth:        r.GetClientAuth(),
 	}, nil
 }
 

@@ -9,6 +9,7 @@ package herald_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -98,6 +99,17 @@ type engine struct {
 	log      *lockedBuffer
 	exited   chan struct{}
 	exitErr  error
+	// tls, when set, is how clients reach an engine started with --tls-cert:
+	// the health check, SDK clients and WebSocket clients all use it.
+	tls *tls.Config
+}
+
+// tlsOptions are the SDK options that reach this engine (none for plain text).
+func (e *engine) tlsOptions() []herald.Option {
+	if e.tls == nil {
+		return nil
+	}
+	return []herald.Option{herald.WithTLSConfig(e.tls.Clone())}
 }
 
 type lockedBuffer struct {
@@ -129,6 +141,12 @@ func freePort() (string, error) {
 // startEngine starts the engine on fresh ports with extra flags and waits until
 // it is healthy. A start that fails (a port taken in between) is tried again.
 func startEngine(bin string, extra ...string) (*engine, error) {
+	return startEngineTLS(bin, nil, extra...)
+}
+
+// startEngineTLS is startEngine for an engine that serves TLS (extra carries
+// its --tls-cert and --tls-key); clientTLS trusts its certificate.
+func startEngineTLS(bin string, clientTLS *tls.Config, extra ...string) (*engine, error) {
 	var lastErr error
 	for range 3 {
 		wsAddr, err := freePort()
@@ -139,7 +157,7 @@ func startEngine(bin string, extra ...string) (*engine, error) {
 		if err != nil {
 			return nil, err
 		}
-		e := &engine{bin: bin, args: extra, wsAddr: wsAddr, grpcAddr: grpcAddr, log: &lockedBuffer{}}
+		e := &engine{bin: bin, args: extra, wsAddr: wsAddr, grpcAddr: grpcAddr, log: &lockedBuffer{}, tls: clientTLS}
 		if lastErr = e.start(); lastErr == nil {
 			return e, nil
 		}
@@ -169,7 +187,7 @@ func (e *engine) start() error {
 }
 
 func (e *engine) waitServing(timeout time.Duration) error {
-	c, err := herald.NewClient(e.grpcAddr)
+	c, err := herald.NewClient(e.grpcAddr, e.tlsOptions()...)
 	if err != nil {
 		return err
 	}

@@ -26,9 +26,10 @@ func defaultClientOptions() clientOptions {
 // WithAPIKey sends key with every call, as the gRPC metadata entry
 // "authorization: Bearer <key>".
 //
-// The engine does not check API keys yet: any key, or none, is accepted. Set one
-// anyway so that producers keep working once it does. Without TLS the key travels
-// in clear text.
+// An engine started with API keys (--api-key, --api-keys-file) answers a call
+// without one of them with codes.Unauthenticated; an engine without keys accepts
+// any key, or none. Without TLS (see [WithTLSConfig]) the key travels in clear
+// text.
 func WithAPIKey(key string) Option {
 	return func(o *clientOptions) { o.apiKey = key }
 }

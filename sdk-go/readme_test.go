@@ -241,6 +241,8 @@ var readmeImports = map[string]string{
 	"log":       "log",
 	"time":      "time",
 	"tls":       "crypto/tls",
+	"x509":      "crypto/x509",
+	"os":        "os",
 	"json":      "encoding/json",
 	"herald":    `herald "github.com/heraldrt/herald/sdk-go"`,
 	"heraldv1":  `heraldv1 "github.com/heraldrt/herald/sdk-go/gen/herald/v1"`,

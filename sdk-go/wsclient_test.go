@@ -6,6 +6,7 @@ package herald_test
 import (
 	"context"
 	"encoding/json"
+	"net/http"
 	"net/url"
 	"sync"
 	"testing"
@@ -62,10 +63,17 @@ func dialWS(t *testing.T, e *engine, user string) *wsClient {
 func dialWSQuery(t *testing.T, e *engine, q url.Values) *wsClient {
 	t.Helper()
 	u := url.URL{Scheme: "ws", Host: e.wsAddr, Path: "/ws", RawQuery: q.Encode()}
+	var opts *websocket.DialOptions
+	if e.tls != nil {
+		u.Scheme = "wss"
+		opts = &websocket.DialOptions{HTTPClient: &http.Client{
+			Transport: &http.Transport{TLSClientConfig: e.tls.Clone()},
+		}}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer dcancel()
-	conn, _, err := websocket.Dial(dctx, u.String(), nil)
+	conn, _, err := websocket.Dial(dctx, u.String(), opts)
 	if err != nil {
 		cancel()
 		t.Fatalf("dial %s: %v", u.String(), err)

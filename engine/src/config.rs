@@ -4,11 +4,18 @@
 //! Precedence, highest first: flag, environment variable, config file, built-in
 //! default. `herald --help` lists every option.
 
-use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
 
 use clap::Parser;
 use serde::Deserialize;
 
+pub use crate::rules::{TopicRule, Who};
 use crate::topic_name::TopicPattern;
 
 /// Why the configuration could not be loaded.
@@ -70,7 +77,12 @@ pub enum LogFormat {
 }
 
 macro_rules! settings {
-    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, env $env:literal; )*) => {
+    (
+        $( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, env $env:literal $(, $extra:meta)*; )*
+        @file_only {
+            $( $(#[doc = $fdoc:literal])* $fname:ident : $fty:ty = $fdefault:expr; )*
+        }
+    ) => {
         /// The complete engine configuration, with every value resolved.
         // The field docs double as `--help` text, whose `[default: …]` is not a link.
         #[allow(rustdoc::broken_intra_doc_links)]
@@ -78,18 +90,19 @@ macro_rules! settings {
         #[serde(default, deny_unknown_fields)]
         pub struct Config {
             $( $(#[doc = $doc])* pub $name: $ty, )*
+            $( $(#[doc = $fdoc])* pub $fname: $fty, )*
         }
 
         impl Default for Config {
             fn default() -> Self {
-                Self { $( $name: $default, )* }
+                Self { $( $name: $default, )* $( $fname: $fdefault, )* }
             }
         }
 
         /// Values given on the command line or in the environment.
         #[derive(Debug, Default, clap::Args)]
         struct Overrides {
-            $( $(#[doc = $doc])* #[arg(long, env = $env)] $name: Option<$ty>, )*
+            $( $(#[doc = $doc])* #[arg(long, env = $env $(, $extra)*)] $name: Option<$ty>, )*
         }
 
         impl Overrides {
@@ -167,10 +180,83 @@ settings! {
     presence_watch_buffer: usize = 4096, env "HERALD_PRESENCE_WATCH_BUFFER";
     /// WatchPresence snapshots building a step at the same time (a step reads up to 256 topics with members, or turns 64 members into events); the others wait their turn [default: 1]
     presence_max_snapshots: usize = 1, env "HERALD_PRESENCE_MAX_SNAPSHOTS";
+    /// gRPC API key: calls must carry `authorization: Bearer <key>` (health excepted). Repeat the flag for several keys; HERALD_API_KEYS takes them comma-separated. No key at all leaves the API open [default: none]
+    api_key: Vec<Secret> = Vec::new(), env "HERALD_API_KEYS", value_delimiter = ',', value_name = "KEY", hide_env_values = true;
+    /// File of further gRPC API keys, one per line ('#' comments); read again on SIGHUP and when it changes [default: none]
+    api_keys_file: PathBuf = PathBuf::new(), env "HERALD_API_KEYS_FILE";
+    /// TLS certificate chain (PEM) for the WebSocket listener (wss://) and, unless grpc_tls_cert is given, for gRPC [default: none]
+    tls_cert: PathBuf = PathBuf::new(), env "HERALD_TLS_CERT";
+    /// Private key (PEM) of tls_cert [default: none]
+    tls_key: PathBuf = PathBuf::new(), env "HERALD_TLS_KEY";
+    /// TLS certificate chain (PEM) for the gRPC listener only, instead of tls_cert [default: tls_cert]
+    grpc_tls_cert: PathBuf = PathBuf::new(), env "HERALD_GRPC_TLS_CERT";
+    /// Private key (PEM) of grpc_tls_cert [default: tls_key]
+    grpc_tls_key: PathBuf = PathBuf::new(), env "HERALD_GRPC_TLS_KEY";
+    /// Serve gRPC in plain text even when tls_cert is given (only wss:// uses TLS; for a gRPC port on a private network) [default: false]
+    grpc_plaintext: bool = false, env "HERALD_GRPC_PLAINTEXT";
+    /// CA certificates (PEM): gRPC clients must present a certificate signed by one of them (mutual TLS; needs gRPC TLS) [default: none]
+    grpc_client_ca: PathBuf = PathBuf::new(), env "HERALD_GRPC_CLIENT_CA";
     /// Log format [default: text]
     log_format: LogFormat = LogFormat::Text, env "HERALD_LOG_FORMAT";
     /// Log filter, in RUST_LOG syntax [default: info]
     log: String = "info".to_owned(), env "HERALD_LOG";
+    /// Shared secret that verifies HS256 connection tokens ("HS384=secret" or "HS512=secret" pins another HMAC algorithm); with any token key set, clients must authenticate [default: none]
+    token_hmac_secret: Secret = Secret::default(), env "HERALD_TOKEN_HMAC_SECRET";
+    /// Public keys (PEM files, comma-separated) that verify connection tokens: RSA keys verify RS256, EC P-256 keys ES256, Ed25519 keys EdDSA; "ALG=path" pins another algorithm of the key's family (RS384, PS256, ES384, ...) [default: none]
+    token_public_key: String = String::new(), env "HERALD_TOKEN_PUBLIC_KEY";
+    /// JWKS file (JSON) whose public keys verify connection tokens; a key's "alg" pins its algorithm and "kid" selects it [default: none]
+    token_jwks_file: String = String::new(), env "HERALD_TOKEN_JWKS_FILE";
+    /// Accept connection tokens without an exp claim (they never expire) [default: false]
+    token_allow_no_exp: bool = false, env "HERALD_TOKEN_ALLOW_NO_EXP", num_args = 0..=1, default_missing_value = "true";
+    /// Required aud claim of connection tokens [default: not checked]
+    token_audience: String = String::new(), env "HERALD_TOKEN_AUDIENCE";
+    /// Required iss claim of connection tokens [default: not checked]
+    token_issuer: String = String::new(), env "HERALD_TOKEN_ISSUER";
+    /// Clock skew allowed when checking exp and nbf [default: 0s]
+    token_leeway: Dur = Dur(Duration::ZERO), env "HERALD_TOKEN_LEEWAY";
+    /// How long before a token's exp the server sends refresh_required [default: 30s]
+    token_refresh_before: Dur = Dur(Duration::from_secs(30)), env "HERALD_TOKEN_REFRESH_BEFORE";
+    @file_only {
+        /// Topic rules (`[[topics]]` tables in the config file): who may subscribe to
+        /// the topics a pattern matches, and per-pattern publish limits. The first
+        /// matching rule applies. See docs/security.md.
+        topics: Vec<TopicRule> = Vec::new();
+    }
+}
+
+/// A secret given in the configuration: never shown by `Debug`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self)
+    }
 }
 
 /// Command-line interface of the `herald` binary.
@@ -269,6 +355,9 @@ impl Config {
         }
         self.presence_patterns()?;
         self.admin_socket_addr()?;
+        crate::rules::Rules::compile(&self.topics, self.max_topic_len)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.check_tls_paths()?;
         Ok(())
     }
 
@@ -295,6 +384,61 @@ impl Config {
         self.max_payload_bytes + topics * (self.max_topic_len + 8) + 64 * 1024
     }
 
+    /// The WebSocket listener's certificate and key files, when it serves TLS.
+    pub(crate) fn ws_tls_files(&self) -> Option<(&Path, &Path)> {
+        given(&self.tls_cert).zip(given(&self.tls_key))
+    }
+
+    /// The gRPC listener's certificate and key files, when it serves TLS.
+    pub(crate) fn grpc_tls_files(&self) -> Option<(&Path, &Path)> {
+        match given(&self.grpc_tls_cert) {
+            Some(cert) => Some(cert).zip(given(&self.grpc_tls_key)),
+            None if self.grpc_plaintext => None,
+            None => self.ws_tls_files(),
+        }
+    }
+
+    /// The keys file, if one is configured.
+    pub(crate) fn api_keys_path(&self) -> Option<&Path> {
+        given(&self.api_keys_file)
+    }
+
+    /// The CA for gRPC client certificates, if one is configured.
+    pub(crate) fn grpc_client_ca_path(&self) -> Option<&Path> {
+        given(&self.grpc_client_ca)
+    }
+
+    /// Certificates come with their keys, and a client CA needs gRPC TLS.
+    fn check_tls_paths(&self) -> Result<(), ConfigError> {
+        let pairs = [
+            ("tls_cert", &self.tls_cert, "tls_key", &self.tls_key),
+            (
+                "grpc_tls_cert",
+                &self.grpc_tls_cert,
+                "grpc_tls_key",
+                &self.grpc_tls_key,
+            ),
+        ];
+        for (cert_name, cert, key_name, key) in pairs {
+            if given(cert).is_some() != given(key).is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "{cert_name} and {key_name} must be given together"
+                )));
+            }
+        }
+        if self.grpc_plaintext && given(&self.grpc_tls_cert).is_some() {
+            return Err(ConfigError::Invalid(
+                "grpc_plaintext and grpc_tls_cert contradict each other".into(),
+            ));
+        }
+        if self.grpc_client_ca_path().is_some() && self.grpc_tls_files().is_none() {
+            return Err(ConfigError::Invalid(
+                "grpc_client_ca needs a gRPC certificate (tls_cert/tls_key or grpc_tls_cert/grpc_tls_key)".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The parsed `presence_topics` patterns.
     pub(crate) fn presence_patterns(&self) -> Result<Vec<TopicPattern>, ConfigError> {
         self.presence_topics
@@ -307,6 +451,11 @@ impl Config {
             })
             .collect()
     }
+}
+
+/// An optional path: empty means not given.
+fn given(path: &Path) -> Option<&Path> {
+    (!path.as_os_str().is_empty()).then_some(path)
 }
 
 #[cfg(test)]
@@ -336,6 +485,28 @@ mod tests {
         assert_eq!(config.queue_max_messages, 9);
         assert_eq!(config.grpc_addr.port(), 50051);
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn topic_rules_are_a_file_only_array_of_tables() {
+        let config: Config = toml::from_str(
+            "log = \"debug\"\n\n[[topics]]\npattern = \"user:*\"\nsubscribe = \"owner\"\n\n\
+             [[topics]]\npattern = \"broadcast:*\"\nsubscribe = \"authenticated\"\n\
+             publish_rate = 10\npublish_burst = 20\nmessage_ttl = \"5s\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.topics.len(), 2);
+        assert_eq!(config.topics[0].subscribe, Who::Owner);
+        assert_eq!(config.topics[1].publish_burst, Some(20));
+        assert!(config.validate().is_ok());
+        let bad: Config =
+            toml::from_str("[[topics]]\npattern = \"user:>\"\nsubscribe = \"owner\"\n").unwrap();
+        assert!(bad.validate().is_err());
+        assert!(
+            toml::from_str::<Config>("[[topics]]\npattern = \"a\"\nsubscribe = \"owner\"\nx = 1\n")
+                .is_err()
+        );
+        assert_eq!(format!("{:?}", Secret("s3cret".into())), "\"***\"");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! | step | module | owns |
 //! |------|--------|------|
 //! | accept | `server` | listeners, gRPC + health + reflection, graceful shutdown |
+//! | security | `apikey`, `tls` | the gRPC API-key layer; rustls for both listeners |
 //! | session | `session` | handshake, the client's read loop and commands |
 //! | registry | `registry` | connections (slab) and their topics, users, the topic map, the lock order |
 //! | topic snapshot | `topic`, `snapshot` | subscriber sets as immutable chunked snapshots; fan-out |
@@ -21,12 +22,15 @@
 //! page) with `metrics` (Prometheus exposition, the gRPC call layer), `broker`
 //! (the seam where a multi-node broker plugs in), `presence` (join/leave events
 //! and their watchers), `protocol` (the client wire format and close codes),
-//! `topic_name` (the topic rule), `stats` (counters) and [`config`].
+//! `topic_name` (the topic rule), `auth` (connection tokens: keys and claims),
+//! `rules` (who may subscribe to which topics), `stats` (counters) and [`config`].
 //!
 //! Layers import only downwards: server → grpc → session → broker / writer →
 //! registry → topic → snapshot → conn → queue.
 
 mod admin;
+mod apikey;
+mod auth;
 mod broker;
 pub mod config;
 mod conn;
@@ -36,18 +40,23 @@ mod presence;
 mod protocol;
 mod queue;
 mod registry;
+mod rules;
 mod server;
 mod session;
 mod snapshot;
 mod stats;
+mod tls;
 mod topic;
 mod topic_name;
 mod writer;
 
+pub use apikey::ApiKeyError;
+pub use auth::KeyError;
 pub use config::Config;
 pub use conn::ConnId;
 pub use server::{Engine, StartError};
 pub use stats::Stats;
+pub use tls::TlsError;
 
 pub mod proto {
     //! Code generated from `proto/herald/v1/herald.proto`.

@@ -25,6 +25,13 @@ pub(crate) mod close {
     pub(crate) const IDLE_TIMEOUT: u16 = 4002;
     /// Disconnected by a producer; reconnect allowed.
     pub(crate) const DISCONNECT_RECONNECT: u16 = 4003;
+    /// The connection's token expired without a refresh; reconnect with a fresh token.
+    pub(crate) const TOKEN_EXPIRED: u16 = 4004;
+    /// No `connect` frame arrived within the handshake timeout; reconnect allowed.
+    pub(crate) const AUTH_TIMEOUT: u16 = 4005;
+    /// The token was refused, or a command came before `connect`; do not reconnect
+    /// with the same token.
+    pub(crate) const UNAUTHORIZED: u16 = 4501;
     /// Disconnected by a producer; do not reconnect.
     pub(crate) const DISCONNECT_FINAL: u16 = 4500;
 
@@ -57,6 +64,20 @@ pub(crate) enum Command {
         /// The client's request id.
         id: Option<u64>,
     },
+    /// Authenticate with a token (the first frame when the handshake had none).
+    Connect {
+        /// The client's request id.
+        id: Option<u64>,
+        /// The token.
+        token: String,
+    },
+    /// Replace the connection's token before it expires.
+    Refresh {
+        /// The client's request id.
+        id: Option<u64>,
+        /// The new token.
+        token: String,
+    },
 }
 
 /// A frame that could not be turned into a [`Command`].
@@ -79,6 +100,8 @@ struct RawCommand {
     id: Option<u64>,
     #[serde(default)]
     topics: Option<Vec<String>>,
+    #[serde(default)]
+    token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -112,11 +135,23 @@ pub(crate) fn parse_command(text: &str) -> Result<Command, CommandError> {
             topics: topics(raw.topics)?,
         }),
         "ping" => Ok(Command::Ping { id }),
+        "connect" | "refresh" => {
+            let token = raw.token.ok_or_else(|| CommandError {
+                id,
+                code: "bad_frame",
+                message: format!("{} needs a \"token\" string", raw.kind),
+            })?;
+            Ok(if raw.kind == "connect" {
+                Command::Connect { id, token }
+            } else {
+                Command::Refresh { id, token }
+            })
+        }
         other => Err(CommandError {
             id,
             code: "unknown_type",
             message: format!(
-                "unknown command type {other:?}; expected subscribe, unsubscribe or ping"
+                "unknown command type {other:?}; expected subscribe, unsubscribe, ping, connect or refresh"
             ),
         }),
     }
@@ -156,6 +191,22 @@ pub(crate) enum Reply<'a> {
         /// Set when a producer made the change.
         #[serde(skip_serializing_if = "is_false")]
         server: bool,
+    },
+    /// The token expires soon: send `refresh` with a new one.
+    #[serde(rename = "refresh_required")]
+    RefreshRequired {
+        /// When the current token expires (seconds since the Unix epoch).
+        expires_at: u64,
+    },
+    /// Answer to `refresh`: the new token is in force.
+    Refreshed {
+        /// The request id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// When the new token expires (seconds since the Unix epoch); absent when it
+        /// has no `exp`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_at: Option<u64>,
     },
     /// Answer to `ping`.
     Pong {

@@ -26,6 +26,8 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::{
     admin,
+    apikey::{self, ApiKeyLayer, ApiKeys},
+    auth::{ClientAccess, KeyError},
     broker::{Broker, InProcess},
     config::{Config, ConfigError},
     grpc::HeraldService,
@@ -36,6 +38,7 @@ use crate::{
     registry::{Limits, Registry},
     session,
     stats::Stats,
+    tls,
 };
 
 /// Why the node could not start.
@@ -55,6 +58,15 @@ pub enum StartError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The token keys or topic rules could not be loaded.
+    #[error("client authentication: {0}")]
+    Auth(#[from] KeyError),
+    /// A TLS certificate, key or CA file is unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The API keys are unusable.
+    #[error(transparent)]
+    ApiKeys(#[from] apikey::ApiKeyError),
 }
 
 /// A running node: its listeners, its tasks, and how to stop them.
@@ -94,6 +106,12 @@ impl Engine {
     /// [`Engine::ws_addr`] and [`Engine::grpc_addr`].
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let config = Arc::new(config);
+        // 0. Who may connect and subscribe; keys and certificates, before anything listens.
+        let access = Arc::new(ClientAccess::from_config(&config)?);
+        log_access(&access);
+        let api_keys = Arc::new(ApiKeys::load(&config)?);
+        let ws_tls = tls::ws_acceptor(&config)?;
+        let grpc_builder = tls::grpc_builder(&config)?;
         // 1. Bind.
         let (ws_listener, ws_addr) = bind(config.ws_addr, config.listen_backlog)?;
         let (grpc_listener, grpc_addr) = bind(config.grpc_addr, config.listen_backlog)?;
@@ -147,9 +165,12 @@ impl Engine {
             shutdown.clone(),
         );
         let stop_grpc = CancellationToken::new();
-        let grpc_server = tonic::transport::Server::builder()
+        let grpc_server = grpc_builder
             .max_concurrent_streams(Some(config.grpc_max_streams_per_connection))
+            // Outermost, the metrics count every call, refused ones too; then a
+            // call without a valid key takes no concurrency slot.
             .layer(GrpcLayer(Arc::clone(&grpc_metrics)))
+            .layer(ApiKeyLayer::new(Arc::clone(&api_keys)))
             .layer(GlobalConcurrencyLimitLayer::new(
                 config.grpc_max_concurrent_calls,
             ))
@@ -172,12 +193,22 @@ impl Engine {
         let sessions = TaskTracker::new();
         sessions.spawn(accept_loop(
             ws_listener,
+            ws_tls.clone(),
             Arc::clone(&config),
             Arc::clone(&registry),
+            access,
             sessions.clone(),
             shutdown.clone(),
         ));
         let sweeper = tokio::spawn(sweep_loop(Arc::clone(&registry)));
+        log_security(&config, &api_keys, ws_tls.is_some());
+        let stop_watch = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop_watch.cancelled() => {}
+                () = apikey::watch(api_keys) => {}
+            }
+        });
 
         // 5. The admin listener: metrics, health, status page.
         let admin = admin_listener.map(|(listener, addr)| {
@@ -327,10 +358,26 @@ fn grpc_incoming(
     })
 }
 
+/// Says at start how the listeners are secured, and warns when the API is open.
+fn log_security(config: &Config, api_keys: &ApiKeys, ws_tls: bool) {
+    let grpc_tls = config.grpc_tls_files().is_some();
+    let client_certs = config.grpc_client_ca_path().is_some();
+    if api_keys.is_open() {
+        tracing::warn!(
+            "no API key configured: anyone who reaches the gRPC port can publish and disconnect (set --api-key or --api-keys-file)"
+        );
+    } else {
+        tracing::info!(keys = api_keys.count(), file = ?api_keys.file(), "gRPC calls need an API key");
+    }
+    tracing::info!(ws_tls, grpc_tls, client_certs, "TLS");
+}
+
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     config: Arc<Config>,
     registry: Arc<Registry>,
+    access: Arc<ClientAccess>,
     sessions: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -340,7 +387,13 @@ async fn accept_loop(
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
-                    sessions.spawn(session::serve(stream, Arc::clone(&config), Arc::clone(&registry)));
+                    sessions.spawn(session::serve(
+                        stream,
+                        tls.clone(),
+                        Arc::clone(&config),
+                        Arc::clone(&registry),
+                        Arc::clone(&access),
+                    ));
                 }
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
@@ -348,6 +401,26 @@ async fn accept_loop(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
+        }
+    }
+}
+
+/// Says at start whether clients are authenticated.
+fn log_access(access: &ClientAccess) {
+    match &access.tokens {
+        Some(tokens) => {
+            tracing::info!(algorithms = ?tokens.algorithms(), "clients authenticate with tokens");
+        }
+        None => {
+            tracing::warn!(
+                "no token key is configured: clients are NOT authenticated and may claim any \
+                 user id (open mode); set --token-hmac-secret, --token-public-key or --token-jwks-file"
+            );
+            if access.rules.needs_authentication() {
+                tracing::warn!(
+                    "topic rules of kind authenticated, owner or granted admit no client in open mode"
+                );
+            }
         }
     }
 }

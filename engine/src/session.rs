@@ -1,29 +1,37 @@
-//! One client session: the WebSocket handshake (path, user, info), registration,
-//! then the read loop that handles the client's commands. The session owns the
-//! receiving half of the socket and spawns the connection's writer
-//! ([`crate::writer`]) for the sending half. However the session ends, the
-//! connection leaves every topic and the registry.
+//! One client session: the WebSocket handshake (path, user, info, or a token),
+//! authentication by a `connect` frame when the handshake carried no token,
+//! registration, then the read loop that handles the client's commands and the
+//! token's expiry. The session owns the receiving half of the socket and spawns
+//! the connection's writer ([`crate::writer`]) for the sending half. However the
+//! session ends, the connection leaves every topic and the registry.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
-use futures_util::{StreamExt, stream::SplitStream};
-use tokio::{net::TcpStream, sync::oneshot};
+use futures_util::{SinkExt, StreamExt, stream::SplitStream};
+use tokio::{net::TcpStream, sync::oneshot, time::Instant};
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
-        self, Message,
+        self, Message, Utf8Bytes,
         handshake::server::{ErrorResponse, Request, Response},
         http::StatusCode,
-        protocol::WebSocketConfig,
+        protocol::{CloseFrame, WebSocketConfig, frame::coding::CloseCode},
     },
 };
 
 use crate::{
+    auth::{ClientAccess, TokenError, Verified},
     config::Config,
     conn::Conn,
     protocol::{self, Command, Reply, close},
     queue::Close,
     registry::{Entry, Registry, SubscribeError},
+    rules::Principal,
+    tls::{self, Stream},
     writer::{self, Timing},
 };
 
@@ -36,14 +44,75 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 struct Identity {
     user: Option<Arc<str>>,
     info: Option<Arc<str>>,
+    /// The `token` query parameter.
+    token: Option<String>,
+    /// The verified token, when the handshake carried one.
+    verified: Option<Verified>,
 }
 
-/// Serves one accepted TCP connection until it closes: handshake, registration
-/// and writer, the read loop, then cleanup.
-pub(crate) async fn serve(stream: TcpStream, config: Arc<Config>, registry: Arc<Registry>) {
-    let Some((ws, identity)) = handshake(stream, &config).await else {
+/// The token state of an authenticated connection, kept by its read loop.
+#[derive(Debug, Default)]
+struct TokenState {
+    principal: Principal,
+    /// When the token stops being valid: the connection is closed (4004).
+    expires: Option<Instant>,
+    /// When `refresh_required` is sent; cleared once it was.
+    refresh_at: Option<Instant>,
+    /// The token's `exp`, as told to the client.
+    exp: Option<u64>,
+}
+
+impl TokenState {
+    fn set(&mut self, verified: &Verified, access: &ClientAccess) {
+        self.principal = Principal {
+            authenticated: true,
+            user: Some(Arc::clone(&verified.user)),
+            granted: verified.granted.clone(),
+        };
+        self.exp = verified.exp;
+        let now = Instant::now();
+        self.expires = access.expiry(verified.exp).map(|at| {
+            now + at
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+        });
+        self.refresh_at = self.expires.map(|at| {
+            at.checked_sub(access.refresh_before)
+                .unwrap_or(now)
+                .max(now)
+        });
+    }
+}
+
+/// Serves one accepted TCP connection until it closes: handshake (TLS first when
+/// the listener serves it, and the `connect` frame when authentication is on and
+/// the handshake had no token), registration and writer, the read loop, then cleanup.
+pub(crate) async fn serve(
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    config: Arc<Config>,
+    registry: Arc<Registry>,
+    access: Arc<ClientAccess>,
+) {
+    let deadline = Instant::now() + config.handshake_timeout.0;
+    let Some((mut ws, mut identity)) = handshake(stream, tls.as_ref(), &config, &access).await
+    else {
         return;
     };
+    if let Some(tokens) = &access.tokens
+        && identity.verified.is_none()
+    {
+        let Some(verified) = wait_for_connect(&mut ws, tokens, deadline).await else {
+            return;
+        };
+        identity.verified = Some(verified);
+    }
+    let mut token = TokenState::default();
+    if let Some(verified) = &identity.verified {
+        identity.user = Some(Arc::clone(&verified.user));
+        identity.info = verified.info.clone();
+        token.set(verified, &access);
+    }
     let entry = registry.register(identity.user, identity.info);
     let conn = Arc::clone(entry.conn());
     let (sink, mut stream) = ws.split();
@@ -55,9 +124,31 @@ pub(crate) async fn serve(stream: TcpStream, config: Arc<Config>, registry: Arc<
         ping_interval_ms: timing.ping_interval.as_millis() as u64,
         idle_timeout_ms: timing.idle_timeout.as_millis() as u64,
     });
+    // The token's `subscribe` claim: announced, then applied, so that every
+    // message of these topics follows the announcement. The topics and their
+    // number were checked with the token; a new connection has no other topics.
+    if let Some(topics) = identity.verified.as_ref().map(|v| &v.subscribe)
+        && !topics.is_empty()
+    {
+        conn.reply(Reply::Subscribed {
+            id: None,
+            topics,
+            server: true,
+        });
+        if let Err(e) = registry.subscribe(std::slice::from_ref(&entry), topics) {
+            tracing::warn!(conn = %conn.id(), error = %e, "subscribe claim not applied");
+        }
+    }
     tracing::debug!(conn = %conn.id(), user = ?conn.user(), "connected");
 
-    read_loop(&entry, &mut stream, &mut done_rx, &registry, &config).await;
+    let mut session = Session {
+        entry: &entry,
+        registry: &registry,
+        config: &config,
+        access: &access,
+        token,
+    };
+    read_loop(&mut session, &mut stream, &mut done_rx).await;
 
     registry.unregister(&entry);
     conn.close(Close::gone());
@@ -66,12 +157,16 @@ pub(crate) async fn serve(stream: TcpStream, config: Arc<Config>, registry: Arc<
     tracing::debug!(conn = %conn.id(), "disconnected");
 }
 
-/// The WebSocket handshake: the path, then the identity from the query. `None`
-/// when the client is refused or the handshake fails or times out.
+/// The TLS handshake when the listener serves TLS, then the WebSocket handshake:
+/// the path, then the identity from the query (or the token in it); both within
+/// the handshake timeout. `None` when the client is refused or the handshake
+/// fails or times out.
 async fn handshake(
     stream: TcpStream,
+    tls: Option<&TlsAcceptor>,
     config: &Config,
-) -> Option<(WebSocketStream<TcpStream>, Identity)> {
+    access: &ClientAccess,
+) -> Option<(WebSocketStream<Stream>, Identity)> {
     let _ = stream.set_nodelay(true);
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(config.read_buffer_bytes)
@@ -89,10 +184,31 @@ async fn handshake(
         }
         identity = parse_identity(req.uri().query().unwrap_or(""), config)
             .map_err(|msg| refuse(StatusCode::BAD_REQUEST, msg))?;
+        if let Some(tokens) = &access.tokens {
+            if identity.user.is_some() || identity.info.is_some() {
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "token authentication is on: the user and info come from the token, \
+                     not from ?user= or ?info="
+                        .to_owned(),
+                ));
+            }
+            if let Some(token) = identity.token.take() {
+                let verified = tokens.verify(&token).map_err(|e| {
+                    tracing::debug!(code = e.code(), "handshake token refused");
+                    refuse(StatusCode::UNAUTHORIZED, format!("{}: {e}", e.code()))
+                })?;
+                identity.verified = Some(verified);
+            }
+        }
         Ok(resp)
     };
-    let handshake =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config));
+    let handshake = async {
+        let stream = tls::accept(stream, tls)
+            .await
+            .map_err(tungstenite::Error::Io)?;
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config)).await
+    };
     match tokio::time::timeout(config.handshake_timeout.0, handshake).await {
         Ok(Ok(ws)) => Some((ws, identity)),
         Ok(Err(e)) => {
@@ -106,16 +222,133 @@ async fn handshake(
     }
 }
 
-/// Reads the client's frames until the socket ends, a read fails, or the writer
-/// has sent the server's close frame.
-async fn read_loop(
-    entry: &Arc<Entry>,
-    stream: &mut SplitStream<WebSocketStream<TcpStream>>,
-    done_rx: &mut oneshot::Receiver<()>,
-    registry: &Registry,
-    config: &Config,
+/// Waits for the first frame of a connection whose handshake carried no token:
+/// it must be `{"type":"connect","token":…}` and arrive before `deadline`.
+/// WebSocket pings are answered meanwhile; anything else is refused. `None` when
+/// the connection was refused (it has been sent an `error` and a close) or is gone.
+async fn wait_for_connect(
+    ws: &mut WebSocketStream<Stream>,
+    tokens: &crate::auth::Authenticator,
+    deadline: Instant,
+) -> Option<Verified> {
+    loop {
+        let next = match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(next) => next,
+            Err(_) => {
+                let reason = "no connect frame within the handshake timeout";
+                refuse_frame(ws, None, "auth_timeout", reason, close::AUTH_TIMEOUT, true).await;
+                return None;
+            }
+        };
+        let text = match next {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return None,
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(Message::Binary(_))) => Utf8Bytes::from_static(""),
+        };
+        let (id, token) = match protocol::parse_command(&text) {
+            Ok(Command::Connect { id, token }) => (id, token),
+            Ok(_) | Err(_) => {
+                let message = "authenticate first: the first frame must be {\"type\":\"connect\",\"token\":\"…\"}";
+                refuse_frame(
+                    ws,
+                    None,
+                    "not_authenticated",
+                    message,
+                    close::UNAUTHORIZED,
+                    false,
+                )
+                .await;
+                return None;
+            }
+        };
+        return match tokens.verify(&token) {
+            Ok(verified) => Some(verified),
+            Err(e) => {
+                tracing::debug!(code = e.code(), "connect token refused");
+                let (code, reconnect) = if e == TokenError::Expired {
+                    (close::TOKEN_EXPIRED, true)
+                } else {
+                    (close::UNAUTHORIZED, false)
+                };
+                refuse_frame(ws, id, e.code(), &e.to_string(), code, reconnect).await;
+                None
+            }
+        };
+    }
+}
+
+/// Refuses an unauthenticated connection: an `error`, a `disconnect` notice and
+/// the close frame, then a short wait for the client's close reply.
+async fn refuse_frame(
+    ws: &mut WebSocketStream<Stream>,
+    id: Option<u64>,
+    error: &str,
+    message: &str,
+    code: u16,
+    reconnect: bool,
 ) {
-    let conn = entry.conn();
+    let frames = [
+        Message::Text(
+            Reply::Error {
+                id,
+                code: error,
+                message,
+            }
+            .encode(),
+        ),
+        Message::Text(
+            Reply::Disconnect {
+                code,
+                reason: error,
+                reconnect,
+            }
+            .encode(),
+        ),
+        Message::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: Utf8Bytes::from(error.to_owned()),
+        })),
+    ];
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        for frame in frames {
+            if ws.feed(frame).await.is_err() {
+                return;
+            }
+        }
+        if ws.flush().await.is_err() {
+            return;
+        }
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}
+
+/// What the read loop works with.
+struct Session<'a> {
+    entry: &'a Arc<Entry>,
+    registry: &'a Registry,
+    config: &'a Config,
+    access: &'a ClientAccess,
+    token: TokenState,
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads the client's frames until the socket ends, a read fails, or the writer
+/// has sent the server's close frame. Sends `refresh_required` before the token
+/// expires and closes the connection (4004) when it does.
+async fn read_loop(
+    session: &mut Session<'_>,
+    stream: &mut SplitStream<WebSocketStream<Stream>>,
+    done_rx: &mut oneshot::Receiver<()>,
+) {
+    let conn = Arc::clone(session.entry.conn());
     loop {
         let next = tokio::select! {
             biased;
@@ -128,13 +361,31 @@ async fn read_loop(
                 }
                 return;
             }
+            () = sleep_until(session.token.expires) => {
+                tracing::debug!(conn = %conn.id(), "token expired");
+                session.token.expires = None;
+                session.token.refresh_at = None;
+                conn.close(Close::by_producer(
+                    close::TOKEN_EXPIRED,
+                    "token expired".to_owned(),
+                    true,
+                ));
+                continue;
+            }
+            () = sleep_until(session.token.refresh_at) => {
+                session.token.refresh_at = None;
+                if let Some(expires_at) = session.token.exp {
+                    conn.reply(Reply::RefreshRequired { expires_at });
+                }
+                continue;
+            }
             next = stream.next() => next,
         };
         match next {
             None => return,
             Some(Ok(message)) => {
                 conn.touch();
-                handle_message(entry, registry, config, message);
+                handle_message(session, message);
             }
             Some(Err(e)) => {
                 if let Some(close) = close_for(&e) {
@@ -149,7 +400,8 @@ async fn read_loop(
     }
 }
 
-fn handle_message(entry: &Arc<Entry>, registry: &Registry, config: &Config, message: Message) {
+fn handle_message(session: &mut Session<'_>, message: Message) {
+    let (entry, registry, config) = (session.entry, session.registry, session.config);
     let conn = entry.conn();
     let text = match message {
         Message::Text(text) => text,
@@ -184,16 +436,33 @@ fn handle_message(entry: &Arc<Entry>, registry: &Registry, config: &Config, mess
             );
             send_error(conn, id, "too_many_topics", &message);
         }
-        Command::Subscribe { id, topics } => match registry.subscribe(one, &topics) {
-            Ok(_) => {
-                conn.reply(Reply::Subscribed {
-                    id,
-                    topics: &topics,
-                    server: false,
+        Command::Subscribe { id, topics } => {
+            // Topic rules first (on valid names; an invalid name is refused by the
+            // registry below): a forbidden topic refuses the whole command.
+            let forbidden = topics
+                .iter()
+                .filter(|t| registry.validate_topic(t).is_ok())
+                .find_map(|t| {
+                    session
+                        .access
+                        .rules
+                        .check(t, &session.token.principal)
+                        .err()
                 });
+            if let Some(e) = forbidden {
+                return send_error(conn, id, "forbidden", &e.to_string());
             }
-            Err(e) => send_error(conn, id, subscribe_error_code(&e), &e.to_string()),
-        },
+            subscribe(conn, registry, one, id, &topics);
+        }
+        Command::Connect { id, .. } => {
+            let message = if session.access.tokens.is_some() {
+                "the connection is already authenticated; use refresh to replace its token"
+            } else {
+                "token authentication is off on this server; no connect frame is needed"
+            };
+            send_error(conn, id, "already_connected", message);
+        }
+        Command::Refresh { id, token } => refresh(session, id, &token),
         Command::Unsubscribe { id, topics } => match registry.unsubscribe(one, &topics) {
             Ok(_) => {
                 conn.reply(Reply::Unsubscribed {
@@ -205,6 +474,53 @@ fn handle_message(entry: &Arc<Entry>, registry: &Registry, config: &Config, mess
             Err(e) => send_error(conn, id, subscribe_error_code(&e), &e.to_string()),
         },
     }
+}
+
+fn subscribe(
+    conn: &Conn,
+    registry: &Registry,
+    one: &[Arc<Entry>],
+    id: Option<u64>,
+    topics: &[String],
+) {
+    match registry.subscribe(one, topics) {
+        Ok(_) => {
+            conn.reply(Reply::Subscribed {
+                id,
+                topics,
+                server: false,
+            });
+        }
+        Err(e) => send_error(conn, id, subscribe_error_code(&e), &e.to_string()),
+    }
+}
+
+/// `refresh`: a new token for the same user replaces the connection's token
+/// (its expiry and its `topics` grants). A refused token changes nothing: the
+/// connection keeps running until the old token expires.
+fn refresh(session: &mut Session<'_>, id: Option<u64>, token: &str) {
+    let conn = session.entry.conn();
+    let Some(tokens) = &session.access.tokens else {
+        return send_error(
+            conn,
+            id,
+            "already_connected",
+            "token authentication is off on this server; there is nothing to refresh",
+        );
+    };
+    let verified = match tokens.verify(token) {
+        Ok(v) if Some(&v.user) == session.token.principal.user.as_ref() => v,
+        Ok(_) => {
+            let e = TokenError::WrongSubject;
+            return send_error(conn, id, e.code(), &e.to_string());
+        }
+        Err(e) => return send_error(conn, id, e.code(), &e.to_string()),
+    };
+    session.token.set(&verified, session.access);
+    conn.reply(Reply::Refreshed {
+        id,
+        expires_at: verified.exp,
+    });
 }
 
 fn subscribe_error_code(e: &SubscribeError) -> &'static str {
@@ -259,6 +575,7 @@ fn parse_identity(query: &str, config: &Config) -> Result<Identity, String> {
                 }
                 identity.user = Some(Arc::from(value));
             }
+            "token" => identity.token = Some(value),
             "info" => {
                 if value.len() > config.max_info_bytes {
                     return Err(format!(

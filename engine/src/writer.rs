@@ -17,7 +17,7 @@ use std::{collections::VecDeque, sync::Arc, task::Poll, time::Duration};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, stream::SplitSink};
-use tokio::{net::TcpStream, sync::oneshot, time::Instant};
+use tokio::{sync::oneshot, time::Instant};
 use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
@@ -31,13 +31,14 @@ use crate::{
     conn::Conn,
     protocol::{Reply, close},
     queue::{Batch, Close, Item},
+    tls::Stream,
 };
 
 /// A batch buffer with more room than this is shrunk after use.
 const SHRINK_ABOVE: usize = 1024;
 
 /// The sending half of a connection's socket.
-type Sink = SplitSink<WebSocketStream<TcpStream>, Message>;
+type Sink = SplitSink<WebSocketStream<Stream>, Message>;
 
 /// Heartbeat and write timing.
 #[derive(Debug, Clone, Copy)]

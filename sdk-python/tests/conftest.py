@@ -39,8 +39,14 @@ def free_port() -> int:
         return port
 
 
-def _serving(target: str) -> bool:
-    with grpc.insecure_channel(target) as channel:
+def _channel(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
+    if credentials is None:
+        return grpc.insecure_channel(target)
+    return grpc.secure_channel(target, credentials)
+
+
+def _serving(target: str, credentials: grpc.ChannelCredentials | None = None) -> bool:
+    with _channel(target, credentials) as channel:
         check = channel.unary_unary(
             "/grpc.health.v1.Health/Check",
             request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
@@ -59,7 +65,14 @@ def _serving(target: str) -> bool:
 class Engine:
     """One engine process on free loopback ports."""
 
-    def __init__(self, log_dir: Path, *extra_args: str, shutdown_timeout: str = "5s") -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        *extra_args: str,
+        shutdown_timeout: str = "5s",
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        """``credentials``: how to reach an engine started with ``--tls-cert``."""
         self.binary = herald_bin()
         if not self.binary.is_file():
             pytest.fail(
@@ -71,6 +84,7 @@ class Engine:
         self.grpc_port = free_port()
         self.extra_args = extra_args
         self.shutdown_timeout = shutdown_timeout
+        self.credentials = credentials
         self.log_path = log_dir / f"herald-{uuid.uuid4().hex[:8]}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -114,7 +128,7 @@ class Engine:
                 pytest.fail(
                     f"engine exited with {self.proc.returncode}:\n{self.log()}", pytrace=False
                 )
-            if _serving(self.target):
+            if _serving(self.target, self.credentials):
                 return
             time.sleep(0.05)
         self.stop()
@@ -146,8 +160,15 @@ class Engine:
 class EngineFactory:
     log_dir: Path
 
-    def __call__(self, *extra_args: str, shutdown_timeout: str = "5s") -> Engine:
-        return Engine(self.log_dir, *extra_args, shutdown_timeout=shutdown_timeout)
+    def __call__(
+        self,
+        *extra_args: str,
+        shutdown_timeout: str = "5s",
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> Engine:
+        return Engine(
+            self.log_dir, *extra_args, shutdown_timeout=shutdown_timeout, credentials=credentials
+        )
 
 
 @pytest.fixture(scope="session")
@@ -165,8 +186,15 @@ def new_engine(tmp_path: Path) -> Iterator[EngineFactory]:
     made: list[Engine] = []
 
     class _Factory(EngineFactory):
-        def __call__(self, *extra_args: str, shutdown_timeout: str = "5s") -> Engine:
-            eng = super().__call__(*extra_args, shutdown_timeout=shutdown_timeout)
+        def __call__(
+            self,
+            *extra_args: str,
+            shutdown_timeout: str = "5s",
+            credentials: grpc.ChannelCredentials | None = None,
+        ) -> Engine:
+            eng = super().__call__(
+                *extra_args, shutdown_timeout=shutdown_timeout, credentials=credentials
+            )
             made.append(eng)
             return eng
 

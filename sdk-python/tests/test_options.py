@@ -1,12 +1,11 @@
 """Connection options against the real engine: API key and metadata, TLS
 credentials, per-call and default timeouts.
 
-The engine does not check API keys or metadata, so what can be observed is that a
-client sending them works end to end (the headers themselves are built by
-``Settings``, tested in test_units.py). The engine has no TLS listener either: what
-can be observed is that a client given TLS credentials speaks TLS, which the
-engine's plaintext port refuses. Deadlines are exceeded against an engine
-paused with SIGSTOP.
+The shared engine runs without API keys and without TLS: a client sending a key and
+metadata works end to end (the headers themselves are built by ``Settings``, tested
+in test_units.py), and a client given TLS credentials speaks TLS, which the
+plaintext port refuses. An engine with keys and TLS is tested in test_tls.py.
+Deadlines are exceeded against an engine paused with SIGSTOP.
 """
 
 from __future__ import annotations

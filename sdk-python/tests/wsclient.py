@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import ssl
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection as AsyncConnection
@@ -18,8 +19,8 @@ TIMEOUT = 5.0
 class WsClient:
     """A blocking client: connects, reads ``connected``, subscribes, reads pushes."""
 
-    def __init__(self, url: str) -> None:
-        self.ws: ClientConnection = connect(url, open_timeout=TIMEOUT, legacy=True)
+    def __init__(self, url: str, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.ws: ClientConnection = connect(url, open_timeout=TIMEOUT, legacy=True, ssl=ssl_context)
         self.ids = itertools.count(1)
         self.backlog: list[Frame] = []
         hello = self.recv()

@@ -5,6 +5,7 @@ go 1.26.0
 require github.com/heraldrt/herald/sdk-go v0.0.0
 
 require (
+	github.com/golang-jwt/jwt/v5 v5.3.1 // indirect
 	golang.org/x/net v0.60.0 // indirect
 	golang.org/x/sys v0.48.0 // indirect
 	golang.org/x/text v0.42.0 // indirect

@@ -386,6 +386,7 @@ impl Herald for HeraldService {
             messages_delivered: stats.delivered,
             messages_dropped: stats.dropped,
             slow_disconnects: stats.slow_disconnects,
+            client_auth: crate::auth::configured(&self.config),
         }))
     }
 }

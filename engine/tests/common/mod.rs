@@ -88,6 +88,16 @@ impl Client {
         client
     }
 
+    /// A client on a socket whose handshake is done and whose first frame has
+    /// not been read yet.
+    pub fn from_ws(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Self {
+        Self {
+            ws,
+            conn_id: String::new(),
+            next_id: 0,
+        }
+    }
+
     pub async fn send_text(&mut self, text: &str) {
         self.ws.send(Message::text(text)).await.expect("send");
     }

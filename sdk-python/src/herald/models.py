@@ -63,6 +63,9 @@ class NodeInfo:
     messages_delivered: int
     messages_dropped: int
     slow_disconnects: int
+    #: Whether WebSocket clients must authenticate with a token; ``False`` means the
+    #: node runs open (any client may claim any user id).
+    client_auth: bool = False
 
     @classmethod
     def from_pb(cls, msg: pb.InfoResponse) -> NodeInfo:
@@ -77,6 +80,7 @@ class NodeInfo:
             messages_delivered=msg.messages_delivered,
             messages_dropped=msg.messages_dropped,
             slow_disconnects=msg.slow_disconnects,
+            client_auth=msg.client_auth,
         )
 
 

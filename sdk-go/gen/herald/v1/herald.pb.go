@@ -1828,8 +1828,12 @@ type InfoResponse struct {
 	MessagesDropped uint64 `protobuf:"varint,9,opt,name=messages_dropped,json=messagesDropped,proto3" json:"messages_dropped,omitempty"`
 	// Connections closed because their queue overflowed.
 	SlowDisconnects uint64 `protobuf:"varint,10,opt,name=slow_disconnects,json=slowDisconnects,proto3" json:"slow_disconnects,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Whether WebSocket clients must authenticate with a token (a token key is
+	// configured). False means the node runs open: any client may connect and
+	// claim any user id.
+	ClientAuth    bool `protobuf:"varint,11,opt,name=client_auth,json=clientAuth,proto3" json:"client_auth,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *InfoResponse) Reset() {
@@ -1930,6 +1934,13 @@ func (x *InfoResponse) GetSlowDisconnects() uint64 {
 		return x.SlowDisconnects
 	}
 	return 0
+}
+
+func (x *InfoResponse) GetClientAuth() bool {
+	if x != nil {
+		return x.ClientAuth
+	}
+	return false
 }
 
 var File_herald_v1_herald_proto protoreflect.FileDescriptor
@@ -2044,7 +2055,7 @@ const file_herald_v1_herald_proto_rawDesc = "" +
 	"\x06member\x18\x03 \x01(\v2\x11.herald.v1.MemberR\x06member\x12\x17\n" +
 	"\anode_id\x18\x04 \x01(\tR\x06nodeId\x12!\n" +
 	"\ftimestamp_ms\x18\x05 \x01(\x03R\vtimestampMs\"\r\n" +
-	"\vInfoRequest\"\xfc\x02\n" +
+	"\vInfoRequest\"\x9d\x03\n" +
 	"\fInfoResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12%\n" +
@@ -2056,7 +2067,9 @@ const file_herald_v1_herald_proto_rawDesc = "" +
 	"\x12messages_delivered\x18\b \x01(\x04R\x11messagesDelivered\x12)\n" +
 	"\x10messages_dropped\x18\t \x01(\x04R\x0fmessagesDropped\x12)\n" +
 	"\x10slow_disconnects\x18\n" +
-	" \x01(\x04R\x0fslowDisconnects*\xa2\x02\n" +
+	" \x01(\x04R\x0fslowDisconnects\x12\x1f\n" +
+	"\vclient_auth\x18\v \x01(\bR\n" +
+	"clientAuth*\xa2\x02\n" +
 	"\x11PresenceEventKind\x12#\n" +
 	"\x1fPRESENCE_EVENT_KIND_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cPRESENCE_EVENT_KIND_SNAPSHOT\x10\x01\x12$\n" +

@@ -910,6 +910,7 @@ class InfoResponse(_message.Message):
     MESSAGES_DELIVERED_FIELD_NUMBER: _builtins.int
     MESSAGES_DROPPED_FIELD_NUMBER: _builtins.int
     SLOW_DISCONNECTS_FIELD_NUMBER: _builtins.int
+    CLIENT_AUTH_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """This node's id (configurable; a random id by default)."""
     version: _builtins.str
@@ -930,6 +931,11 @@ class InfoResponse(_message.Message):
     """Messages not delivered: dropped when a queue overflowed or expired by TTL."""
     slow_disconnects: _builtins.int
     """Connections closed because their queue overflowed."""
+    client_auth: _builtins.bool
+    """Whether WebSocket clients must authenticate with a token (a token key is
+    configured). False means the node runs open: any client may connect and
+    claim any user id.
+    """
     def __init__(
         self,
         *,
@@ -943,10 +949,11 @@ class InfoResponse(_message.Message):
         messages_delivered: _builtins.int = ...,
         messages_dropped: _builtins.int = ...,
         slow_disconnects: _builtins.int = ...,
+        client_auth: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connections", b"connections", "messages_delivered", b"messages_delivered", "messages_dropped", b"messages_dropped", "messages_published", b"messages_published", "node_id", b"node_id", "slow_disconnects", b"slow_disconnects", "subscriptions", b"subscriptions", "topics", b"topics", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_auth", b"client_auth", "connections", b"connections", "messages_delivered", b"messages_delivered", "messages_dropped", b"messages_dropped", "messages_published", b"messages_published", "node_id", b"node_id", "slow_disconnects", b"slow_disconnects", "subscriptions", b"subscriptions", "topics", b"topics", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
