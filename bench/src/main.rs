@@ -15,6 +15,7 @@ mod proto;
 mod report;
 mod scenarios;
 mod sdk;
+mod secure;
 mod servers;
 mod util;
 mod worker;

@@ -44,6 +44,8 @@ pub(crate) struct Spec {
     pub(crate) concurrency: usize,
     /// Max connections per worker process.
     pub(crate) per_worker: u64,
+    /// Further worker arguments (token key, TLS CA).
+    pub(crate) extra_args: Vec<String>,
 }
 
 impl Spec {
@@ -59,6 +61,7 @@ impl Spec {
             churn: None,
             concurrency: 128,
             per_worker: MAX_PER_WORKER,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -203,6 +206,7 @@ impl Pool {
                     .arg("--duration")
                     .arg(dur.to_string());
             }
+            cmd.args(&spec.extra_args);
             cmd.stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())

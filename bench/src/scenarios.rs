@@ -9,6 +9,7 @@ use crate::plot;
 use crate::pool::{MAX_PER_WORKER, Pool, Ready, Report, Spec};
 use crate::producer::{Producer, Topics};
 use crate::report::{Row, RunDoc};
+use crate::secure::{Auth, Material};
 use crate::servers::{Server, Target};
 use crate::util::{BenchError, Lat, Result, err, now_ns, self_cpu_s};
 use crate::worker::Mode;
@@ -49,10 +50,19 @@ pub(crate) struct Common {
     /// Fail (exit non-zero) when a delivery is missing or a connection fails.
     #[arg(long)]
     pub(crate) strict: bool,
+    /// Herald only: clients authenticate with connection tokens of this kind
+    /// (`?token=`), and topic rules are on.
+    #[arg(long, value_enum, default_value_t = Auth::None)]
+    pub(crate) auth: Auth,
+    /// Herald only: serve and connect over `wss://` (a CA made for the run).
+    #[arg(long)]
+    pub(crate) tls: bool,
 }
 
 struct Setup {
     server: Server,
+    /// Worker arguments for tokens and TLS (empty when both are off).
+    worker_args: Vec<String>,
     pool: Pool,
     producer: Option<Producer>,
     ready: Ready,
@@ -80,13 +90,19 @@ impl Setup {
         user_ids: bool,
     ) -> Result<Setup> {
         note_busy(format!("{} C={conns}", target.name()), c.busy_probe_ms).await;
-        let server = Server::start(
-            target,
-            &c.herald_bin,
-            &c.herald_args,
-            &c.out_dir.join("logs"),
-        )
-        .await?;
+        let secure = if target == Target::Herald {
+            Material::prepare(&c.out_dir.join("secure"), c.auth, c.tls)?
+        } else {
+            Material::default()
+        };
+        let herald_args: Vec<String> = c
+            .herald_args
+            .iter()
+            .chain(&secure.herald_args)
+            .cloned()
+            .collect();
+        let server =
+            Server::start(target, &c.herald_bin, &herald_args, &c.out_dir.join("logs")).await?;
         let producer = match server.grpc_addr {
             Some(a) => Some(Producer::connect(a).await?),
             None => None,
@@ -101,6 +117,7 @@ impl Setup {
         spec.user_ids = user_ids;
         spec.concurrency = c.concurrency;
         spec.per_worker = c.per_worker;
+        spec.extra_args = secure.worker_args.clone();
         let t_spawn_ns = now_ns();
         let mut pool = Pool::spawn(&spec)?;
         let ready = pool.ready(Duration::from_secs(300)).await?;
@@ -129,6 +146,7 @@ impl Setup {
         }
         Ok(Setup {
             server,
+            worker_args: secure.worker_args,
             pool,
             producer,
             ready,
@@ -390,6 +408,12 @@ pub(crate) async fn fanout(a: FanoutArgs) -> Result<()> {
                     .await?;
                 row.phase = format!("fanout run {}", rep + 1);
                 row.detail = true;
+                let security = security_note(c, *t);
+                if !security.is_empty() {
+                    row.note = format!("{}{security}", row.note)
+                        .trim_start_matches("; ")
+                        .to_owned();
+                }
                 s.stop().await?;
                 eprintln!(
                     "[{}] C={conns} run {}: {:.4}% delivered, p50 {:.2} ms, p99 {:.2} ms, {:.2} µs CPU/delivery",
@@ -794,6 +818,9 @@ pub(crate) async fn join(a: JoinArgs) -> Result<()> {
         for &t in &c.targets {
             let s = Setup::start(c, t, conns, &["bench"], false).await?;
             let join_s = s.ready.t_last_ns.saturating_sub(s.t_spawn_ns) as f64 / 1e9;
+            // From the first connect on: without worker start-up or token minting.
+            let connect_s = s.ready.t_last_ns.saturating_sub(s.ready.t_first_ns) as f64 / 1e9;
+            let engine_cpu_us_per_conn = s.server.cpu_s() * 1e6 / s.ready.connected.max(1) as f64;
             let (_, hwm) = s.server.rss();
             let mut row = Row {
                 target: t.name().into(),
@@ -804,18 +831,26 @@ pub(crate) async fn join(a: JoinArgs) -> Result<()> {
                 peak_rss_mib: hwm as f64 / 1024.0,
                 gen_cpu_s: s.ready.cpu_s,
                 note: format!(
-                    "{join_s:.3} s to connect{}; {:.0} joins/s; {} failed",
+                    "{join_s:.3} s to connect{} ({connect_s:.3} s from the first connect); \
+                     {:.0} joins/s; {engine_cpu_us_per_conn:.0} µs engine CPU per connection; \
+                     {} failed{}",
                     if t == Target::Floor {
                         ""
                     } else {
                         " and subscribe"
                     },
                     s.ready.connected as f64 / join_s.max(1e-9),
-                    s.ready.failed
+                    s.ready.failed,
+                    security_note(c, t),
                 ),
                 ..Row::default()
             };
             row.extra.insert("join_s".into(), json!(join_s));
+            row.extra.insert("connect_s".into(), json!(connect_s));
+            row.extra.insert(
+                "engine_cpu_us_per_conn".into(),
+                json!(engine_cpu_us_per_conn),
+            );
             row.extra.insert("failed".into(), json!(s.ready.failed));
             row.extra.insert("errors".into(), json!(s.ready.errors));
             s.stop().await?;
@@ -911,6 +946,7 @@ pub(crate) async fn idle(a: IdleArgs) -> Result<()> {
         row.extra.insert("bytes_per_conn".into(), json!(per_conn));
         let s = Setup {
             server,
+            worker_args: Vec::new(),
             pool,
             producer: None,
             ready,
@@ -986,7 +1022,25 @@ fn side_spec(
         churn,
         concurrency: c.concurrency,
         per_worker: c.per_worker,
+        extra_args: s.worker_args.clone(),
     }
+}
+
+/// `; tokens HS256, wss` for a Herald run with authentication or TLS on.
+fn security_note(c: &Common, t: Target) -> String {
+    if t != Target::Herald || (c.auth == Auth::None && !c.tls) {
+        return String::new();
+    }
+    let mut parts = Vec::new();
+    match c.auth {
+        Auth::None => {}
+        Auth::Hs256 => parts.push("HS256 tokens"),
+        Auth::Es256 => parts.push("ES256 tokens"),
+    }
+    if c.tls {
+        parts.push("wss://");
+    }
+    format!("; {}", parts.join(", "))
 }
 
 /// Puts `own` before what `measure` noted in `row`, joined by "; ".

@@ -8,6 +8,7 @@
 //! reading once subscribed), `tcp` (plain TCP readers of the floor writer) and
 //! `churn` (connect, subscribe, close, at a fixed rate).
 
+use crate::secure::{Minter, tls_connector};
 use crate::util::{
     BenchError, HistDump, Result, err, new_hist, now_ns, parse_seq, parse_stamp, self_cpu_s,
 };
@@ -16,12 +17,16 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsConnector;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -81,6 +86,108 @@ pub(crate) struct WorkerArgs {
     /// Receive buffer (SO_RCVBUF) for slow clients, bytes.
     #[arg(long, default_value_t = 4096)]
     pub(crate) slow_rcvbuf: u32,
+    /// Connect with a token (`?token=`) of this kind: `hs256` or `es256`; each
+    /// connection is user `u<index>`.
+    #[arg(long, requires = "token_key")]
+    pub(crate) token_alg: Option<String>,
+    /// The token signing key: the HMAC secret, or an EC private key (PEM).
+    #[arg(long)]
+    pub(crate) token_key: Option<PathBuf>,
+    /// Connect over TLS (`wss://`), trusting this CA certificate (PEM).
+    #[arg(long)]
+    pub(crate) tls_ca: Option<PathBuf>,
+}
+
+/// What every connection of a worker shares: tokens and the TLS connector.
+#[derive(Default)]
+struct Secure {
+    /// One token per connection index, minted before the first connect.
+    tokens: Vec<String>,
+    /// A token minter for churn cycles (tokens minted per cycle).
+    minter: Option<Minter>,
+    tls: Option<TlsConnector>,
+}
+
+impl Secure {
+    fn load(a: &WorkerArgs) -> Result<Self> {
+        let minter = match (&a.token_alg, &a.token_key) {
+            (Some(alg), Some(key)) => Some(Minter::load(alg, key)?),
+            _ => None,
+        };
+        let tokens = match (&minter, a.mode) {
+            (Some(m), Mode::Ws | Mode::Slow) => (0..a.conns)
+                .map(|i| m.mint(&format!("u{}", a.first + i)))
+                .collect::<Result<_>>()?,
+            _ => Vec::new(),
+        };
+        let tls = a.tls_ca.as_deref().map(tls_connector).transpose()?;
+        Ok(Self {
+            tokens,
+            minter,
+            tls,
+        })
+    }
+
+    /// The handshake path of connection `idx`.
+    fn path(&self, a: &WorkerArgs, idx: u64) -> Result<String> {
+        if let Some(token) = self.tokens.get(idx as usize) {
+            return Ok(format!("{}?token={token}", a.path));
+        }
+        if let Some(m) = &self.minter {
+            return Ok(format!("{}?token={}", a.path, m.mint(&format!("c{idx}"))?));
+        }
+        Ok(if a.user_ids {
+            format!("{}?user=u{}", a.path, a.first + idx)
+        } else {
+            a.path.clone()
+        })
+    }
+}
+
+/// A client socket: plain TCP or TLS over it.
+pub(crate) enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -198,11 +305,19 @@ pub(crate) async fn ws_connect_subscribe(
     path: &str,
     topics: &[String],
     rcvbuf: Option<u32>,
-) -> Result<WebSocketStream<TcpStream>> {
+    tls: Option<&TlsConnector>,
+) -> Result<WebSocketStream<Io>> {
     let tcp = tcp_connect(src, dst, rcvbuf).await?;
-    let url = format!("ws://{dst}{path}");
+    let (io, url) = match tls {
+        Some(tls) => {
+            let name = rustls_pki_types::ServerName::IpAddress(dst.ip().into());
+            let stream = tls.connect(name, tcp).await?;
+            (Io::Tls(Box::new(stream)), format!("wss://{dst}{path}"))
+        }
+        None => (Io::Plain(tcp), format!("ws://{dst}{path}")),
+    };
     let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config())).await?;
+        tokio_tungstenite::client_async_with_config(url, io, Some(ws_config())).await?;
     let wanted = if topics.is_empty() {
         "\"type\":\"connected\""
     } else {
@@ -229,7 +344,7 @@ pub(crate) async fn ws_connect_subscribe(
     }
 }
 
-async fn ws_read_loop(sh: &Shared, mut ws: WebSocketStream<TcpStream>) {
+async fn ws_read_loop(sh: &Shared, mut ws: WebSocketStream<Io>) {
     let mut last = 0u64;
     while let Some(m) = ws.next().await {
         match m {
@@ -303,24 +418,33 @@ fn mark_done(sh: &Shared, ok: bool) {
     sh.t_last.fetch_max(now, Ordering::Relaxed);
 }
 
-async fn hold_connection(sh: Arc<Shared>, a: Arc<WorkerArgs>, sem: Arc<Semaphore>, idx: u64) {
+async fn hold_connection(
+    sh: Arc<Shared>,
+    a: Arc<WorkerArgs>,
+    secure: Arc<Secure>,
+    sem: Arc<Semaphore>,
+    idx: u64,
+) {
     let src = a.src_ips[(idx as usize) % a.src_ips.len()];
     let mut topics = a.topics.clone();
     if a.user_topics {
         topics.push(format!("user:{}", a.first + idx));
     }
     let rcvbuf = (a.mode == Mode::Slow).then_some(a.slow_rcvbuf);
-    let path = if a.user_ids {
-        format!("{}?user=u{}", a.path, a.first + idx)
-    } else {
-        a.path.clone()
+    let path = match secure.path(&a, idx) {
+        Ok(path) => path,
+        Err(e) => {
+            sh.error(format!("token: {e}"));
+            mark_done(&sh, false);
+            return;
+        }
     };
     let permit = sem.acquire().await;
     let res = match a.mode {
         Mode::Tcp => tcp_connect(src, a.target, None).await.map(either_tcp),
         _ => tokio::time::timeout(
             Duration::from_secs(60),
-            ws_connect_subscribe(src, a.target, &path, &topics, rcvbuf),
+            ws_connect_subscribe(src, a.target, &path, &topics, rcvbuf, secure.tls.as_ref()),
         )
         .await
         .map_err(|_| BenchError::Msg("connect+subscribe timed out".into()))
@@ -349,24 +473,32 @@ async fn hold_connection(sh: Arc<Shared>, a: Arc<WorkerArgs>, sem: Arc<Semaphore
 
 enum Conn {
     Tcp(TcpStream),
-    Ws(Box<WebSocketStream<TcpStream>>),
+    Ws(Box<WebSocketStream<Io>>),
 }
 
 fn either_tcp(s: TcpStream) -> Conn {
     Conn::Tcp(s)
 }
 
-fn either_ws(s: WebSocketStream<TcpStream>) -> Conn {
+fn either_ws(s: WebSocketStream<Io>) -> Conn {
     Conn::Ws(Box::new(s))
 }
 
 /// One churn cycle: connect, subscribe, close.
-async fn churn_cycle(sh: Arc<Shared>, a: Arc<WorkerArgs>, idx: u64) {
+async fn churn_cycle(sh: Arc<Shared>, a: Arc<WorkerArgs>, secure: Arc<Secure>, idx: u64) {
     let src = a.src_ips[(idx as usize) % a.src_ips.len()];
     let t0 = now_ns();
+    let path = match secure.path(&a, idx) {
+        Ok(path) => path,
+        Err(e) => {
+            sh.error(format!("token: {e}"));
+            sh.failed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
     let r = tokio::time::timeout(
         Duration::from_secs(30),
-        ws_connect_subscribe(src, a.target, &a.path, &a.topics, None),
+        ws_connect_subscribe(src, a.target, &path, &a.topics, None, secure.tls.as_ref()),
     )
     .await;
     match r {
@@ -391,7 +523,7 @@ async fn churn_cycle(sh: Arc<Shared>, a: Arc<WorkerArgs>, idx: u64) {
     }
 }
 
-async fn churn(sh: Arc<Shared>, a: Arc<WorkerArgs>) {
+async fn churn(sh: Arc<Shared>, a: Arc<WorkerArgs>, secure: Arc<Secure>) {
     let total = (a.rate * a.duration).round() as u64;
     let start = tokio::time::Instant::now();
     let t0 = now_ns();
@@ -400,7 +532,12 @@ async fn churn(sh: Arc<Shared>, a: Arc<WorkerArgs>) {
     while started < total {
         let due = ((start.elapsed().as_secs_f64() * a.rate) as u64 + 1).min(total);
         while started < due {
-            tasks.push(tokio::spawn(churn_cycle(sh.clone(), a.clone(), started)));
+            tasks.push(tokio::spawn(churn_cycle(
+                sh.clone(),
+                a.clone(),
+                secure.clone(),
+                started,
+            )));
             started += 1;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -433,11 +570,19 @@ pub(crate) fn run(args: WorkerArgs) -> Result<()> {
         }
         let n = a.conns;
         let sem = Arc::new(Semaphore::new(a.concurrency.max(1)));
+        // Tokens are minted before the clock starts.
+        let secure = Arc::new(Secure::load(&a)?);
         let t_first = now_ns();
         sh.t_first.store(t_first, Ordering::Relaxed);
         if a.mode != Mode::Churn {
             for i in 0..n {
-                tokio::spawn(hold_connection(sh.clone(), a.clone(), sem.clone(), i));
+                tokio::spawn(hold_connection(
+                    sh.clone(),
+                    a.clone(),
+                    secure.clone(),
+                    sem.clone(),
+                    i,
+                ));
             }
             // Wait until every connection is up (or failed).
             loop {
@@ -484,7 +629,7 @@ pub(crate) fn run(args: WorkerArgs) -> Result<()> {
                     }));
                 }
                 "start" if a.mode == Mode::Churn => {
-                    tokio::spawn(churn(sh.clone(), a.clone()));
+                    tokio::spawn(churn(sh.clone(), a.clone(), secure.clone()));
                 }
                 "quit" => break,
                 other => eprintln!("worker: unknown command {other:?}"),
