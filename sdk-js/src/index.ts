@@ -1,7 +1,8 @@
 /**
  * Herald client for browsers and Node 20+: connect to a Herald engine over
  * WebSocket, subscribe to topics, and stay connected (reconnect with backoff,
- * resubscribe, heartbeat). The wire protocol is docs/protocol.md.
+ * resubscribe, heartbeat), authenticated by a token the client renews when the
+ * server asks. The wire protocol is docs/protocol.md.
  *
  * ```ts
  * import { Herald } from "@heraldrt/client";
@@ -73,6 +74,12 @@ export interface RetryEvent {
   delayMs: number;
 }
 
+/** The server accepted a renewed token (answer to its `refresh_required`). */
+export interface RefreshedEvent {
+  /** The new token's `exp`, seconds since the epoch. */
+  expiresAt: number;
+}
+
 /** The events of a {@link Herald} client and their arguments. */
 export interface Events {
   state: [state: State, previous: State];
@@ -83,7 +90,13 @@ export interface Events {
   message: [message: Message];
   serverSubscribed: [event: ServerSubscriptionEvent];
   serverUnsubscribed: [event: ServerSubscriptionEvent];
-  /** Errors not tied to a call: unsolicited `error` frames, failed resubscribes, token failures. */
+  /** The token was renewed on the live connection. */
+  refreshed: [event: RefreshedEvent];
+  /**
+   * Errors not tied to a call: unsolicited `error` frames (among them the server's token
+   * refusals, `token_bad_signature`, `token_expired`, …), failed resubscribes and
+   * refreshes, token failures.
+   */
   error: [error: HeraldError];
 }
 
@@ -93,7 +106,9 @@ export class HeraldError extends Error {
    * The server's code (`invalid_topic`, `too_many_subscriptions`, `bad_frame`, …; see
    * docs/protocol.md) or one of the client's: `timeout` (no reply in time),
    * `not_connected` (the call needs a connection), `connection_lost` (it ended
-   * before the reply), `closed` (the client was closed), `token` (getToken failed).
+   * before the reply), `closed` (the client was closed), `token` (the token function
+   * failed), `unauthorized` (HTTP 401 to a `?token=` handshake, where the WebSocket
+   * shows it), `token_expired` also when a fixed token string expired.
    */
   readonly code: string;
   constructor(code: string, message: string) {
@@ -116,15 +131,28 @@ export interface WebSocketLike {
 
 export type WebSocketConstructor = new (url: string) => WebSocketLike;
 
+/** Returns a fresh connection token (typically fetched from the application's backend). */
+export type TokenSource = () => string | Promise<string>;
+
 export interface Options {
-  /** User id of the connection (`?user=`); taken as given until authentication exists. */
+  /** User id of the connection (`?user=`), for servers without authentication (open mode). */
   user?: string;
-  /** Client info shown to backends through presence (`?info=`, JSON, at most 1 KiB). */
+  /** Client info shown to backends through presence (`?info=`, JSON, at most 1 KiB); open mode only. */
   info?: unknown;
-  /** A token sent as `?token=` (see README: the engine will check it once authentication exists). */
-  token?: string;
-  /** Called before every connection attempt for a fresh token (instead of `token`). */
-  getToken?: () => string | Promise<string>;
+  /**
+   * The connection token (a JWT from the application's backend), or a function returning
+   * one: called before every connection attempt and whenever the server asks for a
+   * refresh (`refresh_required`). A fixed string cannot be renewed: once it expires the
+   * client stops (`token_expired`).
+   */
+  token?: string | TokenSource;
+  /** The same as a function `token` (kept for compatibility). */
+  getToken?: TokenSource;
+  /**
+   * Send the token as `?token=` in the WebSocket URL instead of a first `connect` frame
+   * (default false: URLs end up in proxy and access logs).
+   */
+  tokenInQuery?: boolean;
   /** The WebSocket constructor; default `globalThis.WebSocket` (Node 20 needs one, e.g. from `ws`). */
   WebSocket?: WebSocketConstructor;
   /** First reconnect delay cap in ms (default 500); the cap doubles per failed attempt. */
@@ -179,6 +207,8 @@ type Listener<K extends keyof Events> = (...args: Events[K]) => void;
 const TOPICS_PER_COMMAND = 100;
 /** A connection that stayed up this long (ms) resets the backoff; shorter ones keep it growing. */
 const STABLE_MS = 5000;
+/** The token expired (at connect or on a live connection): reconnect with a fresh one. */
+const TOKEN_EXPIRED = 4004;
 /** Close codes after which the client must not reconnect (besides 4500–4999). */
 const FATAL_CODES = new Set([1002, 1003, 1007, 1008, 1009, 1010]);
 
@@ -222,6 +252,10 @@ export class Herald {
   private lastReceived = 0;
   private pingSentAt = 0;
   private notice: { code: number; reason: string; reconnect: boolean } | null = null;
+  /** The server's refusal of the current attempt's token, if any. */
+  private authError: HeraldError | null = null;
+  /** Handshakes refused with HTTP 401 in a row (`tokenInQuery`). */
+  private refusals = 0;
   private connectWaiters: Array<{ resolve(): void; reject(err: HeraldError): void }> = [];
 
   constructor(url: string, options: Options = {}) {
@@ -245,6 +279,12 @@ export class Herald {
     }
     if (options.info !== undefined && JSON.stringify(options.info) === undefined) {
       throw new TypeError("Herald: info must be a JSON value");
+    }
+    for (const k of ["token", "getToken"] as const) {
+      const v = options[k];
+      if (v !== undefined && typeof v !== "function" && (k === "getToken" || typeof v !== "string" || v === "")) {
+        throw new TypeError(`Herald: ${k} must be a non-empty string or a function returning one`);
+      }
     }
     this.WS = WS;
     this.url = url;
@@ -308,7 +348,7 @@ export class Herald {
       else this.connectWaiters.push({ resolve, reject });
     });
     if (this._state === "disconnected" || this._state === "closed") {
-      this.attempt = 0;
+      this.attempt = this.refusals = 0;
       void this.open();
     }
     return done;
@@ -391,9 +431,10 @@ export class Herald {
   private async open(): Promise<void> {
     const epoch = ++this.epoch;
     this.setState("connecting");
-    let url: string;
+    this.authError = null;
+    let token: string | undefined;
     try {
-      url = await this.buildUrl();
+      token = await this.fetchToken();
     } catch (err) {
       if (epoch !== this.epoch) return;
       this.emit("error", new HeraldError("token", `getToken failed: ${errText(err)}`));
@@ -401,9 +442,10 @@ export class Herald {
       return;
     }
     if (epoch !== this.epoch) return; // closed (and maybe reopened) while the token was fetched
+    const inFrame = token !== undefined && !this.opts.tokenInQuery;
     let ws: WebSocketLike;
     try {
-      ws = new this.WS(url);
+      ws = new this.WS(this.buildUrl(inFrame ? undefined : token));
     } catch (err) {
       // A malformed URL: no retry will fix it.
       this.emit("error", new HeraldError("bad_url", `cannot open ${this.url}: ${errText(err)}`));
@@ -421,18 +463,39 @@ export class Herald {
     ws.onclose = (ev) => {
       if (this.ws === ws) this.lost(ev.code, ev.reason);
     };
-    ws.onerror = () => {
-      // Always followed by a close event, which decides what happens.
+    ws.onopen = () => {
+      // The token as the first frame: the server answers `connected` only once it is valid.
+      if (this.ws === ws && inFrame) ws.send(JSON.stringify({ type: "connect", token }));
+    };
+    ws.onerror = (ev) => {
+      // Always followed by a close event, which decides what happens. A refused `?token=`
+      // handshake is an HTTP 401, which only some WebSockets (Node's `ws`) let us see.
+      if (this.ws === ws && token !== undefined && / 401\b/.test(String(ev?.message))) {
+        this.authError = new HeraldError("unauthorized", "the server refused the token (HTTP 401)");
+      }
     };
   }
 
-  private async buildUrl(): Promise<string> {
+  /** The token source: a string, a function, or undefined without authentication. */
+  private source(): string | TokenSource | undefined {
+    return this.opts.token ?? this.opts.getToken;
+  }
+
+  private async fetchToken(): Promise<string | undefined> {
+    const src = this.source();
+    const token = typeof src === "function" ? await src() : src;
+    if (token !== undefined && (typeof token !== "string" || token === "")) {
+      throw new TypeError("the token function returned no token");
+    }
+    return token;
+  }
+
+  private buildUrl(token: string | undefined): string {
     const params: string[] = [];
     const add = (k: string, v: string) => params.push(`${k}=${encodeURIComponent(v)}`);
     if (this.opts.user !== undefined) add("user", this.opts.user);
     if (this.opts.info !== undefined) add("info", JSON.stringify(this.opts.info));
-    const token = this.opts.getToken ? await this.opts.getToken() : this.opts.token;
-    if (token !== undefined && token !== "") add("token", token);
+    if (token !== undefined) add("token", token);
     if (params.length === 0) return this.url;
     return this.url + (this.url.includes("?") ? "&" : "?") + params.join("&");
   }
@@ -469,9 +532,17 @@ export class Herald {
           return;
         }
         break;
+      case "refresh_required":
+        void this.refresh(ws);
+        return;
       case "error":
         if (typeof frame.id !== "number" || !this.pending.has(frame.id)) {
-          this.emit("error", new HeraldError(String(frame.code), String(frame.message ?? "")));
+          // Our `connect` frame on a server without authentication: nothing to do.
+          if (frame.code === "already_connected") return;
+          const err = new HeraldError(String(frame.code), String(frame.message ?? ""));
+          // Before `connected`, an error is the server refusing the token.
+          if (this._state === "connecting") this.authError = err;
+          this.emit("error", err);
           return;
         }
         break;
@@ -519,6 +590,7 @@ export class Herald {
     this.heartbeatTimer = setInterval(() => this.heartbeat(ws), tick);
     const reconnected = this.connections > 0;
     this.connections++;
+    this.refusals = 0;
     this.setState("connected");
     const topics = [...this.topics.keys()];
     for (let i = 0; i < topics.length; i += TOPICS_PER_COMMAND) {
@@ -531,6 +603,27 @@ export class Herald {
       reconnected,
     });
     for (const w of this.connectWaiters.splice(0)) w.resolve();
+  }
+
+  /** `refresh_required`: get a fresh token and hand it to the server on this connection. */
+  private async refresh(ws: WebSocketLike): Promise<void> {
+    // A fixed token cannot be renewed: the server closes at its expiry (4004) and we stop.
+    if (typeof this.source() !== "function") return;
+    let token: string | undefined;
+    try {
+      token = await this.fetchToken();
+    } catch (err) {
+      // The connection lasts until the token expires; the reconnect then asks again.
+      if (this.ws === ws) this.emit("error", new HeraldError("token", `getToken failed: ${errText(err)}`));
+      return;
+    }
+    if (this.ws !== ws || token === undefined) return;
+    this.command({ type: "refresh", token }).then(
+      (reply) => this.emit("refreshed", { expiresAt: Number(reply.expires_at) }),
+      (err: HeraldError) => {
+        if (err.code !== "connection_lost" && err.code !== "closed") this.emit("error", err);
+      },
+    );
   }
 
   private heartbeat(ws: WebSocketLike): void {
@@ -580,7 +673,7 @@ export class Herald {
     );
   }
 
-  private command(cmd: { type: string; topics?: string[] }): Promise<Frame> {
+  private command(cmd: { type: string; topics?: string[]; token?: string }): Promise<Frame> {
     const ws = this.ws;
     if (this._state !== "connected" || !ws) {
       return Promise.reject(new HeraldError("not_connected", `cannot send ${cmd.type}: not connected`));
@@ -622,12 +715,25 @@ export class Herald {
       code = notice.code || code;
       reason = notice.reason || reason;
     }
-    const reconnect = notice ? notice.reconnect && shouldReconnect(code) : shouldReconnect(code);
+    let reconnect = notice ? notice.reconnect && shouldReconnect(code) : shouldReconnect(code);
+    let err = this.authError;
+    const src = this.source();
+    const renewable = typeof src === "function";
+    if (err?.code === "unauthorized") {
+      // A refused `?token=` handshake: the reason is unknown (maybe only expired), so a
+      // token function gets one more try; a second refusal in a row stops.
+      this.emit("error", err);
+      reconnect = renewable && ++this.refusals < 2;
+    } else if (code === TOKEN_EXPIRED && typeof src === "string") {
+      // The same fixed token would be refused again.
+      reconnect = false;
+      if (!err) this.emit("error", (err = new HeraldError("token_expired", "the fixed token expired")));
+    }
     this.emit("disconnected", { code, reason, reconnect, announced });
     if (reconnect) {
       this.scheduleRetry();
     } else {
-      this.stop(code, reason, new HeraldError(`closed`, `closed by the server: ${code} ${reason}`));
+      this.stop(code, reason, err ?? new HeraldError(`closed`, `closed by the server: ${code} ${reason}`));
     }
   }
 

@@ -1,8 +1,14 @@
 // Compile-time checks of the public types (run by `npm run typecheck`, never executed).
-import { Herald, HeraldError, type Message, type State } from "../src/index.js";
+import { Herald, HeraldError, type Message, type RefreshedEvent, type State, type TokenSource } from "../src/index.js";
 
 declare const WS: import("../src/index.js").WebSocketConstructor;
 const h = new Herald("ws://127.0.0.1:8080/ws", { WebSocket: WS, user: "u", getToken: async () => "t" });
+new Herald("ws://127.0.0.1:8080/ws", { WebSocket: WS, token: "t", tokenInQuery: true });
+const source: TokenSource = async () => "t";
+new Herald("ws://127.0.0.1:8080/ws", { WebSocket: WS, token: source });
+h.on("refreshed", (e: RefreshedEvent) => e.expiresAt + 1);
+// @ts-expect-error: a token is a string or a function returning one
+new Herald("ws://127.0.0.1:8080/ws", { WebSocket: WS, token: 42 });
 const off = h.on("state", (state: State, previous: State) => void [state, previous]);
 off();
 h.on("connected", (e) => e.connId.toUpperCase() + e.pingIntervalMs.toFixed());

@@ -27,6 +27,9 @@ test("bad arguments are refused with clear errors", () => {
   assert.throws(() => new Herald("ws://x/ws", { WebSocket, user: "" }), /user must be a non-empty string/);
   assert.throws(() => new Herald("ws://x/ws", { WebSocket, minReconnectDelay: -1 }), /minReconnectDelay/);
   assert.throws(() => new Herald("ws://x/ws", { WebSocket, info: () => 1 }), /info must be a JSON value/);
+  assert.throws(() => new Herald("ws://x/ws", { WebSocket, token: "" }), /token must be a non-empty string or a function/);
+  assert.throws(() => new Herald("ws://x/ws", { WebSocket, token: 42 }), /token must be a non-empty string or a function/);
+  assert.throws(() => new Herald("ws://x/ws", { WebSocket, getToken: "t" }), /getToken must be/);
   const c = new Herald("ws://x/ws", { WebSocket });
   assert.throws(() => c.subscribe("", () => {}), /non-empty string/);
   assert.throws(() => c.subscribe("a", null), /handler must be a function/);
