@@ -2,6 +2,7 @@
 //! no gap and no duplicate, replay racing fast live publishing, what cannot be
 //! recovered (restart, size, TTL), the node-wide memory bound, and the gRPC
 //! History / RemoveHistory calls.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -146,6 +147,9 @@ async fn a_client_reconnecting_many_times_recovers_every_message() {
         Some(Duration::from_secs(120)),
     )]))
     .await;
+    let mut seen = Seen::default();
+    let mut client = Client::connect(&engine).await;
+    client.subscribe(&["room:a"]).await;
     let stop = Arc::new(AtomicBool::new(false));
     let (task, published) = publisher(
         &engine,
@@ -153,9 +157,6 @@ async fn a_client_reconnecting_many_times_recovers_every_message() {
         Some(Duration::from_millis(10)),
         Arc::clone(&stop),
     );
-    let mut seen = Seen::default();
-    let mut client = Client::connect(&engine).await;
-    client.subscribe(&["room:a"]).await;
     let first = client.next_message().await;
     // Start from the first message the publisher sent.
     assert_eq!(first["seq"], 1, "{first}");
@@ -193,11 +194,11 @@ async fn a_client_reconnecting_many_times_recovers_every_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_racing_fast_live_publishing_has_no_gap_and_no_duplicate() {
     let engine = start(with_history(vec![rule("fast:*", 100_000, None)])).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (task, published) = publisher(&engine, "fast:x", None, Arc::clone(&stop));
     let mut seen = Seen::default();
     let mut client = Client::connect(&engine).await;
     client.subscribe(&["fast:x"]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (task, published) = publisher(&engine, "fast:x", None, Arc::clone(&stop));
     let first = client.next_message().await;
     seen.take(&first);
     for round in 0..30 {
