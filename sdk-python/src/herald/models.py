@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from herald.v1 import herald_pb2 as pb
 
@@ -17,8 +17,9 @@ class PublishResult:
     #: True when the idempotency key matched an earlier publish: nothing was sent again.
     duplicate: bool = False
     #: The topic's epoch (the random id of this incarnation of the topic): sequences
-    #: count within it. WebSocket messages carry the same epoch.
-    epoch: str = ""
+    #: count within it. WebSocket messages carry the same epoch. Not part of
+    #: equality, so results compare by sequence and duplicate as before.
+    epoch: str = field(default="", compare=False)
 
     @classmethod
     def from_pb(cls, msg: pb.PublishResponse) -> PublishResult:
