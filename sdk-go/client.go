@@ -167,6 +167,10 @@ type Info struct {
 	// ClientAuth reports whether WebSocket clients must authenticate with a
 	// token; false means the node runs open (any client may claim any user id).
 	ClientAuth bool
+	// HistoryBytes is what topic history holds, bounded by the engine's
+	// history_max_bytes; HistoryMessages is how many messages that is.
+	HistoryBytes    uint64
+	HistoryMessages uint64
 }
 
 // Info returns the node's identity, version, uptime and counters.
@@ -187,6 +191,8 @@ func (c *Client) Info(ctx context.Context) (Info, error) {
 		MessagesDropped:   r.GetMessagesDropped(),
 		SlowDisconnects:   r.GetSlowDisconnects(),
 		ClientAuth:        r.GetClientAuth(),
+		HistoryBytes:      r.GetHistoryBytes(),
+		HistoryMessages:   r.GetHistoryMessages(),
 	}, nil
 }
 

@@ -146,8 +146,11 @@ type PublishResult struct {
 	// Duplicate is true when the idempotency key matched an earlier publish and
 	// nothing was sent; Sequence is then the original message's.
 	Duplicate bool
+	// Epoch is the topic's epoch, the random id of its incarnation: sequences
+	// count within it (the "epoch" WebSocket clients see).
+	Epoch string
 }
 
 func publishResultFromProto(r *heraldv1.PublishResponse) PublishResult {
-	return PublishResult{Sequence: r.GetSequence(), Duplicate: r.GetDuplicate()}
+	return PublishResult{Sequence: r.GetSequence(), Duplicate: r.GetDuplicate(), Epoch: r.GetEpoch()}
 }

@@ -191,6 +191,7 @@ impl ControlStream {
         self.send(control_request::Command::Subscribe(SubscribeRequest {
             target: user(uid),
             topics: vec![topic.to_string()],
+            ..Default::default()
         }))
         .await
     }

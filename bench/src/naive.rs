@@ -187,6 +187,7 @@ impl Herald for Svc {
         Ok(Response::new(PublishResponse {
             sequence: seq,
             duplicate: false,
+            epoch: String::new(),
         }))
     }
 
@@ -203,6 +204,7 @@ impl Herald for Svc {
                     Some(Ok(seq)) => publish_stream_response::Result::Ack(PublishResponse {
                         sequence: seq,
                         duplicate: false,
+                        epoch: String::new(),
                     }),
                     Some(Err(st)) => publish_stream_response::Result::Error(crate::proto::Error {
                         code: st.code() as i32,

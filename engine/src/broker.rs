@@ -3,10 +3,20 @@
 //! node's registry. A broker that spans nodes (NATS) implements the same trait: it
 //! forwards the publication to the other nodes and hands what it receives to
 //! `Registry::publish` on each of them. No cluster logic lives anywhere else.
+//!
+//! History goes through the broker too: reading it (`History`), dropping it
+//! (`RemoveHistory`) and subscribing with recovery (`since`). The in-process
+//! broker keeps it in each topic's ring ([`crate::history`]); a broker that spans
+//! nodes keeps it where its messages are (JetStream) and replays from there, so
+//! no caller may assume history is in this process.
 
-use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc, time::Duration};
 
-use crate::{protocol::Payload, registry::Registry};
+use crate::{
+    history::Since,
+    protocol::Payload,
+    registry::{Entry, HistoryPage, Registry, SubscribeError, Subscribed},
+};
 
 /// One message on its way to a topic's subscribers, already validated.
 #[derive(Debug, Clone)]
@@ -22,12 +32,27 @@ pub(crate) struct Publication {
 }
 
 /// What a broker reports for an accepted publication.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Receipt {
     /// The message's sequence number in its topic.
     pub(crate) seq: u64,
     /// The idempotency key matched an earlier message.
     pub(crate) duplicate: bool,
+    /// The topic's epoch (its incarnation): `seq` counts within it.
+    pub(crate) epoch: Arc<str>,
+}
+
+/// A question about a topic's history.
+#[derive(Debug, Clone)]
+pub(crate) struct HistoryQuery {
+    /// The topic (validated).
+    pub(crate) topic: String,
+    /// Messages after this position (before it when `reverse`).
+    pub(crate) since: Option<Since>,
+    /// Most messages returned.
+    pub(crate) limit: usize,
+    /// Newest first.
+    pub(crate) reverse: bool,
 }
 
 /// Why a broker could not take a publication.
@@ -37,6 +62,12 @@ pub(crate) enum BrokerError {
     #[expect(dead_code, reason = "only brokers that span nodes can be unreachable")]
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// A subscribe was refused; nothing of it was applied.
+    #[error(transparent)]
+    Subscribe(#[from] SubscribeError),
+    /// A history position names an epoch the topic no longer has.
+    #[error("the topic's epoch is no longer {0:?}: its history from then is gone")]
+    EpochChanged(String),
 }
 
 /// A boxed future returned by [`Broker`] methods.
@@ -48,6 +79,23 @@ pub(crate) trait Broker: Send + Sync + std::fmt::Debug {
     /// Publishes one message. Publications to one topic through one broker are
     /// delivered in the order this method is called.
     fn publish(&self, publication: Publication) -> BrokerFuture<'_, Receipt>;
+
+    /// Puts connections of this node into topics; for each topic named in
+    /// `since`, every message after that position is delivered first, in order,
+    /// with no gap and no duplicate before the live ones — or the topic is
+    /// reported not recovered (epoch changed, or messages no longer kept).
+    fn subscribe<'a>(
+        &'a self,
+        entries: &'a [Arc<Entry>],
+        topics: &'a [String],
+        since: &'a HashMap<String, Since>,
+    ) -> BrokerFuture<'a, Subscribed>;
+
+    /// A page of a topic's kept messages.
+    fn history(&self, query: HistoryQuery) -> BrokerFuture<'_, HistoryPage>;
+
+    /// Drops a topic's kept messages; returns how many there were.
+    fn remove_history<'a>(&'a self, topic: &'a str) -> BrokerFuture<'a, u64>;
 
     /// The broker's kind, as `/metrics` reports it (`herald_broker_info`). A
     /// broker that spans nodes exposes its own state (connection, lag) next to it
@@ -76,7 +124,34 @@ impl Broker for InProcess {
         Box::pin(std::future::ready(Ok(Receipt {
             seq: delivery.seq,
             duplicate: delivery.duplicate,
+            epoch: delivery.epoch,
         })))
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        entries: &'a [Arc<Entry>],
+        topics: &'a [String],
+        since: &'a HashMap<String, Since>,
+    ) -> BrokerFuture<'a, Subscribed> {
+        let done = self
+            .registry
+            .subscribe_recovering(entries, topics, since)
+            .map_err(BrokerError::from);
+        Box::pin(std::future::ready(done))
+    }
+
+    fn history(&self, q: HistoryQuery) -> BrokerFuture<'_, HistoryPage> {
+        let page = self
+            .registry
+            .history(&q.topic, q.since.as_ref(), q.limit, q.reverse)
+            .ok_or_else(|| BrokerError::EpochChanged(q.since.map(|s| s.epoch).unwrap_or_default()));
+        Box::pin(std::future::ready(page))
+    }
+
+    fn remove_history<'a>(&'a self, topic: &'a str) -> BrokerFuture<'a, u64> {
+        let n = self.registry.remove_history(topic) as u64;
+        Box::pin(std::future::ready(Ok(n)))
     }
 
     fn kind(&self) -> &'static str {

@@ -174,6 +174,8 @@ settings! {
     idempotency_window: Dur = Dur(Duration::from_secs(300)), env "HERALD_IDEMPOTENCY_WINDOW";
     /// Most idempotency keys the node remembers in all topics together; past it a topic's oldest keys are forgotten first [default: 1000000]
     idempotency_max_keys: usize = 1_000_000, env "HERALD_IDEMPOTENCY_MAX_KEYS";
+    /// Most bytes all topic history may hold together (frames and bookkeeping); past it the node's oldest kept messages are evicted first, whatever their topic. Which topics keep history, and how much, is set by the history_size and history_ttl of [[topics]] rules [default: 67108864]
+    history_max_bytes: usize = 64 * 1024 * 1024, env "HERALD_HISTORY_MAX_BYTES";
     /// Topics whose joins and leaves produce presence events, as comma-separated topics or patterns ("room:*", "room:>", ">" for all) [default: >]
     presence_topics: String = ">".to_owned(), env "HERALD_PRESENCE_TOPICS";
     /// Events one WatchPresence stream may have waiting before it is told to resync [default: 4096]

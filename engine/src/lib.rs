@@ -35,6 +35,7 @@ mod broker;
 pub mod config;
 mod conn;
 mod grpc;
+mod history;
 mod metrics;
 mod presence;
 mod protocol;

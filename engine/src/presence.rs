@@ -419,7 +419,7 @@ mod tests {
             let mut active = hub.active.lock();
             for name in names {
                 let name: Arc<str> = Arc::from(name.as_str());
-                active.insert(Arc::clone(&name), Arc::new(Topic::new(name, true)));
+                active.insert(Arc::clone(&name), Arc::new(Topic::new(name, true, None)));
             }
         }
         hub
@@ -511,7 +511,7 @@ mod tests {
     #[test]
     fn the_index_follows_first_joins_and_last_leaves() {
         let hub = PresenceHub::new(vec![pattern(">")]);
-        let topic = Arc::new(Topic::new(Arc::from("room:1"), true));
+        let topic = Arc::new(Topic::new(Arc::from("room:1"), true, None));
         let conn = |n: usize| {
             Arc::new(Conn::new(
                 crate::conn::ConnId::new(n, 1),

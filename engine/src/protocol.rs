@@ -2,10 +2,14 @@
 //! encoding server frames, close codes, and how a payload's content type decides
 //! its representation in a `message` push.
 
+use std::collections::{BTreeMap, HashMap};
+
 use base64::Engine as _;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::history::Since;
 
 /// Close codes the engine uses (docs/protocol.md, "Close codes").
 pub(crate) mod close {
@@ -51,6 +55,8 @@ pub(crate) enum Command {
         id: Option<u64>,
         /// Topic names, not yet validated.
         topics: Vec<String>,
+        /// Per topic, the last position the client saw: recover what it missed.
+        since: HashMap<String, Since>,
     },
     /// Leave topics.
     Unsubscribe {
@@ -102,6 +108,15 @@ struct RawCommand {
     topics: Option<Vec<String>>,
     #[serde(default)]
     token: Option<String>,
+    #[serde(default)]
+    since: Option<HashMap<String, RawSince>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSince {
+    seq: u64,
+    epoch: String,
 }
 
 #[derive(Deserialize)]
@@ -126,10 +141,31 @@ pub(crate) fn parse_command(text: &str) -> Result<Command, CommandError> {
         })
     };
     match raw.kind.as_str() {
-        "subscribe" => Ok(Command::Subscribe {
-            id,
-            topics: topics(raw.topics)?,
-        }),
+        "subscribe" => {
+            let topics = topics(raw.topics)?;
+            let since: HashMap<String, Since> = raw
+                .since
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(t, s)| {
+                    (
+                        t,
+                        Since {
+                            seq: s.seq,
+                            epoch: s.epoch,
+                        },
+                    )
+                })
+                .collect();
+            if let Some(stray) = since.keys().find(|t| !topics.contains(t)) {
+                return Err(CommandError {
+                    id,
+                    code: "bad_frame",
+                    message: format!("\"since\" names {stray:?}, which is not in \"topics\""),
+                });
+            }
+            Ok(Command::Subscribe { id, topics, since })
+        }
         "unsubscribe" => Ok(Command::Unsubscribe {
             id,
             topics: topics(raw.topics)?,
@@ -180,6 +216,13 @@ pub(crate) enum Reply<'a> {
         /// Set when a producer made the change.
         #[serde(skip_serializing_if = "is_false")]
         server: bool,
+        /// Per topic subscribed with `since`: whether everything missed is (being)
+        /// delivered.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<&'a BTreeMap<String, bool>>,
+        /// Per topic subscribed with `since`: the position live messages follow.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        positions: Option<&'a BTreeMap<String, WirePosition>>,
     },
     /// Topics left.
     Unsubscribed {
@@ -233,6 +276,15 @@ pub(crate) enum Reply<'a> {
         /// Whether to reconnect.
         reconnect: bool,
     },
+}
+
+/// A topic position as the `subscribed` reply reports it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub(crate) struct WirePosition {
+    /// The last sequence number published before live delivery began.
+    pub(crate) seq: u64,
+    /// The topic's epoch.
+    pub(crate) epoch: String,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -362,6 +414,11 @@ impl Payload {
             content_type,
         })
     }
+
+    /// The declared content type.
+    pub(crate) fn content_type(&self) -> &str {
+        &self.content_type
+    }
 }
 
 /// Encodes the `message` push for one published message: done once per topic and
@@ -370,11 +427,16 @@ impl Payload {
     clippy::expect_used,
     reason = "Payload::new checked JSON and text payloads to be UTF-8, and strings always serialise"
 )]
-pub(crate) fn encode_message(topic: &str, seq: u64, payload: &Payload) -> Utf8Bytes {
+pub(crate) fn encode_message(topic: &str, seq: u64, epoch: &str, payload: &Payload) -> Utf8Bytes {
     use std::fmt::Write as _;
-    let mut out = String::with_capacity(48 + topic.len() + payload.data.len() * 4 / 3 + 8);
-    // Topic names are restricted to characters that need no JSON escaping.
-    let _ = write!(out, r#"{{"type":"message","topic":"{topic}","seq":{seq},"#);
+    let mut out =
+        String::with_capacity(60 + topic.len() + epoch.len() + payload.data.len() * 4 / 3 + 8);
+    // Topic names and epochs are restricted to characters that need no JSON
+    // escaping (history::decode_payload relies on it).
+    let _ = write!(
+        out,
+        r#"{{"type":"message","topic":"{topic}","seq":{seq},"epoch":"{epoch}","#
+    );
     match payload.kind {
         PayloadKind::Json => {
             out.push_str(r#""data":"#);
@@ -414,12 +476,14 @@ mod tests {
         let frame = encode_message(
             "room:a",
             7,
+            "e1",
             &payload(br#"{"price": 1.5}"#, "application/json"),
         );
         let v: serde_json::Value = serde_json::from_str(&frame).unwrap();
         assert_eq!(v["type"], "message");
         assert_eq!(v["topic"], "room:a");
         assert_eq!(v["seq"], 7);
+        assert_eq!(v["epoch"], "e1");
         assert_eq!(v["data"]["price"], 1.5);
     }
 
@@ -428,17 +492,22 @@ mod tests {
         let t: serde_json::Value = serde_json::from_str(&encode_message(
             "t",
             1,
+            "e",
             &payload(b"he said \"hi\"\n", "text/plain; charset=utf-8"),
         ))
         .unwrap();
         assert_eq!(t["text"], "he said \"hi\"\n");
-        let b: serde_json::Value =
-            serde_json::from_str(&encode_message("t", 2, &payload(b"\x00\xff", "image/png")))
-                .unwrap();
+        let b: serde_json::Value = serde_json::from_str(&encode_message(
+            "t",
+            2,
+            "e",
+            &payload(b"\x00\xff", "image/png"),
+        ))
+        .unwrap();
         assert_eq!(b["b64"], "AP8=");
         assert_eq!(b["content_type"], "image/png");
         let e: serde_json::Value =
-            serde_json::from_str(&encode_message("t", 3, &payload(b"ab", ""))).unwrap();
+            serde_json::from_str(&encode_message("t", 3, "e", &payload(b"ab", ""))).unwrap();
         assert_eq!(e["b64"], "YWI=");
         assert!(e.get("content_type").is_none());
     }
@@ -465,9 +534,21 @@ mod tests {
             parse_command(r#"{"type":"subscribe","id":4,"topics":["a"]}"#),
             Ok(Command::Subscribe {
                 id: Some(4),
-                topics: vec!["a".into()]
+                topics: vec!["a".into()],
+                since: HashMap::new(),
             })
         );
+        let Ok(Command::Subscribe { since, .. }) = parse_command(
+            r#"{"type":"subscribe","topics":["a"],"since":{"a":{"seq":41,"epoch":"x"}}}"#,
+        ) else {
+            panic!("subscribe with since parses");
+        };
+        assert_eq!(since["a"].seq, 41);
+        let e = parse_command(
+            r#"{"type":"subscribe","topics":["a"],"since":{"b":{"seq":1,"epoch":""}}}"#,
+        )
+        .err();
+        assert_eq!(e.map(|e| e.code), Some("bad_frame"));
         assert_eq!(
             parse_command(r#"{"type":"ping"}"#),
             Ok(Command::Ping { id: None })

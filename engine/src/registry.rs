@@ -15,6 +15,7 @@ use slab::Slab;
 
 use crate::{
     conn::{Conn, ConnId},
+    history::{Budget, HistoryRules, Kept, Position, Recovery, Since},
     presence::{EventKind, PresenceHub},
     protocol::Payload,
     queue::{Close, Queue},
@@ -106,6 +107,41 @@ pub(crate) struct Registry {
     limits: Limits,
     dedup: Dedup,
     counters: Arc<Counters>,
+    /// Which topics keep history, and how much.
+    history_rules: HistoryRules,
+    /// The node-wide bound over all history.
+    budget: Budget,
+}
+
+/// Per topic asked to recover, in name order: how it went.
+pub(crate) type Recoveries = Vec<(String, Recovery)>;
+
+/// What a subscribe did, per connection reached.
+#[derive(Debug, Default)]
+pub(crate) struct Subscribed {
+    /// For each connection reached: the recovery of each topic it asked to
+    /// recover (topics named in `since`).
+    pub(crate) connections: Vec<(Arc<Conn>, Recoveries)>,
+}
+
+/// A page of a topic's history (see [`Registry::history`]).
+#[derive(Debug, Default)]
+pub(crate) struct HistoryPage {
+    /// The messages, in the order asked for.
+    pub(crate) messages: Vec<Kept>,
+    /// The topic's position now (an empty epoch: no such topic on this node).
+    pub(crate) position: Position,
+    /// The oldest sequence number still kept; 0 when none is.
+    pub(crate) first_seq: u64,
+}
+
+impl Default for Position {
+    fn default() -> Self {
+        Self {
+            seq: 0,
+            epoch: Arc::from(""),
+        }
+    }
 }
 
 /// A random starting generation, so that connection ids from before a restart do
@@ -129,7 +165,16 @@ impl Registry {
             dedup: Dedup::new(limits.idempotency_window, limits.idempotency_max_keys),
             limits,
             counters: Arc::new(Counters::default()),
+            history_rules: HistoryRules::default(),
+            budget: Budget::new(usize::MAX),
         }
+    }
+
+    /// Keeps history for the topics `rules` name, within `max_bytes` for the node.
+    pub(crate) fn with_history(mut self, rules: HistoryRules, max_bytes: usize) -> Self {
+        self.history_rules = rules;
+        self.budget = Budget::new(max_bytes);
+        self
     }
 
     /// The presence event source.
@@ -144,8 +189,13 @@ impl Registry {
 
     /// The node's counters, with the connection and topic gauges.
     pub(crate) fn stats(&self) -> Stats {
-        self.counters
-            .snapshot(self.connection_count(), self.topics.len())
+        let mut stats = self
+            .counters
+            .snapshot(self.connection_count(), self.topics.len());
+        stats.history_bytes = self.budget.bytes() as u64;
+        stats.history_messages = self.budget.messages() as u64;
+        stats.history_evicted = self.budget.evicted();
+        stats
     }
 
     /// The node's counters and histograms, for the metrics endpoint.
@@ -256,9 +306,10 @@ impl Registry {
         }
         let name: Arc<str> = Arc::from(name);
         let tracked = self.presence.tracks(&name);
-        Arc::clone(
-            topics.get_or_insert_with(Arc::clone(&name), || Arc::new(Topic::new(name, tracked))),
-        )
+        let history = self.history_rules.for_topic(&name);
+        Arc::clone(topics.get_or_insert_with(Arc::clone(&name), || {
+            Arc::new(Topic::new(name, tracked, history))
+        }))
     }
 
     fn forget_topic(&self, topic: &Arc<Topic>) {
@@ -291,6 +342,21 @@ impl Registry {
         entries: &[Arc<Entry>],
         names: &[String],
     ) -> Result<usize, SubscribeError> {
+        self.subscribe_recovering(entries, names, &HashMap::new())
+            .map(|s| s.connections.len())
+    }
+
+    /// As [`Registry::subscribe`]; for each topic named in `since`, a connection
+    /// joining it recovers: it is sent every message after its position, in
+    /// order and before any live message, when the topic still keeps them all
+    /// ([`Topic::add_recovering`]). A connection already in such a topic reports
+    /// it not recovered, with the topic's position.
+    pub(crate) fn subscribe_recovering(
+        &self,
+        entries: &[Arc<Entry>],
+        names: &[String],
+        since: &HashMap<String, Since>,
+    ) -> Result<Subscribed, SubscribeError> {
         for name in names {
             self.validate_topic(name)?;
         }
@@ -314,11 +380,28 @@ impl Registry {
             plans.push(fresh);
         }
         let mut added = 0;
+        let mut done = Subscribed::default();
         for ((entry, subs), fresh) in locked.iter_mut().zip(plans) {
-            for name in fresh {
+            let mut recoveries = Vec::new();
+            for name in fresh.iter().copied() {
                 let topic = loop {
                     let topic = self.topic_or_create(name);
-                    match topic.add(&entry.conn, &self.presence) {
+                    let change = match since.get(name) {
+                        Some(since) => {
+                            let (change, recovery) = topic.add_recovering(
+                                &entry.conn,
+                                since,
+                                &self.presence,
+                                &self.budget,
+                            );
+                            if change != Change::Removed {
+                                recoveries.push((name.clone(), recovery));
+                            }
+                            change
+                        }
+                        None => topic.add(&entry.conn, &self.presence),
+                    };
+                    match change {
                         Change::Removed => self.forget_topic(&topic),
                         change => {
                             added += u64::from(change == Change::Changed);
@@ -328,9 +411,53 @@ impl Registry {
                 };
                 subs.topics.push(topic);
             }
+            // Topics asked to recover that the connection was already in.
+            for name in since.keys() {
+                if !fresh.contains(&name)
+                    && let Some(topic) = subs.topics.iter().find(|t| t.name() == name)
+                {
+                    let recovery = Recovery {
+                        recovered: false,
+                        position: topic.position(),
+                    };
+                    recoveries.push((name.clone(), recovery));
+                }
+            }
+            recoveries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            recoveries.dedup_by(|a, b| a.0 == b.0);
+            done.connections.push((Arc::clone(&entry.conn), recoveries));
         }
         Counters::add(&self.counters.subscriptions, added);
-        Ok(locked.len())
+        Ok(done)
+    }
+
+    /// A page of `name`'s history: after `since` oldest first, or before it
+    /// newest first (`reverse`); `None` when `since` names another epoch.
+    pub(crate) fn history(
+        &self,
+        name: &str,
+        since: Option<&Since>,
+        limit: usize,
+        reverse: bool,
+    ) -> Option<HistoryPage> {
+        let Some(topic) = self.topic(name) else {
+            if since.is_some_and(|s| !s.epoch.is_empty()) {
+                return None;
+            }
+            return Some(HistoryPage::default());
+        };
+        let (messages, position, first_seq) = topic.history(since, limit, reverse, &self.budget)?;
+        Some(HistoryPage {
+            messages,
+            position,
+            first_seq,
+        })
+    }
+
+    /// Drops `name`'s kept messages; returns how many there were.
+    pub(crate) fn remove_history(&self, name: &str) -> usize {
+        self.topic(name)
+            .map_or(0, |t| t.remove_history(&self.budget))
     }
 
     /// Removes every open connection of `entries` from `names` (names a
@@ -376,7 +503,7 @@ impl Registry {
     ) -> Delivery {
         loop {
             let topic = self.topic_or_create(name);
-            match topic.publish(payload, ttl, idempotency_key, &self.dedup) {
+            match topic.publish(payload, ttl, idempotency_key, &self.dedup, &self.budget) {
                 Ok(delivery) => {
                     if !delivery.duplicate {
                         Counters::add(&self.counters.published, 1);
@@ -401,10 +528,13 @@ impl Registry {
             let topics = self.topics.pin();
             topics
                 .values()
-                .filter(|t| t.retire_if_idle(retention, &self.dedup))
+                .filter(|t| t.retire_if_idle(retention, &self.dedup, &self.budget))
                 .cloned()
                 .collect()
         };
+        // Entries of retired topics and expired messages leave the node-wide FIFO
+        // as it is trimmed.
+        self.budget.enforce();
         for topic in &idle {
             self.forget_topic(topic);
         }

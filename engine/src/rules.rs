@@ -162,6 +162,12 @@ impl Rules {
             if rule.message_ttl.is_some_and(|d| d.0.is_zero()) {
                 return limit("message_ttl must be positive");
             }
+            if rule.history_ttl.is_some_and(|d| d.0.is_zero()) {
+                return limit("history_ttl must be positive");
+            }
+            if rule.history_ttl.is_some() && rule.history_size.is_none() {
+                return limit("history_ttl needs history_size");
+            }
             compiled.push((pattern, rule.subscribe));
         }
         Ok(Self {

@@ -31,6 +31,7 @@ use crate::{
     broker::{Broker, InProcess},
     config::{Config, ConfigError},
     grpc::HeraldService,
+    history::HistoryRules,
     metrics::{GrpcLayer, GrpcMetrics, Metrics},
     presence::PresenceHub,
     proto::{self, herald_server::HeraldServer},
@@ -128,7 +129,7 @@ impl Engine {
         };
         // Checked by Config::validate; an unparsable list tracks nothing.
         let tracked = config.presence_patterns().unwrap_or_default();
-        let registry = Arc::new(Registry::new(
+        let registry = Registry::new(
             Limits {
                 max_topic_len: config.max_topic_len,
                 max_subscriptions: config.max_subscriptions,
@@ -139,7 +140,9 @@ impl Engine {
                 topic_retention: config.topic_retention.0,
             },
             Arc::new(PresenceHub::new(tracked)),
-        ));
+        );
+        let history = HistoryRules::compile(&config.topics, config.max_topic_len);
+        let registry = Arc::new(registry.with_history(history, config.history_max_bytes));
         let broker: Arc<dyn Broker> = Arc::new(InProcess::new(Arc::clone(&registry)));
         let broker_kind = broker.kind();
         let shutdown = CancellationToken::new();
@@ -160,7 +163,7 @@ impl Engine {
         let service = HeraldService::new(
             Arc::clone(&config),
             Arc::clone(&registry),
-            broker,
+            Arc::clone(&broker),
             Arc::clone(&node_id),
             shutdown.clone(),
         );
@@ -196,6 +199,7 @@ impl Engine {
             ws_tls.clone(),
             Arc::clone(&config),
             Arc::clone(&registry),
+            Arc::clone(&broker),
             access,
             sessions.clone(),
             shutdown.clone(),
@@ -372,11 +376,13 @@ fn log_security(config: &Config, api_keys: &ApiKeys, ws_tls: bool) {
     tracing::info!(ws_tls, grpc_tls, client_certs, "TLS");
 }
 
+#[expect(clippy::too_many_arguments, reason = "the listener's whole context")]
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     config: Arc<Config>,
     registry: Arc<Registry>,
+    broker: Arc<dyn Broker>,
     access: Arc<ClientAccess>,
     sessions: TaskTracker,
     shutdown: CancellationToken,
@@ -392,6 +398,7 @@ async fn accept_loop(
                         tls.clone(),
                         Arc::clone(&config),
                         Arc::clone(&registry),
+                        Arc::clone(&broker),
                         Arc::clone(&access),
                     ));
                 }

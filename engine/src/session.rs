@@ -6,6 +6,7 @@
 //! session ends, the connection leaves every topic and the registry.
 
 use std::{
+    collections::{BTreeMap, HashMap},
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -25,9 +26,11 @@ use tokio_tungstenite::{
 
 use crate::{
     auth::{ClientAccess, TokenError, Verified},
+    broker::{Broker, BrokerError},
     config::Config,
     conn::Conn,
-    protocol::{self, Command, Reply, close},
+    history::{Recovery, Since},
+    protocol::{self, Command, Reply, WirePosition, close},
     queue::Close,
     registry::{Entry, Registry, SubscribeError},
     rules::Principal,
@@ -92,6 +95,7 @@ pub(crate) async fn serve(
     tls: Option<TlsAcceptor>,
     config: Arc<Config>,
     registry: Arc<Registry>,
+    broker: Arc<dyn Broker>,
     access: Arc<ClientAccess>,
 ) {
     let deadline = Instant::now() + config.handshake_timeout.0;
@@ -134,6 +138,8 @@ pub(crate) async fn serve(
             id: None,
             topics,
             server: true,
+            recovered: None,
+            positions: None,
         });
         if let Err(e) = registry.subscribe(std::slice::from_ref(&entry), topics) {
             tracing::warn!(conn = %conn.id(), error = %e, "subscribe claim not applied");
@@ -144,6 +150,7 @@ pub(crate) async fn serve(
     let mut session = Session {
         entry: &entry,
         registry: &registry,
+        broker: &*broker,
         config: &config,
         access: &access,
         token,
@@ -328,6 +335,8 @@ async fn refuse_frame(
 struct Session<'a> {
     entry: &'a Arc<Entry>,
     registry: &'a Registry,
+    /// Subscribes that recover (`since`) go through the broker, which keeps history.
+    broker: &'a dyn Broker,
     config: &'a Config,
     access: &'a ClientAccess,
     token: TokenState,
@@ -385,7 +394,7 @@ async fn read_loop(
             None => return,
             Some(Ok(message)) => {
                 conn.touch();
-                handle_message(session, message);
+                handle_message(session, message).await;
             }
             Some(Err(e)) => {
                 if let Some(close) = close_for(&e) {
@@ -400,7 +409,7 @@ async fn read_loop(
     }
 }
 
-fn handle_message(session: &mut Session<'_>, message: Message) {
+async fn handle_message(session: &mut Session<'_>, message: Message) {
     let (entry, registry, config) = (session.entry, session.registry, session.config);
     let conn = entry.conn();
     let text = match message {
@@ -426,7 +435,7 @@ fn handle_message(session: &mut Session<'_>, message: Message) {
         Command::Ping { id } => {
             conn.reply(Reply::Pong { id });
         }
-        Command::Subscribe { id, topics } | Command::Unsubscribe { id, topics }
+        Command::Subscribe { id, topics, .. } | Command::Unsubscribe { id, topics }
             if topics.len() > config.max_topics_per_command =>
         {
             let message = format!(
@@ -436,7 +445,7 @@ fn handle_message(session: &mut Session<'_>, message: Message) {
             );
             send_error(conn, id, "too_many_topics", &message);
         }
-        Command::Subscribe { id, topics } => {
+        Command::Subscribe { id, topics, since } => {
             // Topic rules first (on valid names; an invalid name is refused by the
             // registry below): a forbidden topic refuses the whole command.
             let forbidden = topics
@@ -452,7 +461,11 @@ fn handle_message(session: &mut Session<'_>, message: Message) {
             if let Some(e) = forbidden {
                 return send_error(conn, id, "forbidden", &e.to_string());
             }
-            subscribe(conn, registry, one, id, &topics);
+            if since.is_empty() {
+                subscribe(conn, registry, one, id, &topics);
+            } else {
+                subscribe_recovering(conn, session.broker, one, id, &topics, &since).await;
+            }
         }
         Command::Connect { id, .. } => {
             let message = if session.access.tokens.is_some() {
@@ -489,10 +502,61 @@ fn subscribe(
                 id,
                 topics,
                 server: false,
+                recovered: None,
+                positions: None,
             });
         }
         Err(e) => send_error(conn, id, subscribe_error_code(&e), &e.to_string()),
     }
+}
+
+/// A subscribe with `since`: through the broker, which replays what the
+/// connection missed (before any live message) and says per topic whether it
+/// could. The reply follows the replayed messages.
+async fn subscribe_recovering(
+    conn: &Conn,
+    broker: &dyn Broker,
+    one: &[Arc<Entry>],
+    id: Option<u64>,
+    topics: &[String],
+    since: &HashMap<String, Since>,
+) {
+    match broker.subscribe(one, topics, since).await {
+        Ok(done) => {
+            let recoveries = done.connections.into_iter().next().map(|(_, r)| r);
+            let (recovered, positions) = recovery_maps(recoveries.unwrap_or_default());
+            conn.reply(Reply::Subscribed {
+                id,
+                topics,
+                server: false,
+                recovered: Some(&recovered),
+                positions: Some(&positions),
+            });
+        }
+        Err(BrokerError::Subscribe(e)) => {
+            send_error(conn, id, subscribe_error_code(&e), &e.to_string());
+        }
+        Err(e) => send_error(conn, id, "unavailable", &e.to_string()),
+    }
+}
+
+/// The `recovered` and `positions` maps of a `subscribed` reply.
+pub(crate) fn recovery_maps(
+    recoveries: Vec<(String, Recovery)>,
+) -> (BTreeMap<String, bool>, BTreeMap<String, WirePosition>) {
+    let mut recovered = BTreeMap::new();
+    let mut positions = BTreeMap::new();
+    for (topic, r) in recoveries {
+        recovered.insert(topic.clone(), r.recovered);
+        positions.insert(
+            topic,
+            WirePosition {
+                seq: r.position.seq,
+                epoch: r.position.epoch.to_string(),
+            },
+        );
+    }
+    (recovered, positions)
 }
 
 /// `refresh`: a new token for the same user replaces the connection's token

@@ -280,6 +280,13 @@ pub struct Stats {
     pub dropped_expired: u64,
     /// Connections closed as slow consumers.
     pub slow_disconnects: u64,
+    /// Bytes held by topic history (frames and bookkeeping), bounded by
+    /// `history_max_bytes`.
+    pub history_bytes: u64,
+    /// Messages held by topic history.
+    pub history_messages: u64,
+    /// Messages evicted from history by the node-wide bound.
+    pub history_evicted: u64,
 }
 
 impl Counters {
@@ -298,6 +305,9 @@ impl Counters {
             dropped_slow_consumer,
             dropped_expired,
             slow_disconnects: load(&self.slow_disconnects),
+            history_bytes: 0,
+            history_messages: 0,
+            history_evicted: 0,
         }
     }
 }

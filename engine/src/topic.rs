@@ -1,5 +1,6 @@
 //! One topic: its subscriber set, published as an immutable snapshot for the
-//! fan-out path, and its publishing state (sequence numbers, idempotency keys).
+//! fan-out path, and its publishing state (epoch, sequence numbers, idempotency
+//! keys, and the history ring when a `[[topics]]` rule asks for one).
 //!
 //! Two locks, never held by the same caller except the retention sweep:
 //! - `members` is taken by subscribe, unsubscribe and disconnect. It guards the
@@ -13,6 +14,11 @@
 //! snapshot at once, under the member lock; snapshots share unchanged chunks
 //! ([`crate::snapshot`]), so a change costs a small fraction of the topic's size
 //! and a subscriber is visible to publishers before its subscribe returns.
+//!
+//! A subscribe that recovers (`since`) takes the publishing lock, then the member
+//! lock: it joins the snapshot and queues the missed messages from the ring while
+//! no publisher of the topic can run, so every later message is queued after the
+//! replay and every earlier one is in it — no gap, no duplicate.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -27,8 +33,11 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
 use crate::{
     conn::{Conn, ConnId, Sent},
+    history::{Budget, HistoryRule, Kept, Position, Recovery, Ring, Since},
     presence::PresenceHub,
     protocol::{self, Payload},
     queue::Item,
@@ -79,6 +88,8 @@ struct Publishing {
     keys: HashMap<Box<str>, u64>,
     key_order: VecDeque<(Instant, Box<str>)>,
     last_active: Instant,
+    /// Kept messages, for topics whose rule keeps history.
+    history: Option<Box<Ring>>,
 }
 
 impl Publishing {
@@ -126,6 +137,9 @@ impl Publishing {
 #[derive(Debug)]
 pub(crate) struct Topic {
     name: Arc<str>,
+    /// This incarnation's random id: a topic created again (after a restart or
+    /// its retirement) has another, so positions from before never match.
+    epoch: Arc<str>,
     snapshot: ArcSwap<Snapshot>,
     members: Mutex<Members>,
     publishing: Mutex<Publishing>,
@@ -135,10 +149,12 @@ pub(crate) struct Topic {
 }
 
 /// What one publish did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Delivery {
     /// The message's sequence number in the topic.
     pub(crate) seq: u64,
+    /// The topic's epoch.
+    pub(crate) epoch: Arc<str>,
     /// The idempotency key matched an earlier message: nothing was sent.
     pub(crate) duplicate: bool,
     /// Connections the message was queued to.
@@ -164,10 +180,11 @@ pub(crate) enum Change {
 
 impl Topic {
     /// A new, empty topic; `tracked` switches join/leave events on.
-    pub(crate) fn new(name: Arc<str>, tracked: bool) -> Self {
+    pub(crate) fn new(name: Arc<str>, tracked: bool, history: Option<HistoryRule>) -> Self {
         let now = Instant::now();
         Self {
             name,
+            epoch: crate::history::new_epoch(),
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             members: Mutex::new(Members {
                 conns: BTreeMap::new(),
@@ -181,6 +198,7 @@ impl Topic {
                 keys: HashMap::new(),
                 key_order: VecDeque::new(),
                 last_active: now,
+                history: history.map(|rule| Box::new(Ring::new(rule))),
             }),
             removed: AtomicBool::new(false),
             tracked,
@@ -195,6 +213,146 @@ impl Topic {
     /// The topic's name, shared.
     pub(crate) fn name_arc(&self) -> &Arc<str> {
         &self.name
+    }
+
+    /// The last sequence number and the epoch.
+    pub(crate) fn position(&self) -> Position {
+        Position {
+            seq: self.publishing.lock().seq,
+            epoch: Arc::clone(&self.epoch),
+        }
+    }
+
+    /// Adds a connection that last saw `since` in this topic: under the publishing
+    /// lock (so no message is being fanned out), decides whether every message
+    /// after `since` is still kept, adds the connection, and queues those
+    /// messages to it before any publisher can queue a live one. The caller holds
+    /// the connection's subscription lock.
+    pub(crate) fn add_recovering(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        since: &Since,
+        hub: &PresenceHub,
+        budget: &Budget,
+    ) -> (Change, Recovery) {
+        let mut p = self.publishing.lock();
+        let position = Position {
+            seq: p.seq,
+            epoch: Arc::clone(&self.epoch),
+        };
+        if self.removed.load(Ordering::Acquire) {
+            return (
+                Change::Removed,
+                Recovery {
+                    recovered: false,
+                    position,
+                },
+            );
+        }
+        let now = Instant::now();
+        if let Some(ring) = p.history.as_deref_mut() {
+            ring.expire(now, budget);
+        }
+        let recovered = *since.epoch == *self.epoch
+            && since.seq <= p.seq
+            && (since.seq == p.seq
+                || p.history
+                    .as_deref()
+                    .and_then(Ring::first_seq)
+                    .is_some_and(|first| first <= since.seq + 1));
+        let change = self.add(conn, hub);
+        if change == Change::Changed
+            && recovered
+            && let Some(ring) = p.history.as_deref()
+        {
+            for kept in ring.after(since.seq) {
+                conn.send(Item {
+                    text: kept.text.clone(),
+                    expires: kept.expires,
+                    published: None,
+                });
+            }
+        }
+        drop(p);
+        (
+            change,
+            Recovery {
+                recovered: recovered && change == Change::Changed,
+                position,
+            },
+        )
+    }
+
+    /// A page of kept messages: after `since` (oldest first), or before it when
+    /// `reverse` (newest first, from the newest without `since`); at most
+    /// `limit`. `None` when `since` names another epoch.
+    pub(crate) fn history(
+        &self,
+        since: Option<&Since>,
+        limit: usize,
+        reverse: bool,
+        budget: &Budget,
+    ) -> Option<(Vec<Kept>, Position, u64)> {
+        let mut p = self.publishing.lock();
+        if since.is_some_and(|s| !s.epoch.is_empty() && *s.epoch != *self.epoch) {
+            return None;
+        }
+        let seq = p.seq;
+        let Some(ring) = p.history.as_deref_mut() else {
+            return Some((
+                Vec::new(),
+                Position {
+                    seq,
+                    epoch: Arc::clone(&self.epoch),
+                },
+                0,
+            ));
+        };
+        ring.expire(Instant::now(), budget);
+        let items: Vec<Kept> = match (since, reverse) {
+            (Some(s), false) => ring.after(s.seq).take(limit).cloned().collect(),
+            (None, false) => ring.after(0).take(limit).cloned().collect(),
+            (since, true) => {
+                let before = since.map_or(u64::MAX, |s| s.seq);
+                ring.after(0)
+                    .rev()
+                    .filter(|k| k.seq < before)
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            }
+        };
+        let first = ring.first_seq().unwrap_or(0);
+        Some((
+            items,
+            Position {
+                seq,
+                epoch: Arc::clone(&self.epoch),
+            },
+            first,
+        ))
+    }
+
+    /// Drops every kept message; returns how many. Sequence numbers go on, so a
+    /// client behind the current one can no longer recover.
+    pub(crate) fn remove_history(&self, budget: &Budget) -> usize {
+        let mut p = self.publishing.lock();
+        match p.history.as_deref_mut() {
+            Some(ring) => {
+                let n = ring.after(0).count();
+                ring.clear(budget);
+                n
+            }
+            None => 0,
+        }
+    }
+
+    /// Evicts kept messages up to `seq` (the node-wide bound); returns how many.
+    pub(crate) fn evict_through(&self, seq: u64, budget: &Budget) -> usize {
+        let mut p = self.publishing.lock();
+        p.history
+            .as_deref_mut()
+            .map_or(0, |ring| ring.evict_through(seq, budget))
     }
 
     /// Adds a connection. The caller holds the connection's subscription lock.
@@ -285,11 +443,12 @@ impl Topic {
     /// sequence number, then fans the message out — all under the publishing
     /// lock, so every subscriber sees the topic in `seq` order.
     pub(crate) fn publish(
-        &self,
+        self: &Arc<Self>,
         payload: &Payload,
         ttl: Option<Duration>,
         idempotency_key: Option<&str>,
         dedup: &Dedup,
+        budget: &Budget,
     ) -> Result<Delivery, Removed> {
         let mut p = self.publishing.lock();
         if self.removed.load(Ordering::Acquire) {
@@ -303,6 +462,7 @@ impl Topic {
         {
             return Ok(Delivery {
                 seq,
+                epoch: Arc::clone(&self.epoch),
                 duplicate: true,
                 queued: 0,
                 fan_out: None,
@@ -314,11 +474,30 @@ impl Topic {
         if let Some(key) = idempotency_key {
             p.remember(key, seq, now, dedup);
         }
-        // 3. The fan-out.
+        // 3. History, then the fan-out: the frame is encoded once for both.
         let expires = ttl.filter(|t| !t.is_zero()).map(|t| now + t);
-        let (queued, fan_out) = self.fan_out(seq, payload, now, expires);
+        let encoded = p.history.as_deref_mut().map(|ring| {
+            let text = protocol::encode_message(&self.name, seq, &self.epoch, payload);
+            ring.push(
+                Arc::downgrade(self),
+                seq,
+                now,
+                text.clone(),
+                expires,
+                payload.content_type(),
+                budget,
+            );
+            text
+        });
+        let kept = encoded.is_some();
+        let (queued, fan_out) = self.fan_out(seq, payload, encoded, now, expires);
+        drop(p);
+        if kept {
+            budget.enforce();
+        }
         Ok(Delivery {
             seq,
+            epoch: Arc::clone(&self.epoch),
             duplicate: false,
             queued,
             fan_out,
@@ -334,6 +513,7 @@ impl Topic {
         &self,
         seq: u64,
         payload: &Payload,
+        encoded: Option<Utf8Bytes>,
         published: Instant,
         expires: Option<Instant>,
     ) -> (u64, Option<Duration>) {
@@ -341,7 +521,8 @@ impl Topic {
         if snapshot.is_empty() {
             return (0, None);
         }
-        let text = protocol::encode_message(&self.name, seq, payload);
+        let text = encoded
+            .unwrap_or_else(|| protocol::encode_message(&self.name, seq, &self.epoch, payload));
         let mut queued = 0;
         for conn in snapshot.iter() {
             let item = Item {
@@ -359,10 +540,24 @@ impl Topic {
     /// If the topic has had no members and no publishes for `retention`, marks it
     /// removed, releases its idempotency keys and returns true. Takes both locks
     /// (publishing first).
-    pub(crate) fn retire_if_idle(&self, retention: Duration, dedup: &Dedup) -> bool {
-        let p = self.publishing.lock();
-        let mut m = self.members.lock();
+    /// A topic with history waits for its history TTL too (when longer), and
+    /// drops its ring on retirement: created again, it has a new epoch.
+    pub(crate) fn retire_if_idle(
+        &self,
+        retention: Duration,
+        dedup: &Dedup,
+        budget: &Budget,
+    ) -> bool {
+        let mut p = self.publishing.lock();
         let now = Instant::now();
+        let retention = match p.history.as_deref_mut() {
+            Some(ring) => {
+                ring.expire(now, budget);
+                retention.max(ring.ttl().unwrap_or(Duration::ZERO))
+            }
+            None => retention,
+        };
+        let mut m = self.members.lock();
         let idle = m.conns.is_empty()
             && now.duration_since(m.last_active) >= retention
             && now.duration_since(p.last_active) >= retention;
@@ -370,6 +565,9 @@ impl Topic {
             m.removed = true;
             self.removed.store(true, Ordering::Release);
             dedup.held.fetch_sub(p.key_order.len(), Ordering::Relaxed);
+            if let Some(ring) = p.history.as_deref_mut() {
+                ring.clear(budget);
+            }
         }
         idle
     }
@@ -381,10 +579,15 @@ mod tests {
 
     #[test]
     fn keys_are_kept_for_the_whole_window_within_the_node_bound() {
-        let topic = Topic::new(Arc::from("t"), false);
+        let topic = Arc::new(Topic::new(Arc::from("t"), false, None));
         let payload = Payload::new("1".into(), "application/json".into(), 100).unwrap();
         let dedup = Dedup::new(Duration::from_secs(300), 25_000);
-        let publish = |key: &str| topic.publish(&payload, None, Some(key), &dedup).unwrap();
+        let budget = Budget::new(usize::MAX);
+        let publish = |key: &str| {
+            topic
+                .publish(&payload, None, Some(key), &dedup, &budget)
+                .unwrap()
+        };
         for n in 0..20_000 {
             assert!(!publish(&format!("k{n}")).duplicate);
         }

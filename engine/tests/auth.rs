@@ -518,6 +518,7 @@ async fn each_rule_kind_decides_and_a_forbidden_topic_refuses_the_whole_command(
                 target: Some(target::Target::ConnectionId(alice.conn_id.clone())),
             }),
             topics: vec!["internal:x".into(), "unmatched".into()],
+            ..Default::default()
         })
         .await;
     assert!(reply.is_ok(), "{reply:?}");

@@ -35,6 +35,7 @@ async fn server_side_subscribe_and_unsubscribe_by_connection() {
         .subscribe(SubscribeRequest {
             target: conn(&c.conn_id),
             topics: vec!["room:vip".into()],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -75,6 +76,7 @@ async fn a_user_target_reaches_every_connection_of_that_user() {
         .subscribe(SubscribeRequest {
             target: user("alice"),
             topics: vec!["user:alice".into()],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -102,6 +104,7 @@ async fn subscribe_by_user_is_all_or_nothing() {
         .subscribe(SubscribeRequest {
             target: user("carol"),
             topics: vec!["news".into()],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -121,6 +124,7 @@ async fn subscribe_by_user_is_all_or_nothing() {
         .subscribe(SubscribeRequest {
             target: user("carol"),
             topics: vec!["news".into()],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -191,6 +195,7 @@ async fn unknown_targets_and_bad_input_get_clear_statuses() {
         .subscribe(SubscribeRequest {
             target: conn("00000000deadbeef"),
             topics: vec!["a".into()],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -200,6 +205,7 @@ async fn unknown_targets_and_bad_input_get_clear_statuses() {
         .subscribe(SubscribeRequest {
             target: conn("nonsense"),
             topics: vec!["a".into()],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -208,6 +214,7 @@ async fn unknown_targets_and_bad_input_get_clear_statuses() {
         .subscribe(SubscribeRequest {
             target: user("nobody"),
             topics: vec!["a".into()],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -217,6 +224,7 @@ async fn unknown_targets_and_bad_input_get_clear_statuses() {
         .subscribe(SubscribeRequest {
             target: None,
             topics: vec!["a".into()],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -227,6 +235,7 @@ async fn unknown_targets_and_bad_input_get_clear_statuses() {
             .subscribe(SubscribeRequest {
                 target,
                 topics: vec!["a".into()],
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -241,6 +250,7 @@ async fn unknown_targets_and_bad_input_get_clear_statuses() {
         .subscribe(SubscribeRequest {
             target: conn(&c.conn_id),
             topics: vec!["a b".into()],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -250,6 +260,7 @@ async fn unknown_targets_and_bad_input_get_clear_statuses() {
         .subscribe(SubscribeRequest {
             target: conn(&c.conn_id),
             topics: vec![],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -281,6 +292,7 @@ async fn unknown_targets_and_bad_input_get_clear_statuses() {
         .subscribe(SubscribeRequest {
             target: conn(&old_id),
             topics: vec!["a".into()],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -303,6 +315,7 @@ async fn a_control_stream_answers_every_command_and_survives_a_failing_one() {
             command: Some(Command::Subscribe(SubscribeRequest {
                 target: conn(&c.conn_id),
                 topics: vec!["room:new".into()],
+                ..Default::default()
             })),
         })
         .collect();

@@ -6,7 +6,7 @@
 //! applies its commands one after another, in the order they arrive, and answers
 //! each with its own result; one failing command never ends the stream.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
@@ -14,6 +14,7 @@ use tonic::{Status, Streaming};
 use super::{HeraldService, item_error, next_request};
 use crate::{
     conn::ConnId,
+    history::Since,
     proto::{self, control_request::Command, control_response, target::Target},
     protocol::{Reply, close},
     queue::Close,
@@ -24,7 +25,7 @@ fn missing_target() -> Status {
     Status::invalid_argument("target is missing: set connection_id or user_id")
 }
 
-fn subscribe_status(e: SubscribeError) -> Status {
+pub(super) fn subscribe_status(e: SubscribeError) -> Status {
     match e {
         SubscribeError::InvalidTopic(_) => Status::invalid_argument(e.to_string()),
         SubscribeError::TooMany { .. } => Status::failed_precondition(e.to_string()),
@@ -74,26 +75,74 @@ impl HeraldService {
 
     /// Puts the target's connections into topics — all of them or, when one
     /// would exceed its subscription limit, none — and tells each of them.
-    pub(super) fn subscribe_now(
+    /// With `since`, the subscribe goes through the broker and each connection
+    /// recovers what it missed of those topics (see `Broker::subscribe`).
+    pub(super) async fn subscribe_now(
         &self,
         req: proto::SubscribeRequest,
     ) -> Result<proto::SubscribeResponse, Status> {
         self.check_topics(&req.topics)?;
+        if let Some(stray) = req.since.keys().find(|t| !req.topics.contains(t)) {
+            return Err(Status::invalid_argument(format!(
+                "since names {stray:?}, which is not in topics"
+            )));
+        }
         let entries = self.targets(req.target)?;
-        let subscribed = self
-            .registry
-            .subscribe(&entries, &req.topics)
-            .map_err(subscribe_status)?;
-        for entry in &entries {
-            entry.conn().reply(Reply::Subscribed {
+        if req.since.is_empty() {
+            let subscribed = self
+                .registry
+                .subscribe(&entries, &req.topics)
+                .map_err(subscribe_status)?;
+            for entry in &entries {
+                entry.conn().reply(Reply::Subscribed {
+                    id: None,
+                    topics: &req.topics,
+                    server: true,
+                    recovered: None,
+                    positions: None,
+                });
+            }
+            return Ok(proto::SubscribeResponse {
+                connections: subscribed as u32,
+                ..Default::default()
+            });
+        }
+        let since: HashMap<String, Since> = req
+            .since
+            .into_iter()
+            .map(|(t, p)| (t, super::since_of(p)))
+            .collect();
+        let done = self
+            .broker
+            .subscribe(&entries, &req.topics, &since)
+            .await
+            .map_err(super::broker_status)?;
+        let mut response = proto::SubscribeResponse {
+            connections: done.connections.len() as u32,
+            ..Default::default()
+        };
+        for (conn, recoveries) in done.connections {
+            for (topic, r) in &recoveries {
+                let all = response.recovered.entry(topic.clone()).or_insert(true);
+                *all &= r.recovered;
+                response.positions.insert(
+                    topic.clone(),
+                    proto::StreamPosition {
+                        sequence: r.position.seq,
+                        epoch: r.position.epoch.to_string(),
+                    },
+                );
+            }
+            let (recovered, positions) = crate::session::recovery_maps(recoveries);
+            conn.reply(Reply::Subscribed {
                 id: None,
                 topics: &req.topics,
                 server: true,
+                recovered: Some(&recovered),
+                positions: Some(&positions),
             });
         }
-        Ok(proto::SubscribeResponse {
-            connections: subscribed as u32,
-        })
+        Ok(response)
     }
 
     /// Takes the target's connections out of topics and tells each of them.
@@ -149,11 +198,11 @@ impl HeraldService {
     }
 
     /// Applies one control command.
-    fn apply(&self, command: Option<Command>) -> Result<control_response::Result, Status> {
+    async fn apply(&self, command: Option<Command>) -> Result<control_response::Result, Status> {
         use control_response::Result as R;
         match command {
             None => Err(Status::invalid_argument("command is missing")),
-            Some(Command::Subscribe(req)) => self.subscribe_now(req).map(R::Subscribe),
+            Some(Command::Subscribe(req)) => self.subscribe_now(req).await.map(R::Subscribe),
             Some(Command::Unsubscribe(req)) => self.unsubscribe_now(req).map(R::Unsubscribe),
             Some(Command::Disconnect(req)) => self.disconnect_now(req).map(R::Disconnect),
         }
@@ -169,7 +218,7 @@ pub(super) async fn run(
     let stop = service.shutdown.clone().cancelled_owned();
     tokio::pin!(stop);
     while let Some(req) = next_request(&mut requests, stop.as_mut(), &tx).await {
-        let result = match service.apply(req.command) {
+        let result = match service.apply(req.command).await {
             Ok(result) => result,
             Err(status) => control_response::Result::Error(item_error(&status)),
         };

@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    broker::{Broker, BrokerError, Publication, Receipt},
+    broker::{Broker, BrokerError, HistoryQuery, Publication, Receipt},
     config::Config,
+    history::Since,
     proto::{self, herald_server::Herald},
     protocol::Payload,
     registry::Registry,
@@ -184,12 +185,26 @@ fn response(r: Receipt) -> proto::PublishResponse {
     proto::PublishResponse {
         sequence: r.seq,
         duplicate: r.duplicate,
+        epoch: r.epoch.to_string(),
     }
 }
 
 fn broker_status(e: BrokerError) -> Status {
     match e {
         BrokerError::Unavailable(_) => Status::unavailable(e.to_string()),
+        BrokerError::Subscribe(e) => control::subscribe_status(e),
+        BrokerError::EpochChanged(_) => Status::failed_precondition(e.to_string()),
+    }
+}
+
+/// Most messages one History page may ask for, and the default.
+const MAX_HISTORY_LIMIT: u32 = 10_000;
+const DEFAULT_HISTORY_LIMIT: u32 = 100;
+
+fn since_of(p: proto::StreamPosition) -> Since {
+    Since {
+        seq: p.sequence,
+        epoch: p.epoch,
     }
 }
 
@@ -308,7 +323,9 @@ impl Herald for HeraldService {
         &self,
         request: Request<proto::SubscribeRequest>,
     ) -> Result<Response<proto::SubscribeResponse>, Status> {
-        self.subscribe_now(request.into_inner()).map(Response::new)
+        self.subscribe_now(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn unsubscribe(
@@ -387,6 +404,74 @@ impl Herald for HeraldService {
             messages_dropped: stats.dropped,
             slow_disconnects: stats.slow_disconnects,
             client_auth: crate::auth::configured(&self.config),
+            history_bytes: stats.history_bytes,
+            history_messages: stats.history_messages,
         }))
+    }
+
+    async fn history(
+        &self,
+        request: Request<proto::HistoryRequest>,
+    ) -> Result<Response<proto::HistoryResponse>, Status> {
+        let req = request.into_inner();
+        self.check_topic(&req.topic)?;
+        if req.limit > MAX_HISTORY_LIMIT {
+            return Err(Status::invalid_argument(format!(
+                "limit {} is over {MAX_HISTORY_LIMIT}",
+                req.limit
+            )));
+        }
+        let limit = if req.limit == 0 {
+            DEFAULT_HISTORY_LIMIT
+        } else {
+            req.limit
+        };
+        let page = self
+            .broker
+            .history(HistoryQuery {
+                topic: req.topic,
+                since: req.since.map(since_of),
+                limit: limit as usize,
+                reverse: req.reverse,
+            })
+            .await
+            .map_err(broker_status)?;
+        let messages = page
+            .messages
+            .iter()
+            .map(|kept| proto::HistoryMessage {
+                sequence: kept.seq,
+                data: crate::history::decode_payload(&kept.text)
+                    .unwrap_or_default()
+                    .into(),
+                content_type: kept.content_type.to_string(),
+                timestamp_ms: kept
+                    .published_at()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            })
+            .collect();
+        Ok(Response::new(proto::HistoryResponse {
+            messages,
+            position: Some(proto::StreamPosition {
+                sequence: page.position.seq,
+                epoch: page.position.epoch.to_string(),
+            }),
+            first_sequence: page.first_seq,
+        }))
+    }
+
+    async fn remove_history(
+        &self,
+        request: Request<proto::RemoveHistoryRequest>,
+    ) -> Result<Response<proto::RemoveHistoryResponse>, Status> {
+        let req = request.into_inner();
+        self.check_topic(&req.topic)?;
+        let removed = self
+            .broker
+            .remove_history(&req.topic)
+            .await
+            .map_err(broker_status)?;
+        Ok(Response::new(proto::RemoveHistoryResponse { removed }))
     }
 }

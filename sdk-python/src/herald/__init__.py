@@ -36,12 +36,15 @@ from herald.errors import (
 )
 from herald.models import (
     HealthStatus,
+    HistoryMessage,
+    HistoryPage,
     Member,
     NodeInfo,
     PresenceEvent,
     PresenceEventKind,
     PresenceStats,
     PublishResult,
+    StreamPosition,
 )
 from herald.presence import AsyncPresenceWatch, PresenceWatch
 from herald.publisher import AsyncPublisher, Publisher
@@ -61,6 +64,8 @@ __all__ = [
     "FailedPrecondition",
     "HealthStatus",
     "HeraldError",
+    "HistoryMessage",
+    "HistoryPage",
     "Internal",
     "InvalidArgument",
     "Member",
@@ -75,6 +80,7 @@ __all__ = [
     "PublishResult",
     "Publisher",
     "ResourceExhausted",
+    "StreamPosition",
     "RetryPolicy",
     "Unauthenticated",
     "Unavailable",

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from herald import payload
 from herald.errors import HeraldError, error_for_number
-from herald.models import PublishResult
+from herald.models import PublishResult, StreamPosition
 from herald.v1 import herald_pb2 as pb
 
 
@@ -94,6 +94,15 @@ def subscribe(
     topics: str | Iterable[str], connection_id: str | None, user_id: str | None
 ) -> pb.SubscribeRequest:
     return pb.SubscribeRequest(target=target(connection_id, user_id), topics=_topics(topics))
+
+
+def history(
+    topic: str, since: StreamPosition | None, limit: int, reverse: bool
+) -> pb.HistoryRequest:
+    req = pb.HistoryRequest(topic=topic, limit=limit, reverse=reverse)
+    if since is not None:
+        req.since.CopyFrom(since.to_pb())
+    return req
 
 
 def unsubscribe(

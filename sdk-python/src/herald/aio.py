@@ -14,7 +14,15 @@ from grpc_health.v1 import health_pb2
 from herald import _requests, payload
 from herald.config import DEFAULT_TIMEOUT, HEALTH_CHECK, RetryPolicy, Settings
 from herald.control import AsyncControlStream
-from herald.models import HealthStatus, Member, NodeInfo, PresenceStats, PublishResult
+from herald.models import (
+    HealthStatus,
+    HistoryPage,
+    Member,
+    NodeInfo,
+    PresenceStats,
+    PublishResult,
+    StreamPosition,
+)
 from herald.presence import AsyncPresenceWatch
 from herald.publisher import AsyncPublisher
 from herald.v1 import herald_pb2 as pb
@@ -311,6 +319,35 @@ class AsyncClient:
             self._settings.retry,
             max_reconnects,
         )
+
+    # --- history ----------------------------------------------------------------------
+
+    async def history(
+        self,
+        topic: str,
+        *,
+        since: StreamPosition | None = None,
+        limit: int = 0,
+        reverse: bool = False,
+        timeout: float | None = None,
+    ) -> HistoryPage:
+        """A page of a topic's kept messages.
+
+        Oldest first after ``since``; with ``reverse``, newest first before ``since``
+        (from the newest without it). ``limit`` 0 means the engine's default (100),
+        at most 10000. Page forward by passing the last message's position as the
+        next ``since``, backward (``reverse``) the oldest's.
+        :class:`~herald.FailedPrecondition` when ``since`` names another epoch.
+        """
+        req = _requests.history(topic, since, limit, reverse)
+        resp = await self._unary(self._stub.History, req, idempotent=True, timeout=timeout)
+        return HistoryPage.from_pb(resp)
+
+    async def remove_history(self, topic: str, *, timeout: float | None = None) -> int:
+        """Drop a topic's kept messages; returns how many there were."""
+        req = pb.RemoveHistoryRequest(topic=topic)
+        resp = await self._unary(self._stub.RemoveHistory, req, idempotent=True, timeout=timeout)
+        return resp.removed
 
     # --- node -------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from herald.v1 import herald_pb2 as pb
 
@@ -16,10 +16,71 @@ class PublishResult:
     sequence: int
     #: True when the idempotency key matched an earlier publish: nothing was sent again.
     duplicate: bool = False
+    #: The topic's epoch (the random id of this incarnation of the topic): sequences
+    #: count within it. WebSocket messages carry the same epoch. Not part of
+    #: equality, so results compare by sequence and duplicate as before.
+    epoch: str = field(default="", compare=False)
 
     @classmethod
     def from_pb(cls, msg: pb.PublishResponse) -> PublishResult:
-        return cls(sequence=msg.sequence, duplicate=msg.duplicate)
+        return cls(sequence=msg.sequence, duplicate=msg.duplicate, epoch=msg.epoch)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPosition:
+    """A position in a topic: a sequence number and the epoch it counts in."""
+
+    sequence: int
+    #: Empty: not checked (History) / the topic does not exist on the node.
+    epoch: str = ""
+
+    @classmethod
+    def from_pb(cls, msg: pb.StreamPosition) -> StreamPosition:
+        return cls(sequence=msg.sequence, epoch=msg.epoch)
+
+    def to_pb(self) -> pb.StreamPosition:
+        return pb.StreamPosition(sequence=self.sequence, epoch=self.epoch)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryMessage:
+    """One kept message of a topic."""
+
+    sequence: int
+    #: The payload as published.
+    data: bytes
+    content_type: str
+    #: When it was published, in milliseconds since the Unix epoch.
+    timestamp_ms: int
+
+    @classmethod
+    def from_pb(cls, msg: pb.HistoryMessage) -> HistoryMessage:
+        return cls(
+            sequence=msg.sequence,
+            data=msg.data,
+            content_type=msg.content_type,
+            timestamp_ms=msg.timestamp_ms,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    """A page of a topic's history (the ``History`` RPC)."""
+
+    #: Oldest first (newest first when asked with ``reverse=True``).
+    messages: tuple[HistoryMessage, ...]
+    #: The topic's current sequence and epoch (empty epoch: not held by the node).
+    position: StreamPosition
+    #: The oldest sequence still kept; 0 when none is.
+    first_sequence: int
+
+    @classmethod
+    def from_pb(cls, msg: pb.HistoryResponse) -> HistoryPage:
+        return cls(
+            messages=tuple(HistoryMessage.from_pb(m) for m in msg.messages),
+            position=StreamPosition.from_pb(msg.position),
+            first_sequence=msg.first_sequence,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +127,10 @@ class NodeInfo:
     #: Whether WebSocket clients must authenticate with a token; ``False`` means the
     #: node runs open (any client may claim any user id).
     client_auth: bool = False
+    #: Bytes held by topic history (bounded by the engine's history_max_bytes).
+    history_bytes: int = 0
+    #: Messages held by topic history.
+    history_messages: int = 0
 
     @classmethod
     def from_pb(cls, msg: pb.InfoResponse) -> NodeInfo:
@@ -81,6 +146,8 @@ class NodeInfo:
             messages_dropped=msg.messages_dropped,
             slow_disconnects=msg.slow_disconnects,
             client_auth=msg.client_auth,
+            history_bytes=msg.history_bytes,
+            history_messages=msg.history_messages,
         )
 
 

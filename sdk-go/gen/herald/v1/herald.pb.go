@@ -205,7 +205,12 @@ type PublishResponse struct {
 	// and no messages for the engine's topic retention period.
 	Sequence uint64 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	// True when the idempotency key matched an earlier publish: nothing was sent.
-	Duplicate     bool `protobuf:"varint,2,opt,name=duplicate,proto3" json:"duplicate,omitempty"`
+	Duplicate bool `protobuf:"varint,2,opt,name=duplicate,proto3" json:"duplicate,omitempty"`
+	// The topic's epoch: a random id of this incarnation of the topic. Sequence
+	// numbers count within an epoch; a new epoch (after a restart, or once the topic
+	// was dropped after its retention) starts again at 1. WebSocket messages carry
+	// the same epoch.
+	Epoch         string `protobuf:"bytes,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -254,6 +259,68 @@ func (x *PublishResponse) GetDuplicate() bool {
 	return false
 }
 
+func (x *PublishResponse) GetEpoch() string {
+	if x != nil {
+		return x.Epoch
+	}
+	return ""
+}
+
+// A position in a topic: the last sequence number seen, in which epoch.
+type StreamPosition struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sequence number.
+	Sequence uint64 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// The topic's epoch.
+	Epoch         string `protobuf:"bytes,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamPosition) Reset() {
+	*x = StreamPosition{}
+	mi := &file_herald_v1_herald_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamPosition) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamPosition) ProtoMessage() {}
+
+func (x *StreamPosition) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_herald_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamPosition.ProtoReflect.Descriptor instead.
+func (*StreamPosition) Descriptor() ([]byte, []int) {
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *StreamPosition) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *StreamPosition) GetEpoch() string {
+	if x != nil {
+		return x.Epoch
+	}
+	return ""
+}
+
 // One message on a PublishStream.
 type PublishStreamRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -274,7 +341,7 @@ type PublishStreamRequest struct {
 
 func (x *PublishStreamRequest) Reset() {
 	*x = PublishStreamRequest{}
-	mi := &file_herald_v1_herald_proto_msgTypes[2]
+	mi := &file_herald_v1_herald_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -286,7 +353,7 @@ func (x *PublishStreamRequest) String() string {
 func (*PublishStreamRequest) ProtoMessage() {}
 
 func (x *PublishStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[2]
+	mi := &file_herald_v1_herald_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -299,7 +366,7 @@ func (x *PublishStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishStreamRequest.ProtoReflect.Descriptor instead.
 func (*PublishStreamRequest) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{2}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PublishStreamRequest) GetClientSeq() uint64 {
@@ -342,7 +409,7 @@ type PublishStreamResponse struct {
 
 func (x *PublishStreamResponse) Reset() {
 	*x = PublishStreamResponse{}
-	mi := &file_herald_v1_herald_proto_msgTypes[3]
+	mi := &file_herald_v1_herald_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -354,7 +421,7 @@ func (x *PublishStreamResponse) String() string {
 func (*PublishStreamResponse) ProtoMessage() {}
 
 func (x *PublishStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[3]
+	mi := &file_herald_v1_herald_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -367,7 +434,7 @@ func (x *PublishStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishStreamResponse.ProtoReflect.Descriptor instead.
 func (*PublishStreamResponse) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{3}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *PublishStreamResponse) GetClientSeq() uint64 {
@@ -441,7 +508,7 @@ type PublishResult struct {
 
 func (x *PublishResult) Reset() {
 	*x = PublishResult{}
-	mi := &file_herald_v1_herald_proto_msgTypes[4]
+	mi := &file_herald_v1_herald_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -453,7 +520,7 @@ func (x *PublishResult) String() string {
 func (*PublishResult) ProtoMessage() {}
 
 func (x *PublishResult) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[4]
+	mi := &file_herald_v1_herald_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -466,7 +533,7 @@ func (x *PublishResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishResult.ProtoReflect.Descriptor instead.
 func (*PublishResult) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{4}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PublishResult) GetResult() isPublishResult_Result {
@@ -532,7 +599,7 @@ type BroadcastRequest struct {
 
 func (x *BroadcastRequest) Reset() {
 	*x = BroadcastRequest{}
-	mi := &file_herald_v1_herald_proto_msgTypes[5]
+	mi := &file_herald_v1_herald_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -544,7 +611,7 @@ func (x *BroadcastRequest) String() string {
 func (*BroadcastRequest) ProtoMessage() {}
 
 func (x *BroadcastRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[5]
+	mi := &file_herald_v1_herald_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -557,7 +624,7 @@ func (x *BroadcastRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BroadcastRequest.ProtoReflect.Descriptor instead.
 func (*BroadcastRequest) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{5}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *BroadcastRequest) GetTopics() []string {
@@ -606,7 +673,7 @@ type BroadcastResponse struct {
 
 func (x *BroadcastResponse) Reset() {
 	*x = BroadcastResponse{}
-	mi := &file_herald_v1_herald_proto_msgTypes[6]
+	mi := &file_herald_v1_herald_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -618,7 +685,7 @@ func (x *BroadcastResponse) String() string {
 func (*BroadcastResponse) ProtoMessage() {}
 
 func (x *BroadcastResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[6]
+	mi := &file_herald_v1_herald_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -631,7 +698,7 @@ func (x *BroadcastResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BroadcastResponse.ProtoReflect.Descriptor instead.
 func (*BroadcastResponse) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{6}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *BroadcastResponse) GetResults() []*PublishResponse {
@@ -654,7 +721,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_herald_v1_herald_proto_msgTypes[7]
+	mi := &file_herald_v1_herald_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -666,7 +733,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[7]
+	mi := &file_herald_v1_herald_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -679,7 +746,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{7}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Error) GetCode() int32 {
@@ -710,7 +777,7 @@ type Target struct {
 
 func (x *Target) Reset() {
 	*x = Target{}
-	mi := &file_herald_v1_herald_proto_msgTypes[8]
+	mi := &file_herald_v1_herald_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -722,7 +789,7 @@ func (x *Target) String() string {
 func (*Target) ProtoMessage() {}
 
 func (x *Target) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[8]
+	mi := &file_herald_v1_herald_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -735,7 +802,7 @@ func (x *Target) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Target.ProtoReflect.Descriptor instead.
 func (*Target) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{8}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Target) GetTarget() isTarget_Target {
@@ -787,14 +854,20 @@ type SubscribeRequest struct {
 	// The connection or user.
 	Target *Target `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
 	// The topics to add; a topic the connection is already in is left as it is.
-	Topics        []string `protobuf:"bytes,2,rep,name=topics,proto3" json:"topics,omitempty"`
+	Topics []string `protobuf:"bytes,2,rep,name=topics,proto3" json:"topics,omitempty"`
+	// Optional, per topic of `topics`: the last position the client saw. The
+	// connection is first sent every message it missed since then, in order, with
+	// no gap and no duplicate before the live ones — when the topic still keeps
+	// them all (same epoch, within its history). The client's "subscribed" push
+	// says per topic whether it recovered, like a client's own subscribe.
+	Since         map[string]*StreamPosition `protobuf:"bytes,3,rep,name=since,proto3" json:"since,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_herald_v1_herald_proto_msgTypes[9]
+	mi := &file_herald_v1_herald_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -806,7 +879,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[9]
+	mi := &file_herald_v1_herald_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -819,7 +892,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{9}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SubscribeRequest) GetTarget() *Target {
@@ -836,18 +909,30 @@ func (x *SubscribeRequest) GetTopics() []string {
 	return nil
 }
 
+func (x *SubscribeRequest) GetSince() map[string]*StreamPosition {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
 // The result of a Subscribe.
 type SubscribeResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// How many connections the command reached.
-	Connections   uint32 `protobuf:"varint,1,opt,name=connections,proto3" json:"connections,omitempty"`
+	Connections uint32 `protobuf:"varint,1,opt,name=connections,proto3" json:"connections,omitempty"`
+	// Per topic named in `since`: true when every connection reached recovered.
+	Recovered map[string]bool `protobuf:"bytes,2,rep,name=recovered,proto3" json:"recovered,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// Per topic named in `since`: the position live messages follow (for the last
+	// connection reached).
+	Positions     map[string]*StreamPosition `protobuf:"bytes,3,rep,name=positions,proto3" json:"positions,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SubscribeResponse) Reset() {
 	*x = SubscribeResponse{}
-	mi := &file_herald_v1_herald_proto_msgTypes[10]
+	mi := &file_herald_v1_herald_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -859,7 +944,7 @@ func (x *SubscribeResponse) String() string {
 func (*SubscribeResponse) ProtoMessage() {}
 
 func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[10]
+	mi := &file_herald_v1_herald_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -872,7 +957,7 @@ func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeResponse.ProtoReflect.Descriptor instead.
 func (*SubscribeResponse) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{10}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SubscribeResponse) GetConnections() uint32 {
@@ -880,6 +965,20 @@ func (x *SubscribeResponse) GetConnections() uint32 {
 		return x.Connections
 	}
 	return 0
+}
+
+func (x *SubscribeResponse) GetRecovered() map[string]bool {
+	if x != nil {
+		return x.Recovered
+	}
+	return nil
+}
+
+func (x *SubscribeResponse) GetPositions() map[string]*StreamPosition {
+	if x != nil {
+		return x.Positions
+	}
+	return nil
 }
 
 // Take connections out of topics.
@@ -895,7 +994,7 @@ type UnsubscribeRequest struct {
 
 func (x *UnsubscribeRequest) Reset() {
 	*x = UnsubscribeRequest{}
-	mi := &file_herald_v1_herald_proto_msgTypes[11]
+	mi := &file_herald_v1_herald_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -907,7 +1006,7 @@ func (x *UnsubscribeRequest) String() string {
 func (*UnsubscribeRequest) ProtoMessage() {}
 
 func (x *UnsubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[11]
+	mi := &file_herald_v1_herald_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -920,7 +1019,7 @@ func (x *UnsubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnsubscribeRequest.ProtoReflect.Descriptor instead.
 func (*UnsubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{11}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *UnsubscribeRequest) GetTarget() *Target {
@@ -948,7 +1047,7 @@ type UnsubscribeResponse struct {
 
 func (x *UnsubscribeResponse) Reset() {
 	*x = UnsubscribeResponse{}
-	mi := &file_herald_v1_herald_proto_msgTypes[12]
+	mi := &file_herald_v1_herald_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -960,7 +1059,7 @@ func (x *UnsubscribeResponse) String() string {
 func (*UnsubscribeResponse) ProtoMessage() {}
 
 func (x *UnsubscribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[12]
+	mi := &file_herald_v1_herald_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -973,7 +1072,7 @@ func (x *UnsubscribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnsubscribeResponse.ProtoReflect.Descriptor instead.
 func (*UnsubscribeResponse) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{12}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *UnsubscribeResponse) GetConnections() uint32 {
@@ -1001,7 +1100,7 @@ type DisconnectRequest struct {
 
 func (x *DisconnectRequest) Reset() {
 	*x = DisconnectRequest{}
-	mi := &file_herald_v1_herald_proto_msgTypes[13]
+	mi := &file_herald_v1_herald_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1013,7 +1112,7 @@ func (x *DisconnectRequest) String() string {
 func (*DisconnectRequest) ProtoMessage() {}
 
 func (x *DisconnectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[13]
+	mi := &file_herald_v1_herald_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1026,7 +1125,7 @@ func (x *DisconnectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisconnectRequest.ProtoReflect.Descriptor instead.
 func (*DisconnectRequest) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{13}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DisconnectRequest) GetTarget() *Target {
@@ -1068,7 +1167,7 @@ type DisconnectResponse struct {
 
 func (x *DisconnectResponse) Reset() {
 	*x = DisconnectResponse{}
-	mi := &file_herald_v1_herald_proto_msgTypes[14]
+	mi := &file_herald_v1_herald_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1080,7 +1179,7 @@ func (x *DisconnectResponse) String() string {
 func (*DisconnectResponse) ProtoMessage() {}
 
 func (x *DisconnectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[14]
+	mi := &file_herald_v1_herald_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1093,7 +1192,7 @@ func (x *DisconnectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisconnectResponse.ProtoReflect.Descriptor instead.
 func (*DisconnectResponse) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{14}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DisconnectResponse) GetConnections() uint32 {
@@ -1120,7 +1219,7 @@ type ControlRequest struct {
 
 func (x *ControlRequest) Reset() {
 	*x = ControlRequest{}
-	mi := &file_herald_v1_herald_proto_msgTypes[15]
+	mi := &file_herald_v1_herald_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1132,7 +1231,7 @@ func (x *ControlRequest) String() string {
 func (*ControlRequest) ProtoMessage() {}
 
 func (x *ControlRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[15]
+	mi := &file_herald_v1_herald_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1145,7 +1244,7 @@ func (x *ControlRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlRequest.ProtoReflect.Descriptor instead.
 func (*ControlRequest) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{15}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ControlRequest) GetRequestId() uint64 {
@@ -1229,7 +1328,7 @@ type ControlResponse struct {
 
 func (x *ControlResponse) Reset() {
 	*x = ControlResponse{}
-	mi := &file_herald_v1_herald_proto_msgTypes[16]
+	mi := &file_herald_v1_herald_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1241,7 +1340,7 @@ func (x *ControlResponse) String() string {
 func (*ControlResponse) ProtoMessage() {}
 
 func (x *ControlResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[16]
+	mi := &file_herald_v1_herald_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1254,7 +1353,7 @@ func (x *ControlResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlResponse.ProtoReflect.Descriptor instead.
 func (*ControlResponse) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{16}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ControlResponse) GetRequestId() uint64 {
@@ -1351,7 +1450,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_herald_v1_herald_proto_msgTypes[17]
+	mi := &file_herald_v1_herald_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1363,7 +1462,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[17]
+	mi := &file_herald_v1_herald_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1376,7 +1475,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{17}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Member) GetConnectionId() string {
@@ -1415,7 +1514,7 @@ type PresenceRequest struct {
 
 func (x *PresenceRequest) Reset() {
 	*x = PresenceRequest{}
-	mi := &file_herald_v1_herald_proto_msgTypes[18]
+	mi := &file_herald_v1_herald_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1427,7 +1526,7 @@ func (x *PresenceRequest) String() string {
 func (*PresenceRequest) ProtoMessage() {}
 
 func (x *PresenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[18]
+	mi := &file_herald_v1_herald_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1440,7 +1539,7 @@ func (x *PresenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceRequest.ProtoReflect.Descriptor instead.
 func (*PresenceRequest) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{18}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PresenceRequest) GetTopic() string {
@@ -1477,7 +1576,7 @@ type PresenceResponse struct {
 
 func (x *PresenceResponse) Reset() {
 	*x = PresenceResponse{}
-	mi := &file_herald_v1_herald_proto_msgTypes[19]
+	mi := &file_herald_v1_herald_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1489,7 +1588,7 @@ func (x *PresenceResponse) String() string {
 func (*PresenceResponse) ProtoMessage() {}
 
 func (x *PresenceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[19]
+	mi := &file_herald_v1_herald_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1502,7 +1601,7 @@ func (x *PresenceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceResponse.ProtoReflect.Descriptor instead.
 func (*PresenceResponse) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{19}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PresenceResponse) GetMembers() []*Member {
@@ -1530,7 +1629,7 @@ type PresenceStatsRequest struct {
 
 func (x *PresenceStatsRequest) Reset() {
 	*x = PresenceStatsRequest{}
-	mi := &file_herald_v1_herald_proto_msgTypes[20]
+	mi := &file_herald_v1_herald_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1542,7 +1641,7 @@ func (x *PresenceStatsRequest) String() string {
 func (*PresenceStatsRequest) ProtoMessage() {}
 
 func (x *PresenceStatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[20]
+	mi := &file_herald_v1_herald_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1555,7 +1654,7 @@ func (x *PresenceStatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceStatsRequest.ProtoReflect.Descriptor instead.
 func (*PresenceStatsRequest) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{20}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PresenceStatsRequest) GetTopic() string {
@@ -1578,7 +1677,7 @@ type PresenceStatsResponse struct {
 
 func (x *PresenceStatsResponse) Reset() {
 	*x = PresenceStatsResponse{}
-	mi := &file_herald_v1_herald_proto_msgTypes[21]
+	mi := &file_herald_v1_herald_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1590,7 +1689,7 @@ func (x *PresenceStatsResponse) String() string {
 func (*PresenceStatsResponse) ProtoMessage() {}
 
 func (x *PresenceStatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[21]
+	mi := &file_herald_v1_herald_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1603,7 +1702,7 @@ func (x *PresenceStatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceStatsResponse.ProtoReflect.Descriptor instead.
 func (*PresenceStatsResponse) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{21}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PresenceStatsResponse) GetConnections() uint64 {
@@ -1637,7 +1736,7 @@ type WatchPresenceRequest struct {
 
 func (x *WatchPresenceRequest) Reset() {
 	*x = WatchPresenceRequest{}
-	mi := &file_herald_v1_herald_proto_msgTypes[22]
+	mi := &file_herald_v1_herald_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1649,7 +1748,7 @@ func (x *WatchPresenceRequest) String() string {
 func (*WatchPresenceRequest) ProtoMessage() {}
 
 func (x *WatchPresenceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[22]
+	mi := &file_herald_v1_herald_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1662,7 +1761,7 @@ func (x *WatchPresenceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchPresenceRequest.ProtoReflect.Descriptor instead.
 func (*WatchPresenceRequest) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{22}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *WatchPresenceRequest) GetTopics() []string {
@@ -1705,7 +1804,7 @@ type PresenceEvent struct {
 
 func (x *PresenceEvent) Reset() {
 	*x = PresenceEvent{}
-	mi := &file_herald_v1_herald_proto_msgTypes[23]
+	mi := &file_herald_v1_herald_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1717,7 +1816,7 @@ func (x *PresenceEvent) String() string {
 func (*PresenceEvent) ProtoMessage() {}
 
 func (x *PresenceEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[23]
+	mi := &file_herald_v1_herald_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1730,7 +1829,7 @@ func (x *PresenceEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceEvent.ProtoReflect.Descriptor instead.
 func (*PresenceEvent) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{23}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PresenceEvent) GetKind() PresenceEventKind {
@@ -1777,7 +1876,7 @@ type InfoRequest struct {
 
 func (x *InfoRequest) Reset() {
 	*x = InfoRequest{}
-	mi := &file_herald_v1_herald_proto_msgTypes[24]
+	mi := &file_herald_v1_herald_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1789,7 +1888,7 @@ func (x *InfoRequest) String() string {
 func (*InfoRequest) ProtoMessage() {}
 
 func (x *InfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[24]
+	mi := &file_herald_v1_herald_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1802,7 +1901,7 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{24}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{25}
 }
 
 // Node identity and counters since start.
@@ -1831,14 +1930,18 @@ type InfoResponse struct {
 	// Whether WebSocket clients must authenticate with a token (a token key is
 	// configured). False means the node runs open: any client may connect and
 	// claim any user id.
-	ClientAuth    bool `protobuf:"varint,11,opt,name=client_auth,json=clientAuth,proto3" json:"client_auth,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ClientAuth bool `protobuf:"varint,11,opt,name=client_auth,json=clientAuth,proto3" json:"client_auth,omitempty"`
+	// Bytes held by topic history, bounded by the engine's history_max_bytes.
+	HistoryBytes uint64 `protobuf:"varint,12,opt,name=history_bytes,json=historyBytes,proto3" json:"history_bytes,omitempty"`
+	// Messages held by topic history.
+	HistoryMessages uint64 `protobuf:"varint,13,opt,name=history_messages,json=historyMessages,proto3" json:"history_messages,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_herald_v1_herald_proto_msgTypes[25]
+	mi := &file_herald_v1_herald_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1850,7 +1953,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[25]
+	mi := &file_herald_v1_herald_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1863,7 +1966,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{25}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *InfoResponse) GetNodeId() string {
@@ -1943,6 +2046,327 @@ func (x *InfoResponse) GetClientAuth() bool {
 	return false
 }
 
+func (x *InfoResponse) GetHistoryBytes() uint64 {
+	if x != nil {
+		return x.HistoryBytes
+	}
+	return 0
+}
+
+func (x *InfoResponse) GetHistoryMessages() uint64 {
+	if x != nil {
+		return x.HistoryMessages
+	}
+	return 0
+}
+
+// A page of a topic's history.
+type HistoryRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The topic.
+	Topic string `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	// Optional. Without `reverse`: messages after this position (paging forward:
+	// pass the last message of the previous page). With `reverse`: messages before
+	// it (paging back: pass the oldest message of the previous page). An empty
+	// epoch is not checked; a different one is FAILED_PRECONDITION.
+	Since *StreamPosition `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
+	// The most messages to return; 0 means the default (100). At most 10000.
+	Limit uint32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	// Newest first.
+	Reverse       bool `protobuf:"varint,4,opt,name=reverse,proto3" json:"reverse,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistoryRequest) Reset() {
+	*x = HistoryRequest{}
+	mi := &file_herald_v1_herald_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryRequest) ProtoMessage() {}
+
+func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_herald_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
+func (*HistoryRequest) Descriptor() ([]byte, []int) {
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *HistoryRequest) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *HistoryRequest) GetSince() *StreamPosition {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *HistoryRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *HistoryRequest) GetReverse() bool {
+	if x != nil {
+		return x.Reverse
+	}
+	return false
+}
+
+// One kept message.
+type HistoryMessage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Its sequence number in the topic.
+	Sequence uint64 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// The payload as published.
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	// Its content type as published.
+	ContentType string `protobuf:"bytes,3,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	// When it was published, in milliseconds since the Unix epoch.
+	TimestampMs   int64 `protobuf:"varint,4,opt,name=timestamp_ms,json=timestampMs,proto3" json:"timestamp_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistoryMessage) Reset() {
+	*x = HistoryMessage{}
+	mi := &file_herald_v1_herald_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryMessage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryMessage) ProtoMessage() {}
+
+func (x *HistoryMessage) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_herald_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryMessage.ProtoReflect.Descriptor instead.
+func (*HistoryMessage) Descriptor() ([]byte, []int) {
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *HistoryMessage) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *HistoryMessage) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *HistoryMessage) GetContentType() string {
+	if x != nil {
+		return x.ContentType
+	}
+	return ""
+}
+
+func (x *HistoryMessage) GetTimestampMs() int64 {
+	if x != nil {
+		return x.TimestampMs
+	}
+	return 0
+}
+
+// A page of history.
+type HistoryResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The messages, oldest first (newest first with `reverse`).
+	Messages []*HistoryMessage `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
+	// The topic's current position: its last sequence number and its epoch (an
+	// empty epoch when this node does not hold the topic).
+	Position *StreamPosition `protobuf:"bytes,2,opt,name=position,proto3" json:"position,omitempty"`
+	// The oldest sequence number still kept; 0 when none is. A client whose last
+	// sequence is below first_sequence - 1 cannot recover.
+	FirstSequence uint64 `protobuf:"varint,3,opt,name=first_sequence,json=firstSequence,proto3" json:"first_sequence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistoryResponse) Reset() {
+	*x = HistoryResponse{}
+	mi := &file_herald_v1_herald_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryResponse) ProtoMessage() {}
+
+func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_herald_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
+func (*HistoryResponse) Descriptor() ([]byte, []int) {
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *HistoryResponse) GetMessages() []*HistoryMessage {
+	if x != nil {
+		return x.Messages
+	}
+	return nil
+}
+
+func (x *HistoryResponse) GetPosition() *StreamPosition {
+	if x != nil {
+		return x.Position
+	}
+	return nil
+}
+
+func (x *HistoryResponse) GetFirstSequence() uint64 {
+	if x != nil {
+		return x.FirstSequence
+	}
+	return 0
+}
+
+// Drop a topic's history.
+type RemoveHistoryRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The topic.
+	Topic         string `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveHistoryRequest) Reset() {
+	*x = RemoveHistoryRequest{}
+	mi := &file_herald_v1_herald_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveHistoryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveHistoryRequest) ProtoMessage() {}
+
+func (x *RemoveHistoryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_herald_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveHistoryRequest.ProtoReflect.Descriptor instead.
+func (*RemoveHistoryRequest) Descriptor() ([]byte, []int) {
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *RemoveHistoryRequest) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+// The result of a RemoveHistory.
+type RemoveHistoryResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many messages were dropped.
+	Removed       uint64 `protobuf:"varint,1,opt,name=removed,proto3" json:"removed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveHistoryResponse) Reset() {
+	*x = RemoveHistoryResponse{}
+	mi := &file_herald_v1_herald_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveHistoryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveHistoryResponse) ProtoMessage() {}
+
+func (x *RemoveHistoryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_herald_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveHistoryResponse.ProtoReflect.Descriptor instead.
+func (*RemoveHistoryResponse) Descriptor() ([]byte, []int) {
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *RemoveHistoryResponse) GetRemoved() uint64 {
+	if x != nil {
+		return x.Removed
+	}
+	return 0
+}
+
 var File_herald_v1_herald_proto protoreflect.FileDescriptor
 
 const file_herald_v1_herald_proto_rawDesc = "" +
@@ -1955,10 +2379,14 @@ const file_herald_v1_herald_proto_rawDesc = "" +
 	"\x0fidempotency_key\x18\x04 \x01(\tH\x00R\x0eidempotencyKey\x88\x01\x01\x12\x1a\n" +
 	"\x06ttl_ms\x18\x05 \x01(\rH\x01R\x05ttlMs\x88\x01\x01B\x12\n" +
 	"\x10_idempotency_keyB\t\n" +
-	"\a_ttl_ms\"K\n" +
+	"\a_ttl_ms\"a\n" +
 	"\x0fPublishResponse\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x1c\n" +
-	"\tduplicate\x18\x02 \x01(\bR\tduplicate\"\x99\x01\n" +
+	"\tduplicate\x18\x02 \x01(\bR\tduplicate\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\tR\x05epoch\"B\n" +
+	"\x0eStreamPosition\x12\x1a\n" +
+	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\tR\x05epoch\"\x99\x01\n" +
 	"\x14PublishStreamRequest\x12\x1d\n" +
 	"\n" +
 	"client_seq\x18\x01 \x01(\x04R\tclientSeq\x123\n" +
@@ -1991,12 +2419,25 @@ const file_herald_v1_herald_proto_rawDesc = "" +
 	"\x06Target\x12%\n" +
 	"\rconnection_id\x18\x01 \x01(\tH\x00R\fconnectionId\x12\x19\n" +
 	"\auser_id\x18\x02 \x01(\tH\x00R\x06userIdB\b\n" +
-	"\x06target\"U\n" +
+	"\x06target\"\xe8\x01\n" +
 	"\x10SubscribeRequest\x12)\n" +
 	"\x06target\x18\x01 \x01(\v2\x11.herald.v1.TargetR\x06target\x12\x16\n" +
-	"\x06topics\x18\x02 \x03(\tR\x06topics\"5\n" +
+	"\x06topics\x18\x02 \x03(\tR\x06topics\x12<\n" +
+	"\x05since\x18\x03 \x03(\v2&.herald.v1.SubscribeRequest.SinceEntryR\x05since\x1aS\n" +
+	"\n" +
+	"SinceEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12/\n" +
+	"\x05value\x18\x02 \x01(\v2\x19.herald.v1.StreamPositionR\x05value:\x028\x01\"\xe2\x02\n" +
 	"\x11SubscribeResponse\x12 \n" +
-	"\vconnections\x18\x01 \x01(\rR\vconnections\"W\n" +
+	"\vconnections\x18\x01 \x01(\rR\vconnections\x12I\n" +
+	"\trecovered\x18\x02 \x03(\v2+.herald.v1.SubscribeResponse.RecoveredEntryR\trecovered\x12I\n" +
+	"\tpositions\x18\x03 \x03(\v2+.herald.v1.SubscribeResponse.PositionsEntryR\tpositions\x1a<\n" +
+	"\x0eRecoveredEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\bR\x05value:\x028\x01\x1aW\n" +
+	"\x0ePositionsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12/\n" +
+	"\x05value\x18\x02 \x01(\v2\x19.herald.v1.StreamPositionR\x05value:\x028\x01\"W\n" +
 	"\x12UnsubscribeRequest\x12)\n" +
 	"\x06target\x18\x01 \x01(\v2\x11.herald.v1.TargetR\x06target\x12\x16\n" +
 	"\x06topics\x18\x02 \x03(\tR\x06topics\"7\n" +
@@ -2055,7 +2496,7 @@ const file_herald_v1_herald_proto_rawDesc = "" +
 	"\x06member\x18\x03 \x01(\v2\x11.herald.v1.MemberR\x06member\x12\x17\n" +
 	"\anode_id\x18\x04 \x01(\tR\x06nodeId\x12!\n" +
 	"\ftimestamp_ms\x18\x05 \x01(\x03R\vtimestampMs\"\r\n" +
-	"\vInfoRequest\"\x9d\x03\n" +
+	"\vInfoRequest\"\xed\x03\n" +
 	"\fInfoResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12%\n" +
@@ -2069,7 +2510,27 @@ const file_herald_v1_herald_proto_rawDesc = "" +
 	"\x10slow_disconnects\x18\n" +
 	" \x01(\x04R\x0fslowDisconnects\x12\x1f\n" +
 	"\vclient_auth\x18\v \x01(\bR\n" +
-	"clientAuth*\xa2\x02\n" +
+	"clientAuth\x12#\n" +
+	"\rhistory_bytes\x18\f \x01(\x04R\fhistoryBytes\x12)\n" +
+	"\x10history_messages\x18\r \x01(\x04R\x0fhistoryMessages\"\x87\x01\n" +
+	"\x0eHistoryRequest\x12\x14\n" +
+	"\x05topic\x18\x01 \x01(\tR\x05topic\x12/\n" +
+	"\x05since\x18\x02 \x01(\v2\x19.herald.v1.StreamPositionR\x05since\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\rR\x05limit\x12\x18\n" +
+	"\areverse\x18\x04 \x01(\bR\areverse\"\x86\x01\n" +
+	"\x0eHistoryMessage\x12\x1a\n" +
+	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12!\n" +
+	"\fcontent_type\x18\x03 \x01(\tR\vcontentType\x12!\n" +
+	"\ftimestamp_ms\x18\x04 \x01(\x03R\vtimestampMs\"\xa6\x01\n" +
+	"\x0fHistoryResponse\x125\n" +
+	"\bmessages\x18\x01 \x03(\v2\x19.herald.v1.HistoryMessageR\bmessages\x125\n" +
+	"\bposition\x18\x02 \x01(\v2\x19.herald.v1.StreamPositionR\bposition\x12%\n" +
+	"\x0efirst_sequence\x18\x03 \x01(\x04R\rfirstSequence\",\n" +
+	"\x14RemoveHistoryRequest\x12\x14\n" +
+	"\x05topic\x18\x01 \x01(\tR\x05topic\"1\n" +
+	"\x15RemoveHistoryResponse\x12\x18\n" +
+	"\aremoved\x18\x01 \x01(\x04R\aremoved*\xa2\x02\n" +
 	"\x11PresenceEventKind\x12#\n" +
 	"\x1fPRESENCE_EVENT_KIND_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cPRESENCE_EVENT_KIND_SNAPSHOT\x10\x01\x12$\n" +
@@ -2078,7 +2539,7 @@ const file_herald_v1_herald_proto_rawDesc = "" +
 	"\x19PRESENCE_EVENT_KIND_LEAVE\x10\x04\x12\x1f\n" +
 	"\x1bPRESENCE_EVENT_KIND_CONNECT\x10\x05\x12\"\n" +
 	"\x1ePRESENCE_EVENT_KIND_DISCONNECT\x10\x06\x12\x1e\n" +
-	"\x1aPRESENCE_EVENT_KIND_RESYNC\x10\a2\xb1\x06\n" +
+	"\x1aPRESENCE_EVENT_KIND_RESYNC\x10\a2\xc7\a\n" +
 	"\x06Herald\x12@\n" +
 	"\aPublish\x12\x19.herald.v1.PublishRequest\x1a\x1a.herald.v1.PublishResponse\x12V\n" +
 	"\rPublishStream\x12\x1f.herald.v1.PublishStreamRequest\x1a .herald.v1.PublishStreamResponse(\x010\x01\x12F\n" +
@@ -2091,7 +2552,9 @@ const file_herald_v1_herald_proto_rawDesc = "" +
 	"\bPresence\x12\x1a.herald.v1.PresenceRequest\x1a\x1b.herald.v1.PresenceResponse\x12R\n" +
 	"\rPresenceStats\x12\x1f.herald.v1.PresenceStatsRequest\x1a .herald.v1.PresenceStatsResponse\x12L\n" +
 	"\rWatchPresence\x12\x1f.herald.v1.WatchPresenceRequest\x1a\x18.herald.v1.PresenceEvent0\x01\x127\n" +
-	"\x04Info\x12\x16.herald.v1.InfoRequest\x1a\x17.herald.v1.InfoResponseB:Z8github.com/heraldrt/herald/sdk-go/gen/herald/v1;heraldv1b\x06proto3"
+	"\x04Info\x12\x16.herald.v1.InfoRequest\x1a\x17.herald.v1.InfoResponse\x12@\n" +
+	"\aHistory\x12\x19.herald.v1.HistoryRequest\x1a\x1a.herald.v1.HistoryResponse\x12R\n" +
+	"\rRemoveHistory\x12\x1f.herald.v1.RemoveHistoryRequest\x1a .herald.v1.RemoveHistoryResponseB:Z8github.com/heraldrt/herald/sdk-go/gen/herald/v1;heraldv1b\x06proto3"
 
 var (
 	file_herald_v1_herald_proto_rawDescOnce sync.Once
@@ -2106,85 +2569,106 @@ func file_herald_v1_herald_proto_rawDescGZIP() []byte {
 }
 
 var file_herald_v1_herald_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_herald_v1_herald_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_herald_v1_herald_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_herald_v1_herald_proto_goTypes = []any{
 	(PresenceEventKind)(0),        // 0: herald.v1.PresenceEventKind
 	(*PublishRequest)(nil),        // 1: herald.v1.PublishRequest
 	(*PublishResponse)(nil),       // 2: herald.v1.PublishResponse
-	(*PublishStreamRequest)(nil),  // 3: herald.v1.PublishStreamRequest
-	(*PublishStreamResponse)(nil), // 4: herald.v1.PublishStreamResponse
-	(*PublishResult)(nil),         // 5: herald.v1.PublishResult
-	(*BroadcastRequest)(nil),      // 6: herald.v1.BroadcastRequest
-	(*BroadcastResponse)(nil),     // 7: herald.v1.BroadcastResponse
-	(*Error)(nil),                 // 8: herald.v1.Error
-	(*Target)(nil),                // 9: herald.v1.Target
-	(*SubscribeRequest)(nil),      // 10: herald.v1.SubscribeRequest
-	(*SubscribeResponse)(nil),     // 11: herald.v1.SubscribeResponse
-	(*UnsubscribeRequest)(nil),    // 12: herald.v1.UnsubscribeRequest
-	(*UnsubscribeResponse)(nil),   // 13: herald.v1.UnsubscribeResponse
-	(*DisconnectRequest)(nil),     // 14: herald.v1.DisconnectRequest
-	(*DisconnectResponse)(nil),    // 15: herald.v1.DisconnectResponse
-	(*ControlRequest)(nil),        // 16: herald.v1.ControlRequest
-	(*ControlResponse)(nil),       // 17: herald.v1.ControlResponse
-	(*Member)(nil),                // 18: herald.v1.Member
-	(*PresenceRequest)(nil),       // 19: herald.v1.PresenceRequest
-	(*PresenceResponse)(nil),      // 20: herald.v1.PresenceResponse
-	(*PresenceStatsRequest)(nil),  // 21: herald.v1.PresenceStatsRequest
-	(*PresenceStatsResponse)(nil), // 22: herald.v1.PresenceStatsResponse
-	(*WatchPresenceRequest)(nil),  // 23: herald.v1.WatchPresenceRequest
-	(*PresenceEvent)(nil),         // 24: herald.v1.PresenceEvent
-	(*InfoRequest)(nil),           // 25: herald.v1.InfoRequest
-	(*InfoResponse)(nil),          // 26: herald.v1.InfoResponse
+	(*StreamPosition)(nil),        // 3: herald.v1.StreamPosition
+	(*PublishStreamRequest)(nil),  // 4: herald.v1.PublishStreamRequest
+	(*PublishStreamResponse)(nil), // 5: herald.v1.PublishStreamResponse
+	(*PublishResult)(nil),         // 6: herald.v1.PublishResult
+	(*BroadcastRequest)(nil),      // 7: herald.v1.BroadcastRequest
+	(*BroadcastResponse)(nil),     // 8: herald.v1.BroadcastResponse
+	(*Error)(nil),                 // 9: herald.v1.Error
+	(*Target)(nil),                // 10: herald.v1.Target
+	(*SubscribeRequest)(nil),      // 11: herald.v1.SubscribeRequest
+	(*SubscribeResponse)(nil),     // 12: herald.v1.SubscribeResponse
+	(*UnsubscribeRequest)(nil),    // 13: herald.v1.UnsubscribeRequest
+	(*UnsubscribeResponse)(nil),   // 14: herald.v1.UnsubscribeResponse
+	(*DisconnectRequest)(nil),     // 15: herald.v1.DisconnectRequest
+	(*DisconnectResponse)(nil),    // 16: herald.v1.DisconnectResponse
+	(*ControlRequest)(nil),        // 17: herald.v1.ControlRequest
+	(*ControlResponse)(nil),       // 18: herald.v1.ControlResponse
+	(*Member)(nil),                // 19: herald.v1.Member
+	(*PresenceRequest)(nil),       // 20: herald.v1.PresenceRequest
+	(*PresenceResponse)(nil),      // 21: herald.v1.PresenceResponse
+	(*PresenceStatsRequest)(nil),  // 22: herald.v1.PresenceStatsRequest
+	(*PresenceStatsResponse)(nil), // 23: herald.v1.PresenceStatsResponse
+	(*WatchPresenceRequest)(nil),  // 24: herald.v1.WatchPresenceRequest
+	(*PresenceEvent)(nil),         // 25: herald.v1.PresenceEvent
+	(*InfoRequest)(nil),           // 26: herald.v1.InfoRequest
+	(*InfoResponse)(nil),          // 27: herald.v1.InfoResponse
+	(*HistoryRequest)(nil),        // 28: herald.v1.HistoryRequest
+	(*HistoryMessage)(nil),        // 29: herald.v1.HistoryMessage
+	(*HistoryResponse)(nil),       // 30: herald.v1.HistoryResponse
+	(*RemoveHistoryRequest)(nil),  // 31: herald.v1.RemoveHistoryRequest
+	(*RemoveHistoryResponse)(nil), // 32: herald.v1.RemoveHistoryResponse
+	nil,                           // 33: herald.v1.SubscribeRequest.SinceEntry
+	nil,                           // 34: herald.v1.SubscribeResponse.RecoveredEntry
+	nil,                           // 35: herald.v1.SubscribeResponse.PositionsEntry
 }
 var file_herald_v1_herald_proto_depIdxs = []int32{
 	1,  // 0: herald.v1.PublishStreamRequest.message:type_name -> herald.v1.PublishRequest
 	1,  // 1: herald.v1.PublishStreamRequest.more:type_name -> herald.v1.PublishRequest
 	2,  // 2: herald.v1.PublishStreamResponse.ack:type_name -> herald.v1.PublishResponse
-	8,  // 3: herald.v1.PublishStreamResponse.error:type_name -> herald.v1.Error
-	5,  // 4: herald.v1.PublishStreamResponse.more:type_name -> herald.v1.PublishResult
+	9,  // 3: herald.v1.PublishStreamResponse.error:type_name -> herald.v1.Error
+	6,  // 4: herald.v1.PublishStreamResponse.more:type_name -> herald.v1.PublishResult
 	2,  // 5: herald.v1.PublishResult.ack:type_name -> herald.v1.PublishResponse
-	8,  // 6: herald.v1.PublishResult.error:type_name -> herald.v1.Error
+	9,  // 6: herald.v1.PublishResult.error:type_name -> herald.v1.Error
 	2,  // 7: herald.v1.BroadcastResponse.results:type_name -> herald.v1.PublishResponse
-	9,  // 8: herald.v1.SubscribeRequest.target:type_name -> herald.v1.Target
-	9,  // 9: herald.v1.UnsubscribeRequest.target:type_name -> herald.v1.Target
-	9,  // 10: herald.v1.DisconnectRequest.target:type_name -> herald.v1.Target
-	10, // 11: herald.v1.ControlRequest.subscribe:type_name -> herald.v1.SubscribeRequest
-	12, // 12: herald.v1.ControlRequest.unsubscribe:type_name -> herald.v1.UnsubscribeRequest
-	14, // 13: herald.v1.ControlRequest.disconnect:type_name -> herald.v1.DisconnectRequest
-	11, // 14: herald.v1.ControlResponse.subscribe:type_name -> herald.v1.SubscribeResponse
-	13, // 15: herald.v1.ControlResponse.unsubscribe:type_name -> herald.v1.UnsubscribeResponse
-	15, // 16: herald.v1.ControlResponse.disconnect:type_name -> herald.v1.DisconnectResponse
-	8,  // 17: herald.v1.ControlResponse.error:type_name -> herald.v1.Error
-	18, // 18: herald.v1.PresenceResponse.members:type_name -> herald.v1.Member
-	0,  // 19: herald.v1.PresenceEvent.kind:type_name -> herald.v1.PresenceEventKind
-	18, // 20: herald.v1.PresenceEvent.member:type_name -> herald.v1.Member
-	1,  // 21: herald.v1.Herald.Publish:input_type -> herald.v1.PublishRequest
-	3,  // 22: herald.v1.Herald.PublishStream:input_type -> herald.v1.PublishStreamRequest
-	6,  // 23: herald.v1.Herald.Broadcast:input_type -> herald.v1.BroadcastRequest
-	10, // 24: herald.v1.Herald.Subscribe:input_type -> herald.v1.SubscribeRequest
-	12, // 25: herald.v1.Herald.Unsubscribe:input_type -> herald.v1.UnsubscribeRequest
-	14, // 26: herald.v1.Herald.Disconnect:input_type -> herald.v1.DisconnectRequest
-	16, // 27: herald.v1.Herald.Control:input_type -> herald.v1.ControlRequest
-	19, // 28: herald.v1.Herald.Presence:input_type -> herald.v1.PresenceRequest
-	21, // 29: herald.v1.Herald.PresenceStats:input_type -> herald.v1.PresenceStatsRequest
-	23, // 30: herald.v1.Herald.WatchPresence:input_type -> herald.v1.WatchPresenceRequest
-	25, // 31: herald.v1.Herald.Info:input_type -> herald.v1.InfoRequest
-	2,  // 32: herald.v1.Herald.Publish:output_type -> herald.v1.PublishResponse
-	4,  // 33: herald.v1.Herald.PublishStream:output_type -> herald.v1.PublishStreamResponse
-	7,  // 34: herald.v1.Herald.Broadcast:output_type -> herald.v1.BroadcastResponse
-	11, // 35: herald.v1.Herald.Subscribe:output_type -> herald.v1.SubscribeResponse
-	13, // 36: herald.v1.Herald.Unsubscribe:output_type -> herald.v1.UnsubscribeResponse
-	15, // 37: herald.v1.Herald.Disconnect:output_type -> herald.v1.DisconnectResponse
-	17, // 38: herald.v1.Herald.Control:output_type -> herald.v1.ControlResponse
-	20, // 39: herald.v1.Herald.Presence:output_type -> herald.v1.PresenceResponse
-	22, // 40: herald.v1.Herald.PresenceStats:output_type -> herald.v1.PresenceStatsResponse
-	24, // 41: herald.v1.Herald.WatchPresence:output_type -> herald.v1.PresenceEvent
-	26, // 42: herald.v1.Herald.Info:output_type -> herald.v1.InfoResponse
-	32, // [32:43] is the sub-list for method output_type
-	21, // [21:32] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	10, // 8: herald.v1.SubscribeRequest.target:type_name -> herald.v1.Target
+	33, // 9: herald.v1.SubscribeRequest.since:type_name -> herald.v1.SubscribeRequest.SinceEntry
+	34, // 10: herald.v1.SubscribeResponse.recovered:type_name -> herald.v1.SubscribeResponse.RecoveredEntry
+	35, // 11: herald.v1.SubscribeResponse.positions:type_name -> herald.v1.SubscribeResponse.PositionsEntry
+	10, // 12: herald.v1.UnsubscribeRequest.target:type_name -> herald.v1.Target
+	10, // 13: herald.v1.DisconnectRequest.target:type_name -> herald.v1.Target
+	11, // 14: herald.v1.ControlRequest.subscribe:type_name -> herald.v1.SubscribeRequest
+	13, // 15: herald.v1.ControlRequest.unsubscribe:type_name -> herald.v1.UnsubscribeRequest
+	15, // 16: herald.v1.ControlRequest.disconnect:type_name -> herald.v1.DisconnectRequest
+	12, // 17: herald.v1.ControlResponse.subscribe:type_name -> herald.v1.SubscribeResponse
+	14, // 18: herald.v1.ControlResponse.unsubscribe:type_name -> herald.v1.UnsubscribeResponse
+	16, // 19: herald.v1.ControlResponse.disconnect:type_name -> herald.v1.DisconnectResponse
+	9,  // 20: herald.v1.ControlResponse.error:type_name -> herald.v1.Error
+	19, // 21: herald.v1.PresenceResponse.members:type_name -> herald.v1.Member
+	0,  // 22: herald.v1.PresenceEvent.kind:type_name -> herald.v1.PresenceEventKind
+	19, // 23: herald.v1.PresenceEvent.member:type_name -> herald.v1.Member
+	3,  // 24: herald.v1.HistoryRequest.since:type_name -> herald.v1.StreamPosition
+	29, // 25: herald.v1.HistoryResponse.messages:type_name -> herald.v1.HistoryMessage
+	3,  // 26: herald.v1.HistoryResponse.position:type_name -> herald.v1.StreamPosition
+	3,  // 27: herald.v1.SubscribeRequest.SinceEntry.value:type_name -> herald.v1.StreamPosition
+	3,  // 28: herald.v1.SubscribeResponse.PositionsEntry.value:type_name -> herald.v1.StreamPosition
+	1,  // 29: herald.v1.Herald.Publish:input_type -> herald.v1.PublishRequest
+	4,  // 30: herald.v1.Herald.PublishStream:input_type -> herald.v1.PublishStreamRequest
+	7,  // 31: herald.v1.Herald.Broadcast:input_type -> herald.v1.BroadcastRequest
+	11, // 32: herald.v1.Herald.Subscribe:input_type -> herald.v1.SubscribeRequest
+	13, // 33: herald.v1.Herald.Unsubscribe:input_type -> herald.v1.UnsubscribeRequest
+	15, // 34: herald.v1.Herald.Disconnect:input_type -> herald.v1.DisconnectRequest
+	17, // 35: herald.v1.Herald.Control:input_type -> herald.v1.ControlRequest
+	20, // 36: herald.v1.Herald.Presence:input_type -> herald.v1.PresenceRequest
+	22, // 37: herald.v1.Herald.PresenceStats:input_type -> herald.v1.PresenceStatsRequest
+	24, // 38: herald.v1.Herald.WatchPresence:input_type -> herald.v1.WatchPresenceRequest
+	26, // 39: herald.v1.Herald.Info:input_type -> herald.v1.InfoRequest
+	28, // 40: herald.v1.Herald.History:input_type -> herald.v1.HistoryRequest
+	31, // 41: herald.v1.Herald.RemoveHistory:input_type -> herald.v1.RemoveHistoryRequest
+	2,  // 42: herald.v1.Herald.Publish:output_type -> herald.v1.PublishResponse
+	5,  // 43: herald.v1.Herald.PublishStream:output_type -> herald.v1.PublishStreamResponse
+	8,  // 44: herald.v1.Herald.Broadcast:output_type -> herald.v1.BroadcastResponse
+	12, // 45: herald.v1.Herald.Subscribe:output_type -> herald.v1.SubscribeResponse
+	14, // 46: herald.v1.Herald.Unsubscribe:output_type -> herald.v1.UnsubscribeResponse
+	16, // 47: herald.v1.Herald.Disconnect:output_type -> herald.v1.DisconnectResponse
+	18, // 48: herald.v1.Herald.Control:output_type -> herald.v1.ControlResponse
+	21, // 49: herald.v1.Herald.Presence:output_type -> herald.v1.PresenceResponse
+	23, // 50: herald.v1.Herald.PresenceStats:output_type -> herald.v1.PresenceStatsResponse
+	25, // 51: herald.v1.Herald.WatchPresence:output_type -> herald.v1.PresenceEvent
+	27, // 52: herald.v1.Herald.Info:output_type -> herald.v1.InfoResponse
+	30, // 53: herald.v1.Herald.History:output_type -> herald.v1.HistoryResponse
+	32, // 54: herald.v1.Herald.RemoveHistory:output_type -> herald.v1.RemoveHistoryResponse
+	42, // [42:55] is the sub-list for method output_type
+	29, // [29:42] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_herald_v1_herald_proto_init() }
@@ -2193,25 +2677,25 @@ func file_herald_v1_herald_proto_init() {
 		return
 	}
 	file_herald_v1_herald_proto_msgTypes[0].OneofWrappers = []any{}
-	file_herald_v1_herald_proto_msgTypes[3].OneofWrappers = []any{
+	file_herald_v1_herald_proto_msgTypes[4].OneofWrappers = []any{
 		(*PublishStreamResponse_Ack)(nil),
 		(*PublishStreamResponse_Error)(nil),
 	}
-	file_herald_v1_herald_proto_msgTypes[4].OneofWrappers = []any{
+	file_herald_v1_herald_proto_msgTypes[5].OneofWrappers = []any{
 		(*PublishResult_Ack)(nil),
 		(*PublishResult_Error)(nil),
 	}
-	file_herald_v1_herald_proto_msgTypes[5].OneofWrappers = []any{}
-	file_herald_v1_herald_proto_msgTypes[8].OneofWrappers = []any{
+	file_herald_v1_herald_proto_msgTypes[6].OneofWrappers = []any{}
+	file_herald_v1_herald_proto_msgTypes[9].OneofWrappers = []any{
 		(*Target_ConnectionId)(nil),
 		(*Target_UserId)(nil),
 	}
-	file_herald_v1_herald_proto_msgTypes[15].OneofWrappers = []any{
+	file_herald_v1_herald_proto_msgTypes[16].OneofWrappers = []any{
 		(*ControlRequest_Subscribe)(nil),
 		(*ControlRequest_Unsubscribe)(nil),
 		(*ControlRequest_Disconnect)(nil),
 	}
-	file_herald_v1_herald_proto_msgTypes[16].OneofWrappers = []any{
+	file_herald_v1_herald_proto_msgTypes[17].OneofWrappers = []any{
 		(*ControlResponse_Subscribe)(nil),
 		(*ControlResponse_Unsubscribe)(nil),
 		(*ControlResponse_Disconnect)(nil),
@@ -2223,7 +2707,7 @@ func file_herald_v1_herald_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_v1_herald_proto_rawDesc), len(file_herald_v1_herald_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   26,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -43,6 +43,8 @@ const (
 	Herald_PresenceStats_FullMethodName = "/herald.v1.Herald/PresenceStats"
 	Herald_WatchPresence_FullMethodName = "/herald.v1.Herald/WatchPresence"
 	Herald_Info_FullMethodName          = "/herald.v1.Herald/Info"
+	Herald_History_FullMethodName       = "/herald.v1.Herald/History"
+	Herald_RemoveHistory_FullMethodName = "/herald.v1.Herald/RemoveHistory"
 )
 
 // HeraldClient is the client API for Herald service.
@@ -98,6 +100,16 @@ type HeraldClient interface {
 	WatchPresence(ctx context.Context, in *WatchPresenceRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[PresenceEvent], error)
 	// Node identity, version, uptime and counters.
 	Info(ctx context.Context, in *InfoRequest, opts ...grpc.CallOption) (*InfoResponse, error)
+	// A page of a topic's kept messages (its history; see the history_size and
+	// history_ttl of the engine's [[topics]] rules). Oldest first after `since`, or
+	// newest first before `since` with `reverse`. A topic that keeps no history, or
+	// that this node does not hold, answers an empty page. FAILED_PRECONDITION when
+	// `since` names an epoch the topic no longer has; INVALID_ARGUMENT for a bad
+	// topic or a limit over 10000.
+	History(ctx context.Context, in *HistoryRequest, opts ...grpc.CallOption) (*HistoryResponse, error)
+	// Drop a topic's kept messages. Sequence numbers go on; clients behind the
+	// current position can no longer recover and are told so (recovered = false).
+	RemoveHistory(ctx context.Context, in *RemoveHistoryRequest, opts ...grpc.CallOption) (*RemoveHistoryResponse, error)
 }
 
 type heraldClient struct {
@@ -233,6 +245,26 @@ func (c *heraldClient) Info(ctx context.Context, in *InfoRequest, opts ...grpc.C
 	return out, nil
 }
 
+func (c *heraldClient) History(ctx context.Context, in *HistoryRequest, opts ...grpc.CallOption) (*HistoryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(HistoryResponse)
+	err := c.cc.Invoke(ctx, Herald_History_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *heraldClient) RemoveHistory(ctx context.Context, in *RemoveHistoryRequest, opts ...grpc.CallOption) (*RemoveHistoryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveHistoryResponse)
+	err := c.cc.Invoke(ctx, Herald_RemoveHistory_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // HeraldServer is the server API for Herald service.
 // All implementations must embed UnimplementedHeraldServer
 // for forward compatibility.
@@ -286,6 +318,16 @@ type HeraldServer interface {
 	WatchPresence(*WatchPresenceRequest, grpc.ServerStreamingServer[PresenceEvent]) error
 	// Node identity, version, uptime and counters.
 	Info(context.Context, *InfoRequest) (*InfoResponse, error)
+	// A page of a topic's kept messages (its history; see the history_size and
+	// history_ttl of the engine's [[topics]] rules). Oldest first after `since`, or
+	// newest first before `since` with `reverse`. A topic that keeps no history, or
+	// that this node does not hold, answers an empty page. FAILED_PRECONDITION when
+	// `since` names an epoch the topic no longer has; INVALID_ARGUMENT for a bad
+	// topic or a limit over 10000.
+	History(context.Context, *HistoryRequest) (*HistoryResponse, error)
+	// Drop a topic's kept messages. Sequence numbers go on; clients behind the
+	// current position can no longer recover and are told so (recovered = false).
+	RemoveHistory(context.Context, *RemoveHistoryRequest) (*RemoveHistoryResponse, error)
 	mustEmbedUnimplementedHeraldServer()
 }
 
@@ -328,6 +370,12 @@ func (UnimplementedHeraldServer) WatchPresence(*WatchPresenceRequest, grpc.Serve
 }
 func (UnimplementedHeraldServer) Info(context.Context, *InfoRequest) (*InfoResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Info not implemented")
+}
+func (UnimplementedHeraldServer) History(context.Context, *HistoryRequest) (*HistoryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method History not implemented")
+}
+func (UnimplementedHeraldServer) RemoveHistory(context.Context, *RemoveHistoryRequest) (*RemoveHistoryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveHistory not implemented")
 }
 func (UnimplementedHeraldServer) mustEmbedUnimplementedHeraldServer() {}
 func (UnimplementedHeraldServer) testEmbeddedByValue()                {}
@@ -519,6 +567,42 @@ func _Herald_Info_Handler(srv interface{}, ctx context.Context, dec func(interfa
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Herald_History_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(HistoryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HeraldServer).History(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Herald_History_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HeraldServer).History(ctx, req.(*HistoryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Herald_RemoveHistory_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveHistoryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(HeraldServer).RemoveHistory(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Herald_RemoveHistory_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(HeraldServer).RemoveHistory(ctx, req.(*RemoveHistoryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Herald_ServiceDesc is the grpc.ServiceDesc for Herald service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -557,6 +641,14 @@ var Herald_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Info",
 			Handler:    _Herald_Info_Handler,
+		},
+		{
+			MethodName: "History",
+			Handler:    _Herald_History_Handler,
+		},
+		{
+			MethodName: "RemoveHistory",
+			Handler:    _Herald_RemoveHistory_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

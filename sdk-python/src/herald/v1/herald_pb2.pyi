@@ -144,6 +144,7 @@ class PublishResponse(_message.Message):
 
     SEQUENCE_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """The message's sequence number in its topic: 1 for the first message, then
     increasing by one. Sequences restart at 1 once a topic has had no subscribers
@@ -151,19 +152,52 @@ class PublishResponse(_message.Message):
     """
     duplicate: _builtins.bool
     """True when the idempotency key matched an earlier publish: nothing was sent."""
+    epoch: _builtins.str
+    """The topic's epoch: a random id of this incarnation of the topic. Sequence
+    numbers count within an epoch; a new epoch (after a restart, or once the topic
+    was dropped after its retention) starts again at 1. WebSocket messages carry
+    the same epoch.
+    """
     def __init__(
         self,
         *,
         sequence: _builtins.int = ...,
         duplicate: _builtins.bool = ...,
+        epoch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "epoch", b"epoch", "sequence", b"sequence"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PublishResponse: _TypeAlias = PublishResponse  # noqa: Y015
+
+@_typing.final
+class StreamPosition(_message.Message):
+    """A position in a topic: the last sequence number seen, in which epoch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """The sequence number."""
+    epoch: _builtins.str
+    """The topic's epoch."""
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        epoch: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamPosition: _TypeAlias = StreamPosition  # noqa: Y015
 
 @_typing.final
 class PublishStreamRequest(_message.Message):
@@ -419,8 +453,30 @@ class SubscribeRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class SinceEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___StreamPosition: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___StreamPosition | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     TARGET_FIELD_NUMBER: _builtins.int
     TOPICS_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def target(self) -> Global___Target:
         """The connection or user."""
@@ -429,15 +485,25 @@ class SubscribeRequest(_message.Message):
     def topics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The topics to add; a topic the connection is already in is left as it is."""
 
+    @_builtins.property
+    def since(self) -> _containers.MessageMap[_builtins.str, Global___StreamPosition]:
+        """Optional, per topic of `topics`: the last position the client saw. The
+        connection is first sent every message it missed since then, in order, with
+        no gap and no duplicate before the live ones — when the topic still keeps
+        them all (same epoch, within its history). The client's "subscribed" push
+        says per topic whether it recovered, like a client's own subscribe.
+        """
+
     def __init__(
         self,
         *,
         target: Global___Target | None = ...,
         topics: _abc.Iterable[_builtins.str] | None = ...,
+        since: _abc.Mapping[_builtins.str, Global___StreamPosition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["target", b"target", "topics", b"topics"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "target", b"target", "topics", b"topics"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -449,17 +515,72 @@ class SubscribeResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class RecoveredEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.bool
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.bool = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class PositionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___StreamPosition: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___StreamPosition | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     CONNECTIONS_FIELD_NUMBER: _builtins.int
+    RECOVERED_FIELD_NUMBER: _builtins.int
+    POSITIONS_FIELD_NUMBER: _builtins.int
     connections: _builtins.int
     """How many connections the command reached."""
+    @_builtins.property
+    def recovered(self) -> _containers.ScalarMap[_builtins.str, _builtins.bool]:
+        """Per topic named in `since`: true when every connection reached recovered."""
+
+    @_builtins.property
+    def positions(self) -> _containers.MessageMap[_builtins.str, Global___StreamPosition]:
+        """Per topic named in `since`: the position live messages follow (for the last
+        connection reached).
+        """
+
     def __init__(
         self,
         *,
         connections: _builtins.int = ...,
+        recovered: _abc.Mapping[_builtins.str, _builtins.bool] | None = ...,
+        positions: _abc.Mapping[_builtins.str, Global___StreamPosition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connections", b"connections"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connections", b"connections", "positions", b"positions", "recovered", b"recovered"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -911,6 +1032,8 @@ class InfoResponse(_message.Message):
     MESSAGES_DROPPED_FIELD_NUMBER: _builtins.int
     SLOW_DISCONNECTS_FIELD_NUMBER: _builtins.int
     CLIENT_AUTH_FIELD_NUMBER: _builtins.int
+    HISTORY_BYTES_FIELD_NUMBER: _builtins.int
+    HISTORY_MESSAGES_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """This node's id (configurable; a random id by default)."""
     version: _builtins.str
@@ -936,6 +1059,10 @@ class InfoResponse(_message.Message):
     configured). False means the node runs open: any client may connect and
     claim any user id.
     """
+    history_bytes: _builtins.int
+    """Bytes held by topic history, bounded by the engine's history_max_bytes."""
+    history_messages: _builtins.int
+    """Messages held by topic history."""
     def __init__(
         self,
         *,
@@ -950,11 +1077,174 @@ class InfoResponse(_message.Message):
         messages_dropped: _builtins.int = ...,
         slow_disconnects: _builtins.int = ...,
         client_auth: _builtins.bool = ...,
+        history_bytes: _builtins.int = ...,
+        history_messages: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_auth", b"client_auth", "connections", b"connections", "messages_delivered", b"messages_delivered", "messages_dropped", b"messages_dropped", "messages_published", b"messages_published", "node_id", b"node_id", "slow_disconnects", b"slow_disconnects", "subscriptions", b"subscriptions", "topics", b"topics", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_auth", b"client_auth", "connections", b"connections", "history_bytes", b"history_bytes", "history_messages", b"history_messages", "messages_delivered", b"messages_delivered", "messages_dropped", b"messages_dropped", "messages_published", b"messages_published", "node_id", b"node_id", "slow_disconnects", b"slow_disconnects", "subscriptions", b"subscriptions", "topics", b"topics", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InfoResponse: _TypeAlias = InfoResponse  # noqa: Y015
+
+@_typing.final
+class HistoryRequest(_message.Message):
+    """---------------------------------------------------------------------------
+    History
+    ---------------------------------------------------------------------------
+
+    A page of a topic's history.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOPIC_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    REVERSE_FIELD_NUMBER: _builtins.int
+    topic: _builtins.str
+    """The topic."""
+    limit: _builtins.int
+    """The most messages to return; 0 means the default (100). At most 10000."""
+    reverse: _builtins.bool
+    """Newest first."""
+    @_builtins.property
+    def since(self) -> Global___StreamPosition:
+        """Optional. Without `reverse`: messages after this position (paging forward:
+        pass the last message of the previous page). With `reverse`: messages before
+        it (paging back: pass the oldest message of the previous page). An empty
+        epoch is not checked; a different one is FAILED_PRECONDITION.
+        """
+
+    def __init__(
+        self,
+        *,
+        topic: _builtins.str = ...,
+        since: Global___StreamPosition | None = ...,
+        limit: _builtins.int = ...,
+        reverse: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "reverse", b"reverse", "since", b"since", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HistoryRequest: _TypeAlias = HistoryRequest  # noqa: Y015
+
+@_typing.final
+class HistoryMessage(_message.Message):
+    """One kept message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_MS_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Its sequence number in the topic."""
+    data: _builtins.bytes
+    """The payload as published."""
+    content_type: _builtins.str
+    """Its content type as published."""
+    timestamp_ms: _builtins.int
+    """When it was published, in milliseconds since the Unix epoch."""
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+        content_type: _builtins.str = ...,
+        timestamp_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "data", b"data", "sequence", b"sequence", "timestamp_ms", b"timestamp_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HistoryMessage: _TypeAlias = HistoryMessage  # noqa: Y015
+
+@_typing.final
+class HistoryResponse(_message.Message):
+    """A page of history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    FIRST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    first_sequence: _builtins.int
+    """The oldest sequence number still kept; 0 when none is. A client whose last
+    sequence is below first_sequence - 1 cannot recover.
+    """
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryMessage]:
+        """The messages, oldest first (newest first with `reverse`)."""
+
+    @_builtins.property
+    def position(self) -> Global___StreamPosition:
+        """The topic's current position: its last sequence number and its epoch (an
+        empty epoch when this node does not hold the topic).
+        """
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___HistoryMessage] | None = ...,
+        position: Global___StreamPosition | None = ...,
+        first_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["position", b"position"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["first_sequence", b"first_sequence", "messages", b"messages", "position", b"position"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HistoryResponse: _TypeAlias = HistoryResponse  # noqa: Y015
+
+@_typing.final
+class RemoveHistoryRequest(_message.Message):
+    """Drop a topic's history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOPIC_FIELD_NUMBER: _builtins.int
+    topic: _builtins.str
+    """The topic."""
+    def __init__(
+        self,
+        *,
+        topic: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveHistoryRequest: _TypeAlias = RemoveHistoryRequest  # noqa: Y015
+
+@_typing.final
+class RemoveHistoryResponse(_message.Message):
+    """The result of a RemoveHistory."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVED_FIELD_NUMBER: _builtins.int
+    removed: _builtins.int
+    """How many messages were dropped."""
+    def __init__(
+        self,
+        *,
+        removed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveHistoryResponse: _TypeAlias = RemoveHistoryResponse  # noqa: Y015

@@ -90,6 +90,16 @@ class HeraldStub:
                 request_serializer=herald_dot_v1_dot_herald__pb2.InfoRequest.SerializeToString,
                 response_deserializer=herald_dot_v1_dot_herald__pb2.InfoResponse.FromString,
                 _registered_method=True)
+        self.History = channel.unary_unary(
+                '/herald.v1.Herald/History',
+                request_serializer=herald_dot_v1_dot_herald__pb2.HistoryRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_herald__pb2.HistoryResponse.FromString,
+                _registered_method=True)
+        self.RemoveHistory = channel.unary_unary(
+                '/herald.v1.Herald/RemoveHistory',
+                request_serializer=herald_dot_v1_dot_herald__pb2.RemoveHistoryRequest.SerializeToString,
+                response_deserializer=herald_dot_v1_dot_herald__pb2.RemoveHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class HeraldServicer:
@@ -198,6 +208,26 @@ class HeraldServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def History(self, request, context):
+        """A page of a topic's kept messages (its history; see the history_size and
+        history_ttl of the engine's [[topics]] rules). Oldest first after `since`, or
+        newest first before `since` with `reverse`. A topic that keeps no history, or
+        that this node does not hold, answers an empty page. FAILED_PRECONDITION when
+        `since` names an epoch the topic no longer has; INVALID_ARGUMENT for a bad
+        topic or a limit over 10000.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveHistory(self, request, context):
+        """Drop a topic's kept messages. Sequence numbers go on; clients behind the
+        current position can no longer recover and are told so (recovered = false).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HeraldServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -255,6 +285,16 @@ def add_HeraldServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=herald_dot_v1_dot_herald__pb2.InfoRequest.FromString,
                     response_serializer=herald_dot_v1_dot_herald__pb2.InfoResponse.SerializeToString,
+            ),
+            'History': grpc.unary_unary_rpc_method_handler(
+                    servicer.History,
+                    request_deserializer=herald_dot_v1_dot_herald__pb2.HistoryRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_herald__pb2.HistoryResponse.SerializeToString,
+            ),
+            'RemoveHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveHistory,
+                    request_deserializer=herald_dot_v1_dot_herald__pb2.RemoveHistoryRequest.FromString,
+                    response_serializer=herald_dot_v1_dot_herald__pb2.RemoveHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -555,6 +595,60 @@ class Herald:
             '/herald.v1.Herald/Info',
             herald_dot_v1_dot_herald__pb2.InfoRequest.SerializeToString,
             herald_dot_v1_dot_herald__pb2.InfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def History(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.Herald/History',
+            herald_dot_v1_dot_herald__pb2.HistoryRequest.SerializeToString,
+            herald_dot_v1_dot_herald__pb2.HistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herald.v1.Herald/RemoveHistory',
+            herald_dot_v1_dot_herald__pb2.RemoveHistoryRequest.SerializeToString,
+            herald_dot_v1_dot_herald__pb2.RemoveHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

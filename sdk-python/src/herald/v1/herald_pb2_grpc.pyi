@@ -101,6 +101,18 @@ class HeraldStub:
     """
     Info: _grpc.UnaryUnaryMultiCallable[_herald_pb2.InfoRequest, _herald_pb2.InfoResponse]
     """Node identity, version, uptime and counters."""
+    History: _grpc.UnaryUnaryMultiCallable[_herald_pb2.HistoryRequest, _herald_pb2.HistoryResponse]
+    """A page of a topic's kept messages (its history; see the history_size and
+    history_ttl of the engine's [[topics]] rules). Oldest first after `since`, or
+    newest first before `since` with `reverse`. A topic that keeps no history, or
+    that this node does not hold, answers an empty page. FAILED_PRECONDITION when
+    `since` names an epoch the topic no longer has; INVALID_ARGUMENT for a bad
+    topic or a limit over 10000.
+    """
+    RemoveHistory: _grpc.UnaryUnaryMultiCallable[_herald_pb2.RemoveHistoryRequest, _herald_pb2.RemoveHistoryResponse]
+    """Drop a topic's kept messages. Sequence numbers go on; clients behind the
+    current position can no longer recover and are told so (recovered = false).
+    """
 
 @_typing.type_check_only
 class HeraldAsyncStub(HeraldStub):
@@ -163,6 +175,18 @@ class HeraldAsyncStub(HeraldStub):
     """
     Info: _aio.UnaryUnaryMultiCallable[_herald_pb2.InfoRequest, _herald_pb2.InfoResponse]  # type: ignore[assignment]
     """Node identity, version, uptime and counters."""
+    History: _aio.UnaryUnaryMultiCallable[_herald_pb2.HistoryRequest, _herald_pb2.HistoryResponse]  # type: ignore[assignment]
+    """A page of a topic's kept messages (its history; see the history_size and
+    history_ttl of the engine's [[topics]] rules). Oldest first after `since`, or
+    newest first before `since` with `reverse`. A topic that keeps no history, or
+    that this node does not hold, answers an empty page. FAILED_PRECONDITION when
+    `since` names an epoch the topic no longer has; INVALID_ARGUMENT for a bad
+    topic or a limit over 10000.
+    """
+    RemoveHistory: _aio.UnaryUnaryMultiCallable[_herald_pb2.RemoveHistoryRequest, _herald_pb2.RemoveHistoryResponse]  # type: ignore[assignment]
+    """Drop a topic's kept messages. Sequence numbers go on; clients behind the
+    current position can no longer recover and are told so (recovered = false).
+    """
 
 class HeraldServicer(metaclass=_abc_1.ABCMeta):
     """Herald is the whole producer-facing surface of one engine node."""
@@ -288,5 +312,29 @@ class HeraldServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_herald_pb2.InfoResponse, _abc.Awaitable[_herald_pb2.InfoResponse]]:
         """Node identity, version, uptime and counters."""
+
+    @_abc_1.abstractmethod
+    def History(
+        self,
+        request: _herald_pb2.HistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_herald_pb2.HistoryResponse, _abc.Awaitable[_herald_pb2.HistoryResponse]]:
+        """A page of a topic's kept messages (its history; see the history_size and
+        history_ttl of the engine's [[topics]] rules). Oldest first after `since`, or
+        newest first before `since` with `reverse`. A topic that keeps no history, or
+        that this node does not hold, answers an empty page. FAILED_PRECONDITION when
+        `since` names an epoch the topic no longer has; INVALID_ARGUMENT for a bad
+        topic or a limit over 10000.
+        """
+
+    @_abc_1.abstractmethod
+    def RemoveHistory(
+        self,
+        request: _herald_pb2.RemoveHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_herald_pb2.RemoveHistoryResponse, _abc.Awaitable[_herald_pb2.RemoveHistoryResponse]]:
+        """Drop a topic's kept messages. Sequence numbers go on; clients behind the
+        current position can no longer recover and are told so (recovered = false).
+        """
 
 def add_HeraldServicer_to_server(servicer: HeraldServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
