@@ -35,6 +35,8 @@ mod broker;
 pub mod config;
 mod conn;
 mod grpc;
+mod handshake;
+mod limits;
 mod metrics;
 mod presence;
 mod protocol;
