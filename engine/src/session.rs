@@ -174,6 +174,7 @@ pub(crate) async fn serve(
         access,
         token,
         commands: CommandRate::new(config),
+        flooded: false,
     };
     read_loop(&mut session, &mut stream, &mut done_rx).await;
 
@@ -410,6 +411,8 @@ struct Session<'a> {
     access: &'a ClientAccess,
     token: TokenState,
     commands: CommandRate,
+    /// Set once the connection was closed for a command flood.
+    flooded: bool,
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -464,27 +467,32 @@ async fn read_loop(
             None => return,
             Some(Ok(message)) => {
                 conn.touch();
+                if session.flooded {
+                    // Closing: read (and drop) what the client still sends until the
+                    // close frame is out, so the socket does not end in a reset.
+                    continue;
+                }
                 let counted = matches!(
                     message,
                     Message::Text(_) | Message::Binary(_) | Message::Ping(_)
                 );
-                match if counted {
+                let verdict = if counted {
                     session.commands.check()
                 } else {
                     Verdict::Allow
-                } {
+                };
+                match verdict {
                     Verdict::Allow => handle_message(session, message),
                     Verdict::Refuse(wait) => refuse_command(&conn, &message, wait),
                     Verdict::Flood => {
                         tracing::debug!(conn = %conn.id(), "command flood; closing");
+                        session.flooded = true;
                         conn.close(Close {
                             code: close::RATE_LIMITED,
                             reason: "command flood".into(),
                             reconnect: true,
                             drain: false,
                         });
-                        let _ = tokio::time::timeout(CLOSE_LINGER, &mut *done_rx).await;
-                        return;
                     }
                 }
             }
