@@ -39,6 +39,8 @@ mod handshake;
 mod limits;
 mod metrics;
 mod presence;
+#[cfg(test)]
+mod proptests;
 mod protocol;
 mod queue;
 mod registry;
