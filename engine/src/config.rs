@@ -198,6 +198,36 @@ settings! {
     grpc_plaintext: bool = false, env "HERALD_GRPC_PLAINTEXT";
     /// CA certificates (PEM): gRPC clients must present a certificate signed by one of them (mutual TLS; needs gRPC TLS) [default: none]
     grpc_client_ca: PathBuf = PathBuf::new(), env "HERALD_GRPC_CLIENT_CA";
+    /// Origins allowed to open WebSocket connections, comma-separated: exact ("https://app.example.com") or a wildcard for subdomains ("*.example.com", "https://*.example.com"); a handshake from another origin gets HTTP 403, one without an Origin header (not a browser) is allowed; empty: any origin [default: any]
+    allowed_origins: String = String::new(), env "HERALD_ALLOWED_ORIGINS";
+    /// Most WebSocket connections on this node; further handshakes get HTTP 503 with Retry-After; 0: no limit beyond the open-files limit [default: 0]
+    max_connections: usize = 0, env "HERALD_MAX_CONNECTIONS";
+    /// Most WebSocket connections of one user id; further ones are refused (HTTP 429, or close 4007 after a connect frame); 0: no limit [default: 0]
+    max_connections_per_user: usize = 0, env "HERALD_MAX_CONNECTIONS_PER_USER";
+    /// Most WebSocket connections from one client IP address (HTTP 429); 0: no limit. Behind a proxy every client has the proxy's address: leave it off there [default: 0]
+    max_connections_per_ip: usize = 0, env "HERALD_MAX_CONNECTIONS_PER_IP";
+    /// New WebSocket connections per second one client IP address may open (token bucket; over it HTTP 429 with Retry-After); 0: no limit [default: 0]
+    ip_connect_rate: f64 = 0.0, env "HERALD_IP_CONNECT_RATE";
+    /// Burst of new connections one IP address may open above ip_connect_rate; 0: the rate rounded up [default: 0]
+    ip_connect_burst: u32 = 0, env "HERALD_IP_CONNECT_BURST";
+    /// Commands (text, binary and ping frames) per second one WebSocket connection may send (token bucket); excess commands get `rate_limited` errors; 0: no limit [default: 100]
+    client_command_rate: f64 = 100.0, env "HERALD_CLIENT_COMMAND_RATE";
+    /// Burst of commands one connection may send above client_command_rate; 0: the rate rounded up [default: 200]
+    client_command_burst: u32 = 200, env "HERALD_CLIENT_COMMAND_BURST";
+    /// Commands refused for the rate within 10 seconds that close the connection as a flood (4006); 0: never close [default: 100]
+    client_command_flood: u32 = 100, env "HERALD_CLIENT_COMMAND_FLOOD";
+    /// Close a gRPC connection whose client has not sent its first bytes (the HTTP/2 preface, or the TLS hello) within this time [default: 10s]
+    grpc_setup_timeout: Dur = Dur(Duration::from_secs(10)), env "HERALD_GRPC_SETUP_TIMEOUT";
+    /// Close a gRPC connection from which nothing was received for this long (answers to keepalive pings count); 0s: never [default: 5m]
+    grpc_idle_timeout: Dur = Dur(Duration::from_secs(300)), env "HERALD_GRPC_IDLE_TIMEOUT";
+    /// Interval of HTTP/2 keepalive pings on gRPC connections; a peer that does not answer within grpc_keepalive_timeout is dropped; 0s: no pings [default: 60s]
+    grpc_keepalive_interval: Dur = Dur(Duration::from_secs(60)), env "HERALD_GRPC_KEEPALIVE_INTERVAL";
+    /// Time a gRPC peer has to answer a keepalive ping [default: 20s]
+    grpc_keepalive_timeout: Dur = Dur(Duration::from_secs(20)), env "HERALD_GRPC_KEEPALIVE_TIMEOUT";
+    /// TCP keepalive idle time on accepted gRPC sockets (the kernel probes dead peers); 0s: off [default: 60s]
+    grpc_tcp_keepalive: Dur = Dur(Duration::from_secs(60)), env "HERALD_GRPC_TCP_KEEPALIVE";
+    /// Most WatchPresence streams open at once on this node; further ones get RESOURCE_EXHAUSTED [default: 1024]
+    max_presence_watchers: usize = 1024, env "HERALD_MAX_PRESENCE_WATCHERS";
     /// Log format [default: text]
     log_format: LogFormat = LogFormat::Text, env "HERALD_LOG_FORMAT";
     /// Log filter, in RUST_LOG syntax [default: info]
@@ -331,6 +361,7 @@ impl Config {
             ("listen_backlog", self.listen_backlog as usize),
             ("idempotency_max_keys", self.idempotency_max_keys),
             ("presence_max_snapshots", self.presence_max_snapshots),
+            ("max_presence_watchers", self.max_presence_watchers),
             ("grpc_max_concurrent_calls", self.grpc_max_concurrent_calls),
             (
                 "grpc_max_streams_per_connection",
@@ -355,6 +386,27 @@ impl Config {
                 "queue limits must fit in 32 bits".into(),
             ));
         }
+        for (name, rate) in [
+            ("ip_connect_rate", self.ip_connect_rate),
+            ("client_command_rate", self.client_command_rate),
+        ] {
+            if !rate.is_finite() || rate < 0.0 {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be a number of at least 0 (0: no limit)"
+                )));
+            }
+        }
+        if self.grpc_setup_timeout.0.is_zero() {
+            return Err(ConfigError::Invalid(
+                "grpc_setup_timeout must be positive".into(),
+            ));
+        }
+        if !self.grpc_keepalive_interval.0.is_zero() && self.grpc_keepalive_timeout.0.is_zero() {
+            return Err(ConfigError::Invalid(
+                "grpc_keepalive_timeout must be positive when keepalive pings are on".into(),
+            ));
+        }
+        crate::limits::Origins::parse(&self.allowed_origins).map_err(ConfigError::Invalid)?;
         self.presence_patterns()?;
         self.admin_socket_addr()?;
         crate::rules::Rules::compile(&self.topics, self.max_topic_len)

@@ -35,9 +35,13 @@ mod broker;
 pub mod config;
 mod conn;
 mod grpc;
+mod handshake;
 mod history;
+mod limits;
 mod metrics;
 mod presence;
+#[cfg(test)]
+mod proptests;
 mod protocol;
 mod queue;
 mod registry;

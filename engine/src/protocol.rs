@@ -33,6 +33,12 @@ pub(crate) mod close {
     pub(crate) const TOKEN_EXPIRED: u16 = 4004;
     /// No `connect` frame arrived within the handshake timeout; reconnect allowed.
     pub(crate) const AUTH_TIMEOUT: u16 = 4005;
+    /// The connection flooded the server with commands over its rate; reconnect
+    /// allowed, after a backoff.
+    pub(crate) const RATE_LIMITED: u16 = 4006;
+    /// The user already holds its limit of connections (refused after a `connect`
+    /// frame); reconnect allowed, after a backoff.
+    pub(crate) const TOO_MANY_CONNECTIONS: u16 = 4007;
     /// The token was refused, or a command came before `connect`; do not reconnect
     /// with the same token.
     pub(crate) const UNAUTHORIZED: u16 = 4501;
@@ -125,10 +131,15 @@ struct RawId {
     id: Option<u64>,
 }
 
+/// The `id` of a client frame, when it is a JSON object with a readable one.
+pub(crate) fn command_id(text: &str) -> Option<u64> {
+    serde_json::from_str::<RawId>(text).ok().and_then(|r| r.id)
+}
+
 /// Parses one client text frame.
 pub(crate) fn parse_command(text: &str) -> Result<Command, CommandError> {
     let raw: RawCommand = serde_json::from_str(text).map_err(|e| CommandError {
-        id: serde_json::from_str::<RawId>(text).ok().and_then(|r| r.id),
+        id: command_id(text),
         code: "bad_frame",
         message: format!("frame is not a valid command object: {e}"),
     })?;

@@ -19,7 +19,6 @@ use tokio::{
     task::JoinHandle,
     time::Instant,
 };
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::limit::GlobalConcurrencyLimitLayer;
@@ -30,8 +29,9 @@ use crate::{
     auth::{ClientAccess, KeyError},
     broker::{Broker, InProcess},
     config::{Config, ConfigError},
-    grpc::HeraldService,
+    grpc::{self, HeraldService},
     history::HistoryRules,
+    limits::ConnLimits,
     metrics::{GrpcLayer, GrpcMetrics, Metrics},
     presence::PresenceHub,
     proto::{self, herald_server::HeraldServer},
@@ -112,6 +112,9 @@ impl Engine {
         log_access(&access);
         let api_keys = Arc::new(ApiKeys::load(&config)?);
         let ws_tls = tls::ws_acceptor(&config)?;
+        let limits = Arc::new(
+            ConnLimits::new(&config).map_err(|e| StartError::Config(ConfigError::Invalid(e)))?,
+        );
         let grpc_builder = tls::grpc_builder(&config)?;
         // 1. Bind.
         let (ws_listener, ws_addr) = bind(config.ws_addr, config.listen_backlog)?;
@@ -170,6 +173,10 @@ impl Engine {
         let stop_grpc = CancellationToken::new();
         let grpc_server = grpc_builder
             .max_concurrent_streams(Some(config.grpc_max_streams_per_connection))
+            .http2_keepalive_interval(
+                Some(config.grpc_keepalive_interval.0).filter(|d| !d.is_zero()),
+            )
+            .http2_keepalive_timeout(Some(config.grpc_keepalive_timeout.0))
             // Outermost, the metrics count every call, refused ones too; then a
             // call without a valid key takes no concurrency slot.
             .layer(GrpcLayer(Arc::clone(&grpc_metrics)))
@@ -183,7 +190,7 @@ impl Engine {
                 HeraldServer::new(service).max_decoding_message_size(config.grpc_message_limit()),
             )
             .serve_with_incoming_shutdown(
-                grpc_incoming(grpc_listener),
+                grpc::incoming(grpc_listener, grpc::Timeouts::from_config(&config)),
                 stop_grpc.clone().cancelled_owned(),
             );
         let grpc = tokio::spawn(async move {
@@ -194,17 +201,21 @@ impl Engine {
 
         // 4. WebSocket sessions and the topic sweeper.
         let sessions = TaskTracker::new();
+        let ctx = Arc::new(session::Ctx {
+            config: Arc::clone(&config),
+            registry: Arc::clone(&registry),
+            broker: Arc::clone(&broker),
+            access,
+            limits: Arc::clone(&limits),
+        });
         sessions.spawn(accept_loop(
             ws_listener,
             ws_tls.clone(),
-            Arc::clone(&config),
-            Arc::clone(&registry),
-            Arc::clone(&broker),
-            access,
+            ctx,
             sessions.clone(),
             shutdown.clone(),
         ));
-        let sweeper = tokio::spawn(sweep_loop(Arc::clone(&registry)));
+        let sweeper = tokio::spawn(sweep_loop(Arc::clone(&registry), limits));
         log_security(&config, &api_keys, ws_tls.is_some());
         let stop_watch = shutdown.clone();
         tokio::spawn(async move {
@@ -348,20 +359,6 @@ fn bind(addr: SocketAddr, backlog: u32) -> Result<(TcpListener, SocketAddr), Sta
     Ok((listener, bound))
 }
 
-/// The accepted gRPC sockets, with Nagle's algorithm off: tonic's `tcp_nodelay`
-/// applies only to listeners it binds itself, and without it a sequential caller
-/// meets delayed ACKs (~40 ms per call).
-fn grpc_incoming(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt as _;
-    TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    })
-}
-
 /// Says at start how the listeners are secured, and warns when the API is open.
 fn log_security(config: &Config, api_keys: &ApiKeys, ws_tls: bool) {
     let grpc_tls = config.grpc_tls_files().is_some();
@@ -376,14 +373,10 @@ fn log_security(config: &Config, api_keys: &ApiKeys, ws_tls: bool) {
     tracing::info!(ws_tls, grpc_tls, client_certs, "TLS");
 }
 
-#[expect(clippy::too_many_arguments, reason = "the listener's whole context")]
 async fn accept_loop(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    config: Arc<Config>,
-    registry: Arc<Registry>,
-    broker: Arc<dyn Broker>,
-    access: Arc<ClientAccess>,
+    ctx: Arc<session::Ctx>,
     sessions: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -392,15 +385,8 @@ async fn accept_loop(
             biased;
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    sessions.spawn(session::serve(
-                        stream,
-                        tls.clone(),
-                        Arc::clone(&config),
-                        Arc::clone(&registry),
-                        Arc::clone(&broker),
-                        Arc::clone(&access),
-                    ));
+                Ok((stream, peer)) => {
+                    sessions.spawn(session::serve(stream, peer, tls.clone(), Arc::clone(&ctx)));
                 }
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
@@ -432,13 +418,15 @@ fn log_access(access: &ClientAccess) {
     }
 }
 
-async fn sweep_loop(registry: Arc<Registry>) {
+/// Drops idle topics, and forgets the connect-rate state of quiet addresses.
+async fn sweep_loop(registry: Arc<Registry>, limits: Arc<ConnLimits>) {
     let period = (registry.limits().topic_retention / 4)
         .clamp(Duration::from_millis(100), Duration::from_secs(30));
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        limits.retain_recent();
         let dropped = registry.sweep();
         if dropped > 0 {
             tracing::debug!(dropped, "dropped idle topics");

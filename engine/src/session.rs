@@ -7,6 +7,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    net::SocketAddr,
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -18,9 +19,7 @@ use tokio_tungstenite::{
     WebSocketStream,
     tungstenite::{
         self, Message, Utf8Bytes,
-        handshake::server::{ErrorResponse, Request, Response},
-        http::StatusCode,
-        protocol::{CloseFrame, WebSocketConfig, frame::coding::CloseCode},
+        protocol::{CloseFrame, Role, WebSocketConfig, frame::coding::CloseCode},
     },
 };
 
@@ -29,7 +28,9 @@ use crate::{
     broker::{Broker, BrokerError},
     config::Config,
     conn::Conn,
+    handshake::{self, HttpError, ReadError, Upgrade},
     history::{Recovery, Since},
+    limits::{CommandRate, ConnLimits, Refusal, Slot, Verdict},
     protocol::{self, Command, Reply, WirePosition, close},
     queue::Close,
     registry::{Entry, Registry, SubscribeError},
@@ -40,6 +41,21 @@ use crate::{
 
 /// How long a session waits for the client's close reply after the server closed.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// What every session of the listener shares.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    /// The configuration.
+    pub(crate) config: Arc<Config>,
+    /// The node's connections and topics.
+    pub(crate) registry: Arc<Registry>,
+    /// Subscribes that recover (`since`) go through the broker, which keeps history.
+    pub(crate) broker: Arc<dyn Broker>,
+    /// Token keys and topic rules.
+    pub(crate) access: Arc<ClientAccess>,
+    /// Origins and connection limits.
+    pub(crate) limits: Arc<ConnLimits>,
+}
 
 /// Who is connecting, as decided during the handshake. This is the one place where
 /// an authenticator will decide the user.
@@ -92,14 +108,13 @@ impl TokenState {
 /// the handshake had no token), registration and writer, the read loop, then cleanup.
 pub(crate) async fn serve(
     stream: TcpStream,
+    peer: SocketAddr,
     tls: Option<TlsAcceptor>,
-    config: Arc<Config>,
-    registry: Arc<Registry>,
-    broker: Arc<dyn Broker>,
-    access: Arc<ClientAccess>,
+    ctx: Arc<Ctx>,
 ) {
+    let (config, registry, access) = (&ctx.config, &ctx.registry, &ctx.access);
     let deadline = Instant::now() + config.handshake_timeout.0;
-    let Some((mut ws, mut identity)) = handshake(stream, tls.as_ref(), &config, &access).await
+    let Some((mut ws, mut identity, mut slot)) = handshake(stream, peer, tls.as_ref(), &ctx).await
     else {
         return;
     };
@@ -109,19 +124,31 @@ pub(crate) async fn serve(
         let Some(verified) = wait_for_connect(&mut ws, tokens, deadline).await else {
             return;
         };
+        if let Err(refusal) = ctx.limits.admit_user(&mut slot, &verified.user) {
+            refuse_frame(
+                &mut ws,
+                None,
+                refusal.code,
+                &refusal.message,
+                close::TOO_MANY_CONNECTIONS,
+                true,
+            )
+            .await;
+            return;
+        }
         identity.verified = Some(verified);
     }
     let mut token = TokenState::default();
     if let Some(verified) = &identity.verified {
         identity.user = Some(Arc::clone(&verified.user));
         identity.info = verified.info.clone();
-        token.set(verified, &access);
+        token.set(verified, access);
     }
     let entry = registry.register(identity.user, identity.info);
     let conn = Arc::clone(entry.conn());
     let (sink, mut stream) = ws.split();
     let (done_tx, mut done_rx) = oneshot::channel();
-    let timing = Timing::from_config(&config);
+    let timing = Timing::from_config(config);
     let writer = tokio::spawn(writer::run(sink, Arc::clone(&conn), timing, done_tx));
     conn.reply(Reply::Connected {
         conn_id: &conn.id().to_string(),
@@ -149,11 +176,13 @@ pub(crate) async fn serve(
 
     let mut session = Session {
         entry: &entry,
-        registry: &registry,
-        broker: &*broker,
-        config: &config,
-        access: &access,
+        registry,
+        broker: &*ctx.broker,
+        config,
+        access,
         token,
+        commands: CommandRate::new(config),
+        flooded: false,
     };
     read_loop(&mut session, &mut stream, &mut done_rx).await;
 
@@ -161,72 +190,123 @@ pub(crate) async fn serve(
     conn.close(Close::gone());
     // The writer ends promptly: a gone close abandons any write in progress.
     let _ = writer.await;
+    drop(slot);
     tracing::debug!(conn = %conn.id(), "disconnected");
 }
 
-/// The TLS handshake when the listener serves TLS, then the WebSocket handshake:
-/// the path, then the identity from the query (or the token in it); both within
-/// the handshake timeout. `None` when the client is refused or the handshake
-/// fails or times out.
+/// The TLS handshake when the listener serves TLS, then the WebSocket handshake
+/// ([`crate::handshake`]): the request, the origin, the connection limits and the
+/// identity from the query (or the token in it); all within the handshake
+/// timeout. `None` when the client is refused (it has been answered) or the
+/// handshake fails or times out.
 async fn handshake(
     stream: TcpStream,
+    peer: SocketAddr,
     tls: Option<&TlsAcceptor>,
-    config: &Config,
-    access: &ClientAccess,
-) -> Option<(WebSocketStream<Stream>, Identity)> {
+    ctx: &Ctx,
+) -> Option<(WebSocketStream<Stream>, Identity, Slot)> {
+    let config = &*ctx.config;
     let _ = stream.set_nodelay(true);
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(config.read_buffer_bytes)
         .max_message_size(Some(config.max_frame_bytes))
         .max_frame_size(Some(config.max_frame_bytes));
-    let mut identity = Identity::default();
-    // The error type is fixed by tungstenite's handshake callback.
-    #[allow(clippy::result_large_err)]
-    let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        if req.uri().path() != config.ws_path {
-            return Err(refuse(
-                StatusCode::NOT_FOUND,
-                format!("no WebSocket endpoint here; use {}", config.ws_path),
-            ));
-        }
-        identity = parse_identity(req.uri().query().unwrap_or(""), config)
-            .map_err(|msg| refuse(StatusCode::BAD_REQUEST, msg))?;
-        if let Some(tokens) = &access.tokens {
-            if identity.user.is_some() || identity.info.is_some() {
-                return Err(refuse(
-                    StatusCode::BAD_REQUEST,
-                    "token authentication is on: the user and info come from the token, \
-                     not from ?user= or ?info="
-                        .to_owned(),
-                ));
+    let work = async {
+        let mut stream = match tls::accept(stream, tls).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                return None;
             }
-            if let Some(token) = identity.token.take() {
-                let verified = tokens.verify(&token).map_err(|e| {
-                    tracing::debug!(code = e.code(), "handshake token refused");
-                    refuse(StatusCode::UNAUTHORIZED, format!("{}: {e}", e.code()))
-                })?;
-                identity.verified = Some(verified);
+        };
+        let upgrade = match handshake::read_upgrade(&mut stream, &config.ws_path).await {
+            Ok(upgrade) => upgrade,
+            Err(ReadError::Gone) => return None,
+            Err(ReadError::Refuse(e)) => {
+                tracing::debug!(status = e.status, reason = %e.reason, "handshake refused");
+                handshake::respond(&mut stream, &e).await;
+                return None;
+            }
+        };
+        match admit(&upgrade, peer, ctx) {
+            Ok((identity, slot)) => {
+                if let Err(e) = handshake::accept(&mut stream, &upgrade).await {
+                    tracing::debug!(error = %e, "handshake failed");
+                    return None;
+                }
+                let ws = WebSocketStream::from_partially_read(
+                    stream,
+                    upgrade.tail,
+                    Role::Server,
+                    Some(ws_config),
+                )
+                .await;
+                Some((ws, identity, slot))
+            }
+            Err(e) => {
+                tracing::debug!(status = e.status, reason = %e.reason, "handshake refused");
+                handshake::respond(&mut stream, &e).await;
+                None
             }
         }
-        Ok(resp)
     };
-    let handshake = async {
-        let stream = tls::accept(stream, tls)
-            .await
-            .map_err(tungstenite::Error::Io)?;
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config)).await
-    };
-    match tokio::time::timeout(config.handshake_timeout.0, handshake).await {
-        Ok(Ok(ws)) => Some((ws, identity)),
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "handshake failed");
-            None
-        }
+    match tokio::time::timeout(config.handshake_timeout.0, work).await {
+        Ok(done) => done,
         Err(_) => {
             tracing::debug!("handshake timed out");
             None
         }
     }
+}
+
+/// The engine's checks of an upgrade request, cheapest first: the origin, the
+/// connection limits, the identity (a token is verified here), the user's limit.
+fn admit(upgrade: &Upgrade, peer: SocketAddr, ctx: &Ctx) -> Result<(Identity, Slot), HttpError> {
+    let (config, access, limits) = (&*ctx.config, &*ctx.access, &ctx.limits);
+    if let Some(origin) = &upgrade.origin
+        && !limits.origins.allows(origin)
+    {
+        return Err(HttpError::new(
+            403,
+            format!("origin_forbidden: origin {origin:?} may not connect to this server"),
+        ));
+    }
+    let mut slot = limits.admit(peer.ip()).map_err(limit_error)?;
+    let mut identity =
+        parse_identity(&upgrade.query, config).map_err(|m| HttpError::new(400, m))?;
+    if let Some(tokens) = &access.tokens {
+        if identity.user.is_some() || identity.info.is_some() {
+            return Err(HttpError::new(
+                400,
+                "token authentication is on: the user and info come from the token, \
+                 not from ?user= or ?info=",
+            ));
+        }
+        if let Some(token) = identity.token.take() {
+            let verified = tokens.verify(&token).map_err(|e| {
+                tracing::debug!(code = e.code(), "handshake token refused");
+                HttpError::new(401, format!("{}: {e}", e.code()))
+            })?;
+            identity.verified = Some(verified);
+        }
+    }
+    let user = identity
+        .verified
+        .as_ref()
+        .map(|v| &v.user)
+        .or(identity.user.as_ref());
+    if let Some(user) = user {
+        limits.admit_user(&mut slot, user).map_err(limit_error)?;
+    }
+    Ok((identity, slot))
+}
+
+fn limit_error(refusal: Refusal) -> HttpError {
+    HttpError::new(
+        refusal.status,
+        format!("{}: {}", refusal.code, refusal.message),
+    )
+    .retry_after(refusal.retry_after)
 }
 
 /// Waits for the first frame of a connection whose handshake carried no token:
@@ -340,6 +420,9 @@ struct Session<'a> {
     config: &'a Config,
     access: &'a ClientAccess,
     token: TokenState,
+    commands: CommandRate,
+    /// Set once the connection was closed for a command flood.
+    flooded: bool,
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -394,7 +477,34 @@ async fn read_loop(
             None => return,
             Some(Ok(message)) => {
                 conn.touch();
-                handle_message(session, message).await;
+                if session.flooded {
+                    // Closing: read (and drop) what the client still sends until the
+                    // close frame is out, so the socket does not end in a reset.
+                    continue;
+                }
+                let counted = matches!(
+                    message,
+                    Message::Text(_) | Message::Binary(_) | Message::Ping(_)
+                );
+                let verdict = if counted {
+                    session.commands.check()
+                } else {
+                    Verdict::Allow
+                };
+                match verdict {
+                    Verdict::Allow => handle_message(session, message).await,
+                    Verdict::Refuse(wait) => refuse_command(&conn, &message, wait),
+                    Verdict::Flood => {
+                        tracing::debug!(conn = %conn.id(), "command flood; closing");
+                        session.flooded = true;
+                        conn.close(Close {
+                            code: close::RATE_LIMITED,
+                            reason: "command flood".into(),
+                            reconnect: true,
+                            drain: false,
+                        });
+                    }
+                }
             }
             Some(Err(e)) => {
                 if let Some(close) = close_for(&e) {
@@ -407,6 +517,21 @@ async fn read_loop(
             }
         }
     }
+}
+
+/// Answers a command over the connection's rate with `rate_limited` (pings get
+/// no answer: they only count towards the flood).
+fn refuse_command(conn: &Conn, message: &Message, wait: Duration) {
+    let id = match message {
+        Message::Text(text) => protocol::command_id(text),
+        Message::Binary(_) => None,
+        _ => return,
+    };
+    let message = format!(
+        "too many commands; the next is accepted in {} ms",
+        wait.as_millis().max(1)
+    );
+    send_error(conn, id, "rate_limited", &message);
 }
 
 async fn handle_message(session: &mut Session<'_>, message: Message) {
@@ -612,12 +737,6 @@ fn close_for(e: &tungstenite::Error) -> Option<Close> {
         }
         _ => None,
     }
-}
-
-fn refuse(status: StatusCode, message: String) -> ErrorResponse {
-    let mut resp = ErrorResponse::new(Some(message));
-    *resp.status_mut() = status;
-    resp
 }
 
 fn parse_identity(query: &str, config: &Config) -> Result<Identity, String> {

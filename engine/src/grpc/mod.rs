@@ -3,7 +3,11 @@
 //! presence questions ([`presence`]).
 
 mod control;
+mod incoming;
+mod limits;
 mod presence;
+
+pub(crate) use incoming::{Timeouts, incoming};
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
@@ -44,6 +48,10 @@ pub(crate) struct HeraldService {
     cursor_key: std::collections::hash_map::RandomState,
     /// Cancelled when the node starts shutting down.
     shutdown: CancellationToken,
+    /// Per-topic publish rates and default TTLs of the topic rules.
+    publish_limits: Arc<limits::PublishLimits>,
+    /// One permit per open WatchPresence stream (`max_presence_watchers`).
+    watchers: Arc<tokio::sync::Semaphore>,
 }
 
 impl HeraldService {
@@ -55,7 +63,25 @@ impl HeraldService {
         node_id: Arc<str>,
         shutdown: CancellationToken,
     ) -> Self {
+        let publish_limits = Arc::new(limits::PublishLimits::new(
+            &config.topics,
+            config.max_topic_len,
+        ));
+        if !publish_limits.is_empty() {
+            let limits = Arc::clone(&publish_limits);
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(Duration::from_secs(30));
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        _ = ticker.tick() => limits.retain_recent(),
+                    }
+                }
+            });
+        }
         Self {
+            watchers: Arc::new(tokio::sync::Semaphore::new(config.max_presence_watchers)),
             config,
             registry,
             broker,
@@ -63,6 +89,7 @@ impl HeraldService {
             started: Instant::now(),
             cursor_key: std::collections::hash_map::RandomState::new(),
             shutdown,
+            publish_limits,
         }
     }
 
@@ -82,7 +109,12 @@ impl HeraldService {
         ttl_ms: Option<u32>,
     ) -> Result<Publication, Status> {
         self.check_topic(&topic)?;
-        self.message(topic, data, content_type, idempotency_key, ttl_ms)
+        let mut p = self.message(topic, data, content_type, idempotency_key, ttl_ms)?;
+        let default_ttl = self.publish_limits.admit(&p.topic)?;
+        if p.ttl.is_none() {
+            p.ttl = default_ttl;
+        }
+        Ok(p)
     }
 
     /// Validates everything of a publication but its topic.
@@ -306,10 +338,19 @@ impl Herald for HeraldService {
             req.idempotency_key,
             req.ttl_ms,
         )?;
+        // Every topic's publish rate before anything is published: a broadcast
+        // is refused whole (the tokens of the topics before the refused one are
+        // spent).
+        let ttls = req
+            .topics
+            .iter()
+            .map(|t| self.publish_limits.admit(t))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut results = Vec::with_capacity(req.topics.len());
-        for topic in req.topics {
+        for (topic, default_ttl) in req.topics.into_iter().zip(ttls) {
             let p = Publication {
                 topic,
+                ttl: template.ttl.or(default_ttl),
                 ..template.clone()
             };
             results.push(response(

@@ -103,6 +103,12 @@ impl HeraldService {
                 "name at least one topic or pattern, or set include_connections",
             ));
         }
+        let permit = Arc::clone(&self.watchers).try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "this node serves its limit of {} WatchPresence streams (max_presence_watchers)",
+                self.config.max_presence_watchers
+            ))
+        })?;
         let max_len = self.config.max_topic_len;
         let patterns = req
             .topics
@@ -147,6 +153,7 @@ impl HeraldService {
             guard,
             node_id: Arc::clone(&self.node_id),
             shutdown: self.shutdown.clone(),
+            _permit: permit,
         };
         Ok(Box::pin(stream::unfold(state, Watch::next)))
     }
@@ -198,6 +205,8 @@ struct Watch {
     guard: WatchGuard,
     node_id: Arc<str>,
     shutdown: CancellationToken,
+    /// The stream's place among `max_presence_watchers`.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Watch {
