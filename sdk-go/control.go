@@ -2,6 +2,8 @@ package herald
 
 import (
 	"context"
+	"maps"
+	"slices"
 
 	heraldv1 "github.com/heraldrt/herald/sdk-go/gen/herald/v1"
 	"google.golang.org/grpc/codes"
@@ -129,6 +131,79 @@ func (c *Client) Subscribe(ctx context.Context, target Target, topics ...string)
 		return 0, err
 	}
 	return int(r.GetConnections()), nil
+}
+
+// SubscribeResult is the answer to [Client.SubscribeSince].
+type SubscribeResult struct {
+	// Connections is how many connections the command reached.
+	Connections int
+	// Recovered says, per topic of since, whether every connection reached was
+	// sent everything it missed (then the live messages, with no gap and no
+	// duplicate). False when the engine no longer had it all: the epoch
+	// changed (the engine restarted, or the topic was created again), the
+	// messages left the topic's history or it keeps none, or the connection
+	// was already in the topic. The client should then reload its state.
+	Recovered map[string]bool
+	// Positions is, per topic of since, where live delivery continues (for the
+	// last connection reached).
+	Positions map[string]Position
+}
+
+// NotRecovered returns the topics of since that did not recover, sorted.
+func (r SubscribeResult) NotRecovered() []string {
+	var lost []string
+	for topic, ok := range r.Recovered {
+		if !ok {
+			lost = append(lost, topic)
+		}
+	}
+	slices.Sort(lost)
+	return lost
+}
+
+// SubscribeSince puts the target's connections into the topics of since and
+// into topics, recovering what they missed: since maps a topic to the last
+// position the client saw (the "seq" and "epoch" of its last WebSocket
+// message). Each connection is first sent every message after that position,
+// in order, then the live ones, with no gap and no duplicate, when the topic
+// still keeps them all (see the history_size and history_ttl of the engine's
+// [[topics]] rules). The result says per topic whether that worked; the
+// client's "subscribed" push carries the same "recovered" and "positions".
+// Errors as for [Client.Subscribe]; retried the same way.
+//
+//	r, err := c.SubscribeSince(ctx, herald.Conn(connID),
+//		map[string]herald.Position{"room:a": {Sequence: 41, Epoch: epoch}})
+//	for _, topic := range r.NotRecovered() { /* reload topic's state */ }
+func (c *Client) SubscribeSince(ctx context.Context, target Target, since map[string]Position, topics ...string) (SubscribeResult, error) {
+	// A copy: topics of since are appended, never into the caller's array.
+	req, err := subscribeRequest(target, slices.Clone(topics))
+	if err != nil {
+		return SubscribeResult{}, err
+	}
+	req.Since = make(map[string]*heraldv1.StreamPosition, len(since))
+	// The engine wants every topic of since in topics too.
+	for _, topic := range slices.Sorted(maps.Keys(since)) {
+		req.Since[topic] = since[topic].proto()
+		if !slices.Contains(topics, topic) {
+			req.Topics = append(req.Topics, topic)
+		}
+	}
+	r, err := c.rpc.Subscribe(ctx, req)
+	if err != nil {
+		return SubscribeResult{}, err
+	}
+	res := SubscribeResult{
+		Connections: int(r.GetConnections()),
+		Recovered:   r.GetRecovered(),
+		Positions:   make(map[string]Position, len(r.GetPositions())),
+	}
+	if res.Recovered == nil {
+		res.Recovered = map[string]bool{}
+	}
+	for topic, p := range r.GetPositions() {
+		res.Positions[topic] = positionFromProto(p)
+	}
+	return res, nil
 }
 
 // Unsubscribe takes the target's connections out of topics and returns how many

@@ -22,17 +22,23 @@ type frame struct {
 	ConnID      string          `json:"conn_id"`
 	Topic       string          `json:"topic"`
 	Seq         uint64          `json:"seq"`
+	Epoch       string          `json:"epoch"`
 	Data        json.RawMessage `json:"data"`
 	Text        *string         `json:"text"`
 	B64         *string         `json:"b64"`
 	ContentType string          `json:"content_type"`
 	Topics      []string        `json:"topics"`
 	Server      bool            `json:"server"`
-	Code        json.RawMessage `json:"code"` // a number in disconnect, a string in error
-	Reason      string          `json:"reason"`
-	Reconnect   bool            `json:"reconnect"`
-	Message     string          `json:"message"`
-	raw         string
+	Recovered   map[string]bool `json:"recovered"`
+	Positions   map[string]struct {
+		Seq   uint64 `json:"seq"`
+		Epoch string `json:"epoch"`
+	} `json:"positions"`
+	Code      json.RawMessage `json:"code"` // a number in disconnect, a string in error
+	Reason    string          `json:"reason"`
+	Reconnect bool            `json:"reconnect"`
+	Message   string          `json:"message"`
+	raw       string
 }
 
 type wsClient struct {

@@ -168,6 +168,24 @@ impl Collector for NodeCollector {
             "Connections closed as slow consumers (close code 4001)",
             stats.slow_disconnects,
         )?;
+        gauge(
+            enc,
+            "herald_history_bytes",
+            "Bytes held by topic history (kept frames and their bookkeeping), bounded by history_max_bytes",
+            stats.history_bytes,
+        )?;
+        gauge(
+            enc,
+            "herald_history_messages",
+            "Messages held by topic history, over all topics",
+            stats.history_messages,
+        )?;
+        counter(
+            enc,
+            "herald_history_evicted",
+            "Messages evicted from topic history by the node-wide bound (history_max_bytes), oldest first",
+            stats.history_evicted,
+        )?;
         {
             let mut m = enc.encode_descriptor(
                 "herald_connections_closed",

@@ -10,8 +10,8 @@ use common::{Client, WAIT, channel, config, grpc, json_request, publish_json, st
 use futures_util::StreamExt;
 use herald::{
     Config, Engine,
-    config::Dur,
-    proto::{InfoRequest, PublishRequest, PublishStreamRequest},
+    config::{Dur, TopicRule, Who},
+    proto::{InfoRequest, PublishRequest, PublishStreamRequest, RemoveHistoryRequest},
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -320,6 +320,87 @@ async fn messages_that_outlive_their_ttl_in_a_queue_are_counted_as_expired() {
     let info = producer.info(InfoRequest {}).await.unwrap().into_inner();
     assert_eq!(info.messages_dropped, EXPIRING);
     assert_eq!(engine.stats().dropped_expired, EXPIRING);
+    engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn history_bytes_messages_and_evictions_are_exported() {
+    const BOUND: usize = 8 * 1024;
+    let engine = start(Config {
+        history_max_bytes: BOUND,
+        topics: vec![TopicRule {
+            pattern: "hist:*".to_owned(),
+            subscribe: Who::Anyone,
+            publish_rate: None,
+            publish_burst: None,
+            message_ttl: None,
+            history_size: Some(1000),
+            history_ttl: None,
+        }],
+        ..admin_config()
+    })
+    .await;
+    expect_metrics(
+        &engine,
+        &[
+            ("herald_history_bytes", 0.0),
+            ("herald_history_messages", 0.0),
+            ("herald_history_evicted_total", 0.0),
+        ],
+    )
+    .await;
+
+    let mut producer = grpc(&engine).await;
+    let pad = "x".repeat(200);
+    for n in 0..100 {
+        publish_json(&mut producer, "hist:metrics", json!({ "n": n, "pad": pad })).await;
+        // A topic without history holds nothing.
+        publish_json(
+            &mut producer,
+            "plain:metrics",
+            json!({ "n": n, "pad": pad }),
+        )
+        .await;
+    }
+    let stats = engine.stats();
+    assert!(stats.history_evicted > 0, "{stats:?}");
+    assert!(
+        stats.history_messages > 0 && stats.history_messages + stats.history_evicted == 100,
+        "{stats:?}"
+    );
+    assert!(
+        stats.history_bytes > 0 && stats.history_bytes <= BOUND as u64,
+        "{stats:?}"
+    );
+    expect_metrics(
+        &engine,
+        &[
+            ("herald_history_bytes", stats.history_bytes as f64),
+            ("herald_history_messages", stats.history_messages as f64),
+            ("herald_history_evicted_total", stats.history_evicted as f64),
+        ],
+    )
+    .await;
+
+    // Removing a topic's history empties the gauges; evictions stay counted.
+    producer
+        .remove_history(RemoveHistoryRequest {
+            topic: "hist:metrics".into(),
+        })
+        .await
+        .unwrap();
+    let metrics = expect_metrics(
+        &engine,
+        &[
+            ("herald_history_messages", 0.0),
+            ("herald_history_evicted_total", stats.history_evicted as f64),
+        ],
+    )
+    .await;
+    assert_eq!(
+        value(&metrics, "herald_history_bytes"),
+        Some(engine.stats().history_bytes as f64)
+    );
     engine.shutdown().await;
 }
 

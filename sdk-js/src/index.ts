@@ -31,6 +31,11 @@ export interface Message {
   topic: string;
   /** The message's sequence number in its topic (1, 2, 3, …). */
   seq: number;
+  /**
+   * The topic's epoch (an opaque string): sequence numbers count within it. A topic created
+   * again (an engine restart) has a new one and starts again at 1.
+   */
+  epoch?: string;
   /** The JSON value, for JSON payloads (`application/json`, `…+json`). */
   data?: unknown;
   /** The string, for `text/…` payloads. */
@@ -67,6 +72,29 @@ export interface ServerSubscriptionEvent {
   topics: string[];
 }
 
+/** A position in a topic: a sequence number and the epoch it counts in. */
+export interface Position {
+  seq: number;
+  /** Empty from an engine that predates epochs (then nothing is recovered). */
+  epoch: string;
+}
+
+/**
+ * The outcome of resubscribing to a topic with the position of the last message received
+ * (after a reconnect).
+ */
+export interface RecoveryEvent {
+  topic: string;
+  /**
+   * True: every message missed meanwhile was delivered (before this event), in order, with no
+   * gap and no duplicate. False: the engine no longer had them all (it restarted, the topic
+   * keeps no history or not enough); nothing was replayed, so reload the topic's state.
+   */
+  recovered: boolean;
+  /** Where live delivery continues: messages after this one follow. */
+  position: Position;
+}
+
 /** The next connection attempt. */
 export interface RetryEvent {
   /** 1 for the first retry after a loss, then 2, 3, … until a connection succeeds. */
@@ -90,6 +118,8 @@ export interface Events {
   message: [message: Message];
   serverSubscribed: [event: ServerSubscriptionEvent];
   serverUnsubscribed: [event: ServerSubscriptionEvent];
+  /** A topic was resubscribed from the last message received (after a reconnect). */
+  recovery: [event: RecoveryEvent];
   /** The token was renewed on the live connection. */
   refreshed: [event: RefreshedEvent];
   /**
@@ -243,7 +273,8 @@ export class Herald {
   private nextId = 1;
   private readonly pending = new Map<number, Pending>();
   private readonly topics = new Map<string, TopicState>();
-  private readonly seqs = new Map<string, number>();
+  /** The last message received per topic: kept across reconnects, sent as `since`. */
+  private readonly positions = new Map<string, Position>();
   private readonly listeners: { [K in keyof Events]?: Set<Listener<K>> } = {};
   private retryTimer: ReturnType<typeof setTimeout> | undefined;
   private connectTimer: ReturnType<typeof setTimeout> | undefined;
@@ -319,7 +350,13 @@ export class Herald {
    * across reconnects; forgotten when the topic is left.
    */
   lastSeq(topic: string): number | undefined {
-    return this.seqs.get(topic);
+    return this.positions.get(topic)?.seq;
+  }
+
+  /** The `seq` and `epoch` of the last message received in `topic` (see {@link lastSeq}). */
+  position(topic: string): Position | undefined {
+    const p = this.positions.get(topic);
+    return p && { ...p };
   }
 
   /** Listen to an event; returns a function that stops listening. */
@@ -391,7 +428,7 @@ export class Herald {
         if (!state.handlers.delete(own) || state.handlers.size > 0) return;
         if (this.topics.get(topic) !== state) return;
         this.topics.delete(topic);
-        this.seqs.delete(topic);
+        this.positions.delete(topic);
         for (const w of state.waiters.splice(0)) w.reject(new HeraldError("unsubscribed", `unsubscribed from ${topic}`));
         if (this._state === "connected") {
           this.command({ type: "unsubscribe", topics: [topic] }).catch(() => {});
@@ -559,11 +596,12 @@ export class Herald {
 
   private deliver(frame: Frame): void {
     const msg: Message = { topic: String(frame.topic), seq: Number(frame.seq) };
+    if (typeof frame.epoch === "string") msg.epoch = frame.epoch;
     if ("data" in frame) msg.data = frame.data;
     if (typeof frame.text === "string") msg.text = frame.text;
     if (typeof frame.b64 === "string") msg.b64 = frame.b64;
     if (typeof frame.content_type === "string") msg.contentType = frame.content_type;
-    this.seqs.set(msg.topic, msg.seq);
+    this.positions.set(msg.topic, { seq: msg.seq, epoch: msg.epoch ?? "" });
     const st = this.topics.get(msg.topic);
     if (st) {
       for (const h of [...st.handlers]) {
@@ -641,13 +679,27 @@ export class Herald {
   }
 
   private sendSubscribe(topics: string[]): void {
-    this.command({ type: "subscribe", topics }).then(
-      () => {
+    // Where the client was in each topic: the engine replays what came after, or says it cannot.
+    const since: Record<string, Position> = {};
+    for (const t of topics) {
+      const p = this.positions.get(t);
+      if (p?.epoch) since[t] = p; // an engine without epochs cannot recover
+    }
+    this.command({ type: "subscribe", topics, since }).then(
+      (reply) => {
+        const recovered = (reply.recovered ?? {}) as Record<string, boolean>;
+        const positions = (reply.positions ?? {}) as Record<string, Position>;
         for (const t of topics) {
           const st = this.topics.get(t);
           if (!st) continue;
           st.live = true;
           for (const w of st.waiters.splice(0)) w.resolve();
+          const p = positions[t];
+          if (!(t in recovered) || !p) continue;
+          // Live messages follow p; one may already have arrived, just before the reply.
+          const cur = this.positions.get(t);
+          if (!cur || cur.epoch !== p.epoch || cur.seq < p.seq) this.positions.set(t, { seq: p.seq, epoch: p.epoch });
+          this.emit("recovery", { topic: t, recovered: recovered[t] === true, position: { seq: p.seq, epoch: p.epoch } });
         }
       },
       (err: HeraldError) => {
@@ -673,7 +725,7 @@ export class Herald {
     );
   }
 
-  private command(cmd: { type: string; topics?: string[]; token?: string }): Promise<Frame> {
+  private command(cmd: { type: string; topics?: string[]; since?: Record<string, Position>; token?: string }): Promise<Frame> {
     const ws = this.ws;
     if (this._state !== "connected" || !ws) {
       return Promise.reject(new HeraldError("not_connected", `cannot send ${cmd.type}: not connected`));

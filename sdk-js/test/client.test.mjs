@@ -56,13 +56,17 @@ describe("against one engine", () => {
     await engine.publish(name, Buffer.from([0, 1, 2, 255]), "application/x-raw");
     await engine.publish(name, Buffer.from("plain"));
     await m.until(4);
+    const epoch = m.got[0].epoch;
+    assert.match(epoch, /^[0-9a-f]{16}$/);
     assert.deepEqual(m.got, [
-      { topic: name, seq: 1, data: { price: 101.5 } },
-      { topic: name, seq: 2, text: "héllo" },
-      { topic: name, seq: 3, b64: "AAEC/w==", contentType: "application/x-raw" },
-      { topic: name, seq: 4, b64: Buffer.from("plain").toString("base64") },
+      { topic: name, seq: 1, epoch, data: { price: 101.5 } },
+      { topic: name, seq: 2, epoch, text: "héllo" },
+      { topic: name, seq: 3, epoch, b64: "AAEC/w==", contentType: "application/x-raw" },
+      { topic: name, seq: 4, epoch, b64: Buffer.from("plain").toString("base64") },
     ]);
     assert.equal(c.lastSeq(name), 4);
+    assert.deepEqual(c.position(name), { seq: 4, epoch });
+    assert.equal(c.position("test:never"), undefined);
     assert.equal(c.lastSeq("test:never"), undefined);
   });
 

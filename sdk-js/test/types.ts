@@ -1,5 +1,14 @@
 // Compile-time checks of the public types (run by `npm run typecheck`, never executed).
-import { Herald, HeraldError, type Message, type RefreshedEvent, type State, type TokenSource } from "../src/index.js";
+import {
+  Herald,
+  HeraldError,
+  type Message,
+  type Position,
+  type RecoveryEvent,
+  type RefreshedEvent,
+  type State,
+  type TokenSource,
+} from "../src/index.js";
 
 declare const WS: import("../src/index.js").WebSocketConstructor;
 const h = new Herald("ws://127.0.0.1:8080/ws", { WebSocket: WS, user: "u", getToken: async () => "t" });
@@ -19,6 +28,10 @@ const sub = h.subscribe("room:general", (m) => m.topic);
 void sub.ready.then(() => sub.unsubscribe());
 const last: number | undefined = h.lastSeq("room:general");
 void last;
+const pos: Position | undefined = h.position("room:general");
+void pos?.epoch.toUpperCase();
+h.on("recovery", (e: RecoveryEvent) => (e.recovered ? e.position.seq : e.topic));
+h.on("message", (m) => m.epoch?.length);
 // @ts-expect-error: not an event
 h.on("nope", () => {});
 // @ts-expect-error: the state listener gets states, not numbers

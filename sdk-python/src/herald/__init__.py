@@ -45,6 +45,7 @@ from herald.models import (
     PresenceStats,
     PublishResult,
     StreamPosition,
+    SubscribeResult,
 )
 from herald.presence import AsyncPresenceWatch, PresenceWatch
 from herald.publisher import AsyncPublisher, Publisher
@@ -81,6 +82,7 @@ __all__ = [
     "Publisher",
     "ResourceExhausted",
     "StreamPosition",
+    "SubscribeResult",
     "RetryPolicy",
     "Unauthenticated",
     "Unavailable",

@@ -6,7 +6,7 @@ Shared by the sync and asyncio clients so that both send exactly the same thing.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from herald import payload
 from herald.errors import HeraldError, error_for_number
@@ -94,6 +94,24 @@ def subscribe(
     topics: str | Iterable[str], connection_id: str | None, user_id: str | None
 ) -> pb.SubscribeRequest:
     return pb.SubscribeRequest(target=target(connection_id, user_id), topics=_topics(topics))
+
+
+def subscribe_since(
+    since: Mapping[str, StreamPosition],
+    topics: str | Iterable[str],
+    connection_id: str | None,
+    user_id: str | None,
+) -> pb.SubscribeRequest:
+    """A Subscribe with ``since``: its topics are ``topics``, then those of ``since``
+    not among them (the engine wants every ``since`` topic in ``topics``)."""
+    names = _topics(topics)
+    seen = set(names)
+    names.extend(t for t in since if t not in seen)
+    return pb.SubscribeRequest(
+        target=target(connection_id, user_id),
+        topics=names,
+        since={t: p.to_pb() for t, p in since.items()},
+    )
 
 
 def history(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeAlias, TypeVar, overload
 
@@ -22,6 +22,7 @@ from herald.models import (
     PresenceStats,
     PublishResult,
     StreamPosition,
+    SubscribeResult,
 )
 from herald.presence import AsyncPresenceWatch
 from herald.publisher import AsyncPublisher
@@ -207,6 +208,51 @@ class AsyncClient:
         req = _requests.subscribe(topics, connection_id, user_id)
         resp = await self._unary(self._stub.Subscribe, req, idempotent=True, timeout=timeout)
         return resp.connections
+
+    @overload
+    async def subscribe_since(
+        self,
+        since: Mapping[str, StreamPosition],
+        *,
+        topics: str | Iterable[str] = (),
+        connection_id: str,
+        user_id: None = None,
+        timeout: float | None = None,
+    ) -> SubscribeResult: ...
+    @overload
+    async def subscribe_since(
+        self,
+        since: Mapping[str, StreamPosition],
+        *,
+        topics: str | Iterable[str] = (),
+        connection_id: None = None,
+        user_id: str,
+        timeout: float | None = None,
+    ) -> SubscribeResult: ...
+    async def subscribe_since(
+        self,
+        since: Mapping[str, StreamPosition],
+        *,
+        topics: str | Iterable[str] = (),
+        connection_id: str | None = None,
+        user_id: str | None = None,
+        timeout: float | None = None,
+    ) -> SubscribeResult:
+        """Put a connection (or every connection of a user) into topics, recovering
+        what it missed since the given positions.
+
+        ``since`` maps a topic to the last position the client saw (the ``seq`` and
+        ``epoch`` of its last WebSocket message); those topics are subscribed too,
+        besides ``topics``. The client is first sent every message after that
+        position, in order, then the live ones, with no gap and no duplicate, when
+        the topic still keeps them all. The result says per topic whether that
+        worked (``recovered``) and where live delivery continues (``positions``);
+        the client's ``subscribed`` push carries the same. :class:`~herald.NotFound`
+        for an unknown connection or user.
+        """
+        req = _requests.subscribe_since(since, topics, connection_id, user_id)
+        resp = await self._unary(self._stub.Subscribe, req, idempotent=True, timeout=timeout)
+        return SubscribeResult.from_pb(resp)
 
     @overload
     async def unsubscribe(

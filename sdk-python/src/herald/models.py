@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from herald.v1 import herald_pb2 as pb
@@ -40,6 +41,35 @@ class StreamPosition:
 
     def to_pb(self) -> pb.StreamPosition:
         return pb.StreamPosition(sequence=self.sequence, epoch=self.epoch)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscribeResult:
+    """The answer to a subscribe with ``since`` (:meth:`herald.Client.subscribe_since`)."""
+
+    #: How many connections the command reached.
+    connections: int
+    #: Per topic named in ``since``: True when every connection reached was sent all
+    #: it missed (then the live messages, no gap, no duplicate); False when the
+    #: engine no longer had it all (new epoch, beyond the history, no history, or a
+    #: connection already in the topic): the client should reload its state.
+    recovered: Mapping[str, bool]
+    #: Per topic named in ``since``: where live delivery continues (for the last
+    #: connection reached).
+    positions: Mapping[str, StreamPosition]
+
+    @classmethod
+    def from_pb(cls, msg: pb.SubscribeResponse) -> SubscribeResult:
+        return cls(
+            connections=msg.connections,
+            recovered=dict(msg.recovered),
+            positions={t: StreamPosition.from_pb(p) for t, p in msg.positions.items()},
+        )
+
+    @property
+    def not_recovered(self) -> list[str]:
+        """The topics of ``since`` that did not recover, sorted."""
+        return sorted(t for t, ok in self.recovered.items() if not ok)
 
 
 @dataclass(frozen=True, slots=True)
