@@ -164,7 +164,7 @@ impl Conn {
     /// a published message — how long that message took from publish to socket
     /// (one clock read per batch).
     pub(crate) fn wrote(&self, frames: usize, first_published: Option<Instant>) {
-        let stats = self.counters.writer(self.id.slot());
+        let stats = self.counters.writer();
         stats.batch_sizes.observe(frames as u64);
         if let Some(at) = first_published {
             let ns = u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX);

@@ -5,10 +5,13 @@
 //! Nothing here takes a lock: a counter is one relaxed atomic add, a histogram
 //! observation two (its bucket and its sum). The delivery path adds per publish
 //! and per writer batch, never per message per subscriber; the per-batch
-//! histograms are striped by connection so that writers on different cores
-//! rarely touch the same cache line.
+//! histograms are striped by thread, so that writers running on different cores
+//! never update the same cache lines.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::{
+    cell::Cell,
+    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
+};
 
 use crate::protocol::close;
 
@@ -31,7 +34,7 @@ pub(crate) struct Counters {
     pub(crate) subscriptions: AtomicU64,
     /// Connections closed, by close code ([`CLOSE_CODES`], then "other").
     pub(crate) closes: [AtomicU64; CLOSE_CODES.len() + 1],
-    /// What the writers observe per batch, striped by connection.
+    /// What the writers observe per batch, striped by thread.
     writers: [WriterStats; WRITER_STRIPES],
     /// Time to queue one message to every subscriber, in nanoseconds (per publish
     /// to a topic with subscribers).
@@ -40,6 +43,29 @@ pub(crate) struct Counters {
 
 /// How many stripes the per-batch writer histograms are spread over.
 const WRITER_STRIPES: usize = 16;
+
+/// The stripe the next thread to observe a writer batch gets.
+static NEXT_STRIPE: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// The calling thread's writer stripe; `usize::MAX` until it first observes.
+    static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// The calling thread's writer stripe. Threads take the stripes in turn, so the
+/// runtime's workers (one per core) each update only their own cache lines: a
+/// stripe per connection instead had both cores' writers pulling the same lines
+/// back and forth on every batch.
+fn stripe() -> usize {
+    STRIPE.with(|stripe| {
+        let mut i = stripe.get();
+        if i == usize::MAX {
+            i = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % WRITER_STRIPES;
+            stripe.set(i);
+        }
+        i
+    })
+}
 
 /// The per-batch histograms of the writers of one stripe, on their own cache lines.
 #[derive(Debug, Default)]
@@ -127,9 +153,9 @@ impl Counters {
         counter.fetch_sub(n, Ordering::Relaxed);
     }
 
-    /// The writer histograms of the stripe a connection (by its slot) uses.
-    pub(crate) fn writer(&self, slot: usize) -> &WriterStats {
-        &self.writers[slot % WRITER_STRIPES]
+    /// The writer histograms of the calling thread's stripe.
+    pub(crate) fn writer(&self) -> &WriterStats {
+        &self.writers[stripe()]
     }
 
     /// Every stripe's batch sizes, added up.
@@ -177,10 +203,9 @@ impl<const N: usize> Histogram<N> {
 
     /// Records one value.
     pub(crate) fn observe(&self, value: u64) {
-        let bucket = match self.bounds.iter().position(|b| value <= *b) {
-            Some(i) => &self.buckets[i],
-            None => &self.overflow,
-        };
+        // The first bound that holds the value, by binary search.
+        let i = self.bounds.partition_point(|b| *b < value);
+        let bucket = self.buckets.get(i).unwrap_or(&self.overflow);
         bucket.fetch_add(1, Ordering::Relaxed);
         self.sum.fetch_add(value, Ordering::Relaxed);
     }
@@ -331,10 +356,15 @@ mod tests {
     #[test]
     fn writer_stripes_add_up() {
         let c = Counters::default();
-        for slot in 0..40 {
-            c.writer(slot).batch_sizes.observe(3);
-        }
-        c.writer(7).write_latency_ns.observe(20_000);
+        std::thread::scope(|s| {
+            for _ in 0..20 {
+                s.spawn(|| {
+                    c.writer().batch_sizes.observe(3);
+                    c.writer().batch_sizes.observe(3);
+                });
+            }
+        });
+        c.writer().write_latency_ns.observe(20_000);
         let sizes = c.batch_sizes();
         assert_eq!((sizes.count, sizes.sum), (40, 120));
         assert_eq!(sizes.buckets[2], (4, 40));

@@ -30,7 +30,7 @@ use crate::{
     config::Config,
     conn::Conn,
     protocol::{Reply, close},
-    queue::{Batch, Close, Item},
+    queue::{Batch, Close, Item, Queue},
     tls::Stream,
 };
 
@@ -139,7 +139,7 @@ pub(crate) async fn run(
                     }
                     Beat::Ping => {
                         let ping = std::iter::once(Message::Ping(Bytes::new()));
-                        match write(&mut sink, &conn, timing.write_timeout, ping).await {
+                        match write(&mut sink, timing.write_timeout, ping, Some(conn.queue())).await {
                             // The close is queued: the next round writes it.
                             Ok(()) | Err(WriteError::Condemned) => {}
                             Err(e) => {
@@ -154,10 +154,31 @@ pub(crate) async fn run(
                 continue;
             }
         };
-        // 2. Write the batch (and the close, if there is one).
+        // 2. Write the batch, dropping frames past their TTL; with a close, the
+        // disconnect notice and the close frame follow. The write is awaited
+        // right here, one async level down (see `write`).
         let frames = batch.len();
         let first_published = batch.front().and_then(|item| item.published);
-        let result = write_batch(&mut sink, &conn, &mut batch, close.as_ref(), timing).await;
+        // The clock is read only when a frame has a TTL.
+        let mut now = None;
+        let mut expired = 0u64;
+        let live = batch.drain(..).filter_map(|item| match item.expires {
+            Some(at) if at <= *now.get_or_insert_with(Instant::now) => {
+                expired += 1;
+                None
+            }
+            _ => Some(Message::Text(item.text)),
+        });
+        let result = match &close {
+            None => write(&mut sink, timing.write_timeout, live, Some(conn.queue())).await,
+            Some(c) => {
+                let (limit, last) = closing(c, timing);
+                write(&mut sink, limit, live.chain(last), None).await
+            }
+        };
+        if expired > 0 {
+            conn.expired(expired);
+        }
         if frames > 0 && result.is_ok() {
             conn.wrote(frames, first_published);
         }
@@ -184,73 +205,45 @@ pub(crate) async fn run(
     conn.close(Close::gone());
 }
 
-/// Writes one batch of frames, dropping those past their TTL; with a close, the
-/// disconnect notice and the close frame follow.
-async fn write_batch(
-    sink: &mut Sink,
-    conn: &Conn,
-    batch: &mut VecDeque<Item>,
-    close: Option<&Close>,
-    timing: Timing,
-) -> Result<(), WriteError> {
-    // The clock is read only when a frame has a TTL.
-    let mut now = None;
-    let mut expired = 0u64;
-    let frames = batch.drain(..).filter_map(|item| match item.expires {
-        Some(at) if at <= *now.get_or_insert_with(Instant::now) => {
-            expired += 1;
-            None
-        }
-        _ => Some(Message::Text(item.text)),
+/// The frames that end a connection the server closes (the disconnect notice,
+/// unless the close is a plain one, then the close frame), and how long writing
+/// them may take.
+fn closing(c: &Close, timing: Timing) -> (Duration, impl Iterator<Item = Message> + use<>) {
+    let notice = (c.code != close::NORMAL).then(|| {
+        Message::Text(
+            Reply::Disconnect {
+                code: c.code,
+                reason: &c.reason,
+                reconnect: c.reconnect,
+            }
+            .encode(),
+        )
     });
-    let result = match close {
-        None => write(sink, conn, timing.write_timeout, frames).await,
-        Some(c) => {
-            let notice = (c.code != close::NORMAL).then(|| {
-                Message::Text(
-                    Reply::Disconnect {
-                        code: c.code,
-                        reason: &c.reason,
-                        reconnect: c.reconnect,
-                    }
-                    .encode(),
-                )
-            });
-            let frame = Message::Close(Some(CloseFrame {
-                code: CloseCode::from(c.code),
-                reason: Utf8Bytes::from(truncate(&c.reason, 120)),
-            }));
-            let limit = if c.drain {
-                timing.write_timeout
-            } else {
-                timing.close_grace
-            };
-            let frames = frames.chain(notice).chain(std::iter::once(frame));
-            write_unless(sink, limit, frames, std::future::pending()).await
-        }
+    let frame = Message::Close(Some(CloseFrame {
+        code: CloseCode::from(c.code),
+        reason: Utf8Bytes::from(truncate(&c.reason, 120)),
+    }));
+    let limit = if c.drain {
+        timing.write_timeout
+    } else {
+        timing.close_grace
     };
-    if expired > 0 {
-        conn.expired(expired);
-    }
-    result
+    (limit, notice.into_iter().chain(std::iter::once(frame)))
 }
 
-/// Writes frames with one flush, giving up after `limit` or once the connection
-/// is condemned.
+/// Writes frames with one flush, giving up after `limit`, or — given the
+/// connection's queue — once the connection is condemned.
+///
+/// The writer loop awaits this directly and it nests no further `async fn`: each
+/// level of async calls between the loop and the socket moves its arguments into
+/// its own part of the writer's future, and with thousands of connections that
+/// wake a few times a second, each part touched is a cache miss per batch. The
+/// condemnation is watched only for a batch that has to wait.
 async fn write(
     sink: &mut Sink,
-    conn: &Conn,
     limit: Duration,
     frames: impl Iterator<Item = Message>,
-) -> Result<(), WriteError> {
-    write_unless(sink, limit, frames, conn.queue().condemned()).await
-}
-
-async fn write_unless(
-    sink: &mut Sink,
-    limit: Duration,
-    frames: impl Iterator<Item = Message>,
-    abandon: impl Future<Output = ()>,
+    condemned: Option<&Queue>,
 ) -> Result<(), WriteError> {
     let all = async {
         for frame in frames {
@@ -265,12 +258,17 @@ async fn write_unless(
     // that has to wait.
     match std::future::poll_fn(|cx| Poll::Ready(all.as_mut().poll(cx))).await {
         Poll::Ready(result) => result,
-        Poll::Pending => tokio::select! {
-            result = tokio::time::timeout(limit, all) => {
-                result.map_err(|_| WriteError::Timeout(limit))?
-            }
-            () = abandon => Err(WriteError::Condemned),
-        },
+        Poll::Pending => {
+            let timed = tokio::time::timeout(limit, all);
+            let result = match condemned {
+                Some(queue) => tokio::select! {
+                    result = timed => result,
+                    () = queue.condemned() => return Err(WriteError::Condemned),
+                },
+                None => timed.await,
+            };
+            result.map_err(|_| WriteError::Timeout(limit))?
+        }
     }
 }
 
