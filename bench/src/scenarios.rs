@@ -9,7 +9,7 @@ use crate::plot;
 use crate::pool::{MAX_PER_WORKER, Pool, Ready, Report, Spec};
 use crate::producer::{Producer, Topics};
 use crate::report::{Row, RunDoc};
-use crate::secure::{Auth, Material};
+use crate::secure::{Auth, History, Material};
 use crate::servers::{Server, Target};
 use crate::util::{BenchError, Lat, Result, err, now_ns, self_cpu_s};
 use crate::worker::Mode;
@@ -57,6 +57,23 @@ pub(crate) struct Common {
     /// Herald only: serve and connect over `wss://` (a CA made for the run).
     #[arg(long)]
     pub(crate) tls: bool,
+    /// Herald only: the topic `bench` keeps this many messages of history (a
+    /// `[[topics]]` rule with `history_size`, in the run's config file).
+    #[arg(long)]
+    pub(crate) history_size: Option<usize>,
+    /// Herald only, with --history-size: how long each kept message stays.
+    #[arg(long, default_value = "2m")]
+    pub(crate) history_ttl: String,
+}
+
+impl Common {
+    /// The history for `bench` asked for with --history-size.
+    pub(crate) fn history(&self) -> Option<History> {
+        self.history_size.map(|size| History {
+            size,
+            ttl: self.history_ttl.clone(),
+        })
+    }
 }
 
 struct Setup {
@@ -91,7 +108,12 @@ impl Setup {
     ) -> Result<Setup> {
         note_busy(format!("{} C={conns}", target.name()), c.busy_probe_ms).await;
         let secure = if target == Target::Herald {
-            Material::prepare(&c.out_dir.join("secure"), c.auth, c.tls)?
+            Material::prepare(
+                &c.out_dir.join("secure"),
+                c.auth,
+                c.tls,
+                c.history().as_ref(),
+            )?
         } else {
             Material::default()
         };
@@ -1026,19 +1048,23 @@ fn side_spec(
     }
 }
 
-/// `; tokens HS256, wss` for a Herald run with authentication or TLS on.
+/// `; HS256 tokens, wss://, history 100 / 2m on bench` for a Herald run with
+/// authentication, TLS or history on.
 fn security_note(c: &Common, t: Target) -> String {
-    if t != Target::Herald || (c.auth == Auth::None && !c.tls) {
+    if t != Target::Herald || (c.auth == Auth::None && !c.tls && c.history_size.is_none()) {
         return String::new();
     }
     let mut parts = Vec::new();
     match c.auth {
         Auth::None => {}
-        Auth::Hs256 => parts.push("HS256 tokens"),
-        Auth::Es256 => parts.push("ES256 tokens"),
+        Auth::Hs256 => parts.push("HS256 tokens".to_owned()),
+        Auth::Es256 => parts.push("ES256 tokens".to_owned()),
     }
     if c.tls {
-        parts.push("wss://");
+        parts.push("wss://".to_owned());
+    }
+    if let Some(h) = c.history() {
+        parts.push(format!("history {} / {} on bench", h.size, h.ttl));
     }
     format!("; {}", parts.join(", "))
 }
