@@ -180,6 +180,7 @@ impl Pool {
                     Mode::Slow => "slow",
                     Mode::Tcp => "tcp",
                     Mode::Churn => "churn",
+                    Mode::Recover => "recover",
                 })
                 .arg("--target")
                 .arg(spec.target.to_string())
@@ -349,6 +350,19 @@ impl Pool {
         let mut out = Vec::new();
         for w in &mut self.workers {
             out.push(w.event("churn_done", timeout).await?);
+        }
+        Ok(out)
+    }
+
+    /// Recover workers: drops every connection at once (`drop`), then waits for
+    /// each worker's `storm` event (all its connections live again, or given up).
+    pub(crate) async fn storm(&mut self, timeout: Duration) -> Result<Vec<Value>> {
+        for w in &mut self.workers {
+            w.send("drop").await?;
+        }
+        let mut out = Vec::new();
+        for w in &mut self.workers {
+            out.push(w.event("storm", timeout).await?);
         }
         Ok(out)
     }
