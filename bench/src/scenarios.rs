@@ -346,7 +346,7 @@ fn check_complete(c: &Common, r: &Row) -> Result<()> {
 static BUSY: std::sync::Mutex<Vec<(String, f64)>> = std::sync::Mutex::new(Vec::new());
 
 /// Measures and records other CPU use for `ms` milliseconds before `what` starts.
-async fn note_busy(what: String, ms: u64) -> f64 {
+pub(crate) async fn note_busy(what: String, ms: u64) -> f64 {
     let busy = tokio::task::spawn_blocking(move || crate::util::cpu_busy_pct(ms))
         .await
         .unwrap_or(0.0);
@@ -357,7 +357,7 @@ async fn note_busy(what: String, ms: u64) -> f64 {
     busy
 }
 
-fn finish(c: &Common, mut doc: RunDoc) -> Result<()> {
+pub(crate) fn finish(c: &Common, mut doc: RunDoc) -> Result<()> {
     doc.busy_before_pct = BUSY.lock().map(|g| g.clone()).unwrap_or_default();
     let path = doc.save(&c.out_dir, c.markdown.as_deref())?;
     println!("{}", doc.markdown());
@@ -371,7 +371,7 @@ fn find<'a>(doc: &'a RunDoc, target: &str, phase: &str, conns: u64) -> Option<&'
         .find(|r| r.target == target && r.phase == phase && (conns == 0 || r.conns == conns))
 }
 
-fn ratio(a: f64, b: f64) -> String {
+pub(crate) fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 {
         format!("{:.2}×", a / b)
     } else {
