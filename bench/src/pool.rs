@@ -367,6 +367,25 @@ impl Pool {
         Ok(out)
     }
 
+    /// Recover workers: how many connections last saw each `seq`.
+    pub(crate) async fn positions(&mut self) -> Result<BTreeMap<u64, u64>> {
+        for w in &mut self.workers {
+            w.send("positions").await?;
+        }
+        let mut at = BTreeMap::new();
+        for w in &mut self.workers {
+            let v = w.event("positions", Duration::from_secs(30)).await?;
+            if let Some(m) = v["at"].as_object() {
+                for (seq, n) in m {
+                    if let Ok(seq) = seq.parse::<u64>() {
+                        *at.entry(seq).or_default() += n.as_u64().unwrap_or(0);
+                    }
+                }
+            }
+        }
+        Ok(at)
+    }
+
     /// Tells the workers to quit and waits for them (killing any that hang).
     pub(crate) async fn quit(mut self) {
         for w in &mut self.workers {

@@ -174,6 +174,10 @@ pub(crate) async fn recover(a: RecoverArgs) -> Result<()> {
         })
     };
 
+    // Counts start before the first message can arrive.
+    let base = pool.report().await?;
+    let pcpu0 = self_cpu_s();
+    let cpu_start = server.cpu_s();
     // One publishing stream for the whole run, stopped after the last phase.
     let stop = Arc::new(AtomicBool::new(false));
     let publisher = {
@@ -193,9 +197,6 @@ pub(crate) async fn recover(a: RecoverArgs) -> Result<()> {
             .await
         })
     };
-    let pcpu0 = self_cpu_s();
-    let cpu_start = server.cpu_s();
-    let base = pool.report().await?;
 
     // Before: steady fan-out.
     tokio::time::sleep(Duration::from_secs_f64(a.duration)).await;
@@ -311,6 +312,14 @@ pub(crate) async fn recover(a: RecoverArgs) -> Result<()> {
     .await?;
     let cpu3 = server.cpu_s();
     let last = pool.report().await?;
+    // Where each client ended: the topic is new, so its last seq is the number
+    // of messages accepted.
+    let positions = pool.positions().await?;
+    let behind: u64 = positions
+        .iter()
+        .filter(|(seq, _)| **seq < st.acked)
+        .map(|(_, n)| n)
+        .sum();
     let info = producer.info().await;
     sampling.store(false, Ordering::Relaxed);
     let samples = sampler.await.unwrap_or_default();
@@ -346,9 +355,12 @@ pub(crate) async fn recover(a: RecoverArgs) -> Result<()> {
     whole.finish();
     let mut notes = vec![format!(
         "{gaps} seq gaps, {dups} duplicates or out of order, over every client's whole run; \
-         history {} / {} on bench",
-        history.size, history.ttl
+         {behind} clients ended before the last seq {}; history {} / {} on bench",
+        st.acked, history.size, history.ttl
     )];
+    if behind > 0 {
+        notes.push(format!("last seq seen: {positions:?}"));
+    }
     if st.errors > 0 {
         notes.push(format!(
             "publish errors: {} ({:?})",
@@ -364,6 +376,7 @@ pub(crate) async fn recover(a: RecoverArgs) -> Result<()> {
     whole.note = notes.join("; ");
     whole.extra.insert("seq_gaps".into(), json!(gaps));
     whole.extra.insert("seq_reorders".into(), json!(dups));
+    whole.extra.insert("last_seq_seen".into(), json!(positions));
     whole
         .extra
         .insert("producer_cpu_s".into(), json!(self_cpu_s() - pcpu0));
@@ -390,8 +403,9 @@ pub(crate) async fn recover(a: RecoverArgs) -> Result<()> {
         a.rate, history.size, history.ttl, a.jitter_ms
     ));
     doc.summary.push(format!(
-        "gaps {gaps}, duplicates {dups} across the drop (target 0); every client got {:.4}% of \
-         the {} published messages ({} live + {replayed} replayed of {expected})",
+        "gaps {gaps}, duplicates {dups} across the drop (target 0), {behind} clients short of \
+         the last message; the clients got {:.4}% of the {} published messages ({} live + \
+         {replayed} replayed of {expected})",
         whole.delivered_frac * 100.0,
         st.acked,
         live_total
@@ -432,9 +446,10 @@ pub(crate) async fn recover(a: RecoverArgs) -> Result<()> {
         return err("herald died during the run (see its log under the results dir)");
     }
     if c.strict {
-        if gaps > 0 || dups > 0 {
+        if gaps > 0 || dups > 0 || behind > 0 {
             return err(format!(
-                "recover: {gaps} seq gaps, {dups} duplicates or out of order"
+                "recover: {gaps} seq gaps, {dups} duplicates or out of order, {behind} clients \
+                 short of the last message"
             ));
         }
         if not_recovered > 0 || no_position > 0 || gave_up > 0 || timed_out {

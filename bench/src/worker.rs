@@ -2,7 +2,7 @@
 //! client connections on a single-threaded runtime, records publish→receive latency
 //! of every stamped message in an HDR histogram, and talks to the coordinator with
 //! JSON lines (events on stdout, commands on stdin: `report`, `count`, `start`,
-//! `drop`, `quit`). It also counts the server-initiated `subscribed` /
+//! `drop`, `positions`, `quit`). It also counts the server-initiated `subscribed` /
 //! `unsubscribed` pushes.
 //!
 //! Modes: `ws` (subscribed WebSocket readers), `slow` (WebSocket clients that stop
@@ -223,6 +223,8 @@ struct Shared {
     epoch_changes: AtomicU64,
     /// Recover mode: the current storm.
     storm: Storm,
+    /// Recover mode: each connection's last `seq`.
+    positions: Mutex<Vec<Arc<AtomicU64>>>,
 }
 
 impl Shared {
@@ -300,6 +302,8 @@ struct Position {
     seq: u64,
     /// Its `epoch` (empty = none seen yet).
     epoch: String,
+    /// `seq`, for the worker's `positions` event.
+    shown: Arc<AtomicU64>,
 }
 
 /// How a resubscription went.
@@ -407,6 +411,7 @@ impl Shared {
             }
             pos.epoch = String::from_utf8_lossy(epoch).into_owned();
             pos.seq = seq;
+            pos.shown.store(seq, Ordering::Relaxed);
             return true;
         }
         if pos.seq != 0 {
@@ -420,6 +425,7 @@ impl Shared {
             }
         }
         pos.seq = seq;
+        pos.shown.store(seq, Ordering::Relaxed);
         true
     }
 }
@@ -479,6 +485,7 @@ async fn recover_subscribe(
                 } else {
                     let p = &v["positions"][topic];
                     pos.seq = p["seq"].as_u64().unwrap_or(0);
+                    pos.shown.store(pos.seq, Ordering::Relaxed);
                     pos.epoch = p["epoch"].as_str().unwrap_or_default().to_owned();
                     Outcome::NotRecovered
                 }
@@ -549,6 +556,9 @@ async fn recover_connection(
         }
     };
     let mut pos = Position::default();
+    if let Ok(mut g) = sh.positions.lock() {
+        g.push(pos.shown.clone());
+    }
     let permit = sem.acquire().await;
     let first = tokio::time::timeout(
         Duration::from_secs(60),
@@ -1031,6 +1041,18 @@ pub(crate) fn run(args: WorkerArgs) -> Result<()> {
                 }
                 "start" if a.mode == Mode::Churn => {
                     tokio::spawn(churn(sh.clone(), a.clone(), secure.clone()));
+                }
+                "positions" if a.mode == Mode::Recover => {
+                    let seqs: Vec<u64> = sh
+                        .positions
+                        .lock()
+                        .map(|g| g.iter().map(|p| p.load(Ordering::Relaxed)).collect())
+                        .unwrap_or_default();
+                    let mut at: BTreeMap<u64, u64> = BTreeMap::new();
+                    for s in seqs {
+                        *at.entry(s).or_default() += 1;
+                    }
+                    emit(json!({"event": "positions", "at": at}));
                 }
                 "drop" if a.mode == Mode::Recover => {
                     sh.storm.start(sh.holders.load(Ordering::Relaxed))?;
