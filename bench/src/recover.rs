@@ -15,8 +15,8 @@
 use crate::pool::{Pool, Report, Spec};
 use crate::producer::{Producer, Topics};
 use crate::report::{Row, RunDoc};
-use crate::scenarios::{Common, finish, note_busy, ratio};
-use crate::secure::{History, Material};
+use crate::scenarios::{Common, finish, note_busy, ratio, security_note};
+use crate::secure::{Auth, History, Material};
 use crate::servers::{Server, Target};
 use crate::util::{HistDump, Lat, Result, err, new_hist, now_ns, rss_kib, self_cpu_s};
 use crate::worker::Mode;
@@ -374,6 +374,12 @@ pub(crate) async fn recover(a: RecoverArgs) -> Result<()> {
             .insert("client_errors".into(), json!(last.errors));
     }
     whole.note = notes.join("; ");
+    if c.auth != Auth::None || c.tls {
+        // The history is in the note already; this adds the tokens and TLS.
+        let mut plain = c.clone();
+        plain.history_size = None;
+        whole.note.push_str(&security_note(&plain, Target::Herald));
+    }
     whole.extra.insert("seq_gaps".into(), json!(gaps));
     whole.extra.insert("seq_reorders".into(), json!(dups));
     whole.extra.insert("last_seq_seen".into(), json!(positions));

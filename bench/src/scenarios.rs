@@ -1050,7 +1050,7 @@ fn side_spec(
 
 /// `; HS256 tokens, wss://, history 100 / 2m on bench` for a Herald run with
 /// authentication, TLS or history on.
-fn security_note(c: &Common, t: Target) -> String {
+pub(crate) fn security_note(c: &Common, t: Target) -> String {
     if t != Target::Herald || (c.auth == Auth::None && !c.tls && c.history_size.is_none()) {
         return String::new();
     }
