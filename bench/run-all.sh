@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Full benchmark runs: every scenario at the sizes of docs/benchmarks.md, each
-# measuring the floor, the naive baseline and Herald in one command (`control`:
-# Herald only). Appends a section per scenario to docs/benchmarks.md, redraws
+# measuring the floor, the naive baseline and Herald in one command (`control`,
+# `recover`: Herald only). Appends a section per scenario to docs/benchmarks.md, redraws
 # docs/img/latency-vs-connections.png and keeps JSON under bench/results/.
 # Takes about 15-20 minutes on 2 cores. Run it on an otherwise idle machine
 # (check `uptime`): the load generator shares the cores with the engine.
@@ -24,4 +24,5 @@ want idle     && "$BENCH" idle     "${COMMON[@]}" --conns 19000
 want churn    && "$BENCH" churn    "${COMMON[@]}" --conns 5000 --rate 10 --churn-rate 500 --duration 10
 want slow     && "$BENCH" slow     "${COMMON[@]}" --conns 5000 --rate 10 --duration 10 --slow 20
 want control  && "$BENCH" control  "${COMMON[@]}" --conns 5000 --duration 5
+want recover  && "$BENCH" recover  "${COMMON[@]}" --conns 5000 --rate 10 --duration 10 --jitter-ms 1000
 uptime

@@ -2,7 +2,8 @@
 # Smoke run of every benchmark scenario against Herald, the floor and the naive
 # baseline (Herald alone where only it has the API): a few seconds and a few
 # hundred connections each. Exits non-zero if a scenario fails (crash, failed
-# connection, missing delivery where one is owed, a failed control command).
+# connection, missing delivery where one is owed, a failed control command, a gap,
+# duplicate or recovered:false after a reconnect storm).
 # Expects `cargo build --release --workspace` to have run. Results go to
 # bench/results/smoke/ (never to docs/).
 set -euo pipefail
@@ -36,6 +37,8 @@ run idle      idle      "${COMMON[@]}" --conns 500 --settle 1
 run churn     churn     "${COMMON[@]}" --conns 200 --churn-rate 100 --duration 2
 run slow      slow      "${COMMON[@]}" --conns 200 --duration 2 --slow 5 --slow-rate 20
 run control   control   "${COMMON[@]}" --conns 200 --duration 2
+run recover   recover   "${COMMON[@]}" --conns 200 --duration 2 --jitter-ms 500
+run history   fanout    "${COMMON[@]}" --targets herald --conns 200 --rates 10 --duration 2 --drain 5 --history-size 100
 # sdk needs the Go driver and a virtualenv with the Python SDK.
 (cd bench/sdk/go && go build -o ../../../target/sdk-bench/herald-sdk-bench-go .)
 [[ -x sdk-python/.venv/bin/python ]] || { python3 -m venv sdk-python/.venv && sdk-python/.venv/bin/pip install --quiet -e sdk-python; }

@@ -12,6 +12,7 @@ mod pool;
 mod presence;
 mod producer;
 mod proto;
+mod recover;
 mod report;
 mod scenarios;
 mod sdk;
@@ -54,6 +55,8 @@ enum Cmd {
     Sdk(sdk::SdkArgs),
     /// Presence: fan-out p99 and engine RSS while N WatchPresence snapshots open on a node with many retained topics (Herald only).
     Presence(presence::PresenceArgs),
+    /// Recover: C clients on a topic with history drop at once and reconnect with `since` (Herald only).
+    Recover(recover::RecoverArgs),
     /// Redraw the latency chart from a saved fan-out result.
     Plot(plot::PlotArgs),
     /// (internal) a load-generator process.
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
         Cmd::Control(a) => coordinator(scenarios::control(a)),
         Cmd::Sdk(a) => coordinator(sdk::sdk(a)),
         Cmd::Presence(a) => coordinator(presence::presence(a)),
+        Cmd::Recover(a) => coordinator(recover::recover(a)),
         Cmd::Plot(a) => plot::run(a),
         Cmd::Worker(a) => worker::run(a),
         Cmd::Naive(a) => naive::run(a),

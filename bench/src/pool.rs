@@ -180,6 +180,7 @@ impl Pool {
                     Mode::Slow => "slow",
                     Mode::Tcp => "tcp",
                     Mode::Churn => "churn",
+                    Mode::Recover => "recover",
                 })
                 .arg("--target")
                 .arg(spec.target.to_string())
@@ -351,6 +352,38 @@ impl Pool {
             out.push(w.event("churn_done", timeout).await?);
         }
         Ok(out)
+    }
+
+    /// Recover workers: drops every connection at once (`drop`), then waits for
+    /// each worker's `storm` event (all its connections live again, or given up).
+    pub(crate) async fn storm(&mut self, timeout: Duration) -> Result<Vec<Value>> {
+        for w in &mut self.workers {
+            w.send("drop").await?;
+        }
+        let mut out = Vec::new();
+        for w in &mut self.workers {
+            out.push(w.event("storm", timeout).await?);
+        }
+        Ok(out)
+    }
+
+    /// Recover workers: how many connections last saw each `seq`.
+    pub(crate) async fn positions(&mut self) -> Result<BTreeMap<u64, u64>> {
+        for w in &mut self.workers {
+            w.send("positions").await?;
+        }
+        let mut at = BTreeMap::new();
+        for w in &mut self.workers {
+            let v = w.event("positions", Duration::from_secs(30)).await?;
+            if let Some(m) = v["at"].as_object() {
+                for (seq, n) in m {
+                    if let Ok(seq) = seq.parse::<u64>() {
+                        *at.entry(seq).or_default() += n.as_u64().unwrap_or(0);
+                    }
+                }
+            }
+        }
+        Ok(at)
     }
 
     /// Tells the workers to quit and waits for them (killing any that hang).

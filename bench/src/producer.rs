@@ -9,7 +9,7 @@ use crate::proto::{
 use crate::util::{Result, Rng, stamped_payload};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -112,6 +112,21 @@ impl Producer {
         payload: usize,
         window: usize,
     ) -> Result<PubStats> {
+        self.stream_until(topics, rate, duration, payload, window, None)
+            .await
+    }
+
+    /// Like `stream`, but also ends as soon as `stop` turns true.
+    pub(crate) async fn stream_until(
+        &self,
+        topics: Topics,
+        rate: f64,
+        duration: f64,
+        payload: usize,
+        window: usize,
+        stop: Option<Arc<AtomicBool>>,
+    ) -> Result<PubStats> {
+        let stopped = || stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
         let (tx, rx) = tokio::sync::mpsc::channel::<PublishStreamRequest>(4096);
         let sem = Arc::new(Semaphore::new(if window == 0 { 1 << 24 } else { window }));
         let acked = Arc::new(AtomicU64::new(0));
@@ -146,7 +161,7 @@ impl Producer {
         let mut sent = 0u64;
         'outer: loop {
             let elapsed = start.elapsed().as_secs_f64();
-            if elapsed >= duration {
+            if elapsed >= duration || stopped() {
                 break;
             }
             let due = if rate > 0.0 {

@@ -190,7 +190,7 @@ impl RunDoc {
                     "–".into()
                 }
             };
-            let (dps, cpm) = if r.expected > 0 {
+            let (dps, cpm) = if r.expected > 0 || r.delivered > 0 {
                 (
                     format!("{:.0}", r.deliveries_per_s),
                     format!("{:.2}", r.cpu_s_per_m),

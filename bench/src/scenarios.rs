@@ -9,7 +9,7 @@ use crate::plot;
 use crate::pool::{MAX_PER_WORKER, Pool, Ready, Report, Spec};
 use crate::producer::{Producer, Topics};
 use crate::report::{Row, RunDoc};
-use crate::secure::{Auth, Material};
+use crate::secure::{Auth, History, Material};
 use crate::servers::{Server, Target};
 use crate::util::{BenchError, Lat, Result, err, now_ns, self_cpu_s};
 use crate::worker::Mode;
@@ -57,6 +57,23 @@ pub(crate) struct Common {
     /// Herald only: serve and connect over `wss://` (a CA made for the run).
     #[arg(long)]
     pub(crate) tls: bool,
+    /// Herald only: the topic `bench` keeps this many messages of history (a
+    /// `[[topics]]` rule with `history_size`, in the run's config file).
+    #[arg(long)]
+    pub(crate) history_size: Option<usize>,
+    /// Herald only, with --history-size: how long each kept message stays.
+    #[arg(long, default_value = "2m")]
+    pub(crate) history_ttl: String,
+}
+
+impl Common {
+    /// The history for `bench` asked for with --history-size.
+    pub(crate) fn history(&self) -> Option<History> {
+        self.history_size.map(|size| History {
+            size,
+            ttl: self.history_ttl.clone(),
+        })
+    }
 }
 
 struct Setup {
@@ -91,7 +108,12 @@ impl Setup {
     ) -> Result<Setup> {
         note_busy(format!("{} C={conns}", target.name()), c.busy_probe_ms).await;
         let secure = if target == Target::Herald {
-            Material::prepare(&c.out_dir.join("secure"), c.auth, c.tls)?
+            Material::prepare(
+                &c.out_dir.join("secure"),
+                c.auth,
+                c.tls,
+                c.history().as_ref(),
+            )?
         } else {
             Material::default()
         };
@@ -324,7 +346,7 @@ fn check_complete(c: &Common, r: &Row) -> Result<()> {
 static BUSY: std::sync::Mutex<Vec<(String, f64)>> = std::sync::Mutex::new(Vec::new());
 
 /// Measures and records other CPU use for `ms` milliseconds before `what` starts.
-async fn note_busy(what: String, ms: u64) -> f64 {
+pub(crate) async fn note_busy(what: String, ms: u64) -> f64 {
     let busy = tokio::task::spawn_blocking(move || crate::util::cpu_busy_pct(ms))
         .await
         .unwrap_or(0.0);
@@ -335,7 +357,7 @@ async fn note_busy(what: String, ms: u64) -> f64 {
     busy
 }
 
-fn finish(c: &Common, mut doc: RunDoc) -> Result<()> {
+pub(crate) fn finish(c: &Common, mut doc: RunDoc) -> Result<()> {
     doc.busy_before_pct = BUSY.lock().map(|g| g.clone()).unwrap_or_default();
     let path = doc.save(&c.out_dir, c.markdown.as_deref())?;
     println!("{}", doc.markdown());
@@ -349,7 +371,7 @@ fn find<'a>(doc: &'a RunDoc, target: &str, phase: &str, conns: u64) -> Option<&'
         .find(|r| r.target == target && r.phase == phase && (conns == 0 || r.conns == conns))
 }
 
-fn ratio(a: f64, b: f64) -> String {
+pub(crate) fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 {
         format!("{:.2}×", a / b)
     } else {
@@ -1026,19 +1048,23 @@ fn side_spec(
     }
 }
 
-/// `; tokens HS256, wss` for a Herald run with authentication or TLS on.
-fn security_note(c: &Common, t: Target) -> String {
-    if t != Target::Herald || (c.auth == Auth::None && !c.tls) {
+/// `; HS256 tokens, wss://, history 100 / 2m on bench` for a Herald run with
+/// authentication, TLS or history on.
+pub(crate) fn security_note(c: &Common, t: Target) -> String {
+    if t != Target::Herald || (c.auth == Auth::None && !c.tls && c.history_size.is_none()) {
         return String::new();
     }
     let mut parts = Vec::new();
     match c.auth {
         Auth::None => {}
-        Auth::Hs256 => parts.push("HS256 tokens"),
-        Auth::Es256 => parts.push("ES256 tokens"),
+        Auth::Hs256 => parts.push("HS256 tokens".to_owned()),
+        Auth::Es256 => parts.push("ES256 tokens".to_owned()),
     }
     if c.tls {
-        parts.push("wss://");
+        parts.push("wss://".to_owned());
+    }
+    if let Some(h) = c.history() {
+        parts.push(format!("history {} / {} on bench", h.size, h.ttl));
     }
     format!("; {}", parts.join(", "))
 }

@@ -25,6 +25,15 @@ pub(crate) enum Auth {
     Es256,
 }
 
+/// History kept for the benchmark topic `bench`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct History {
+    /// Messages kept (`history_size`).
+    pub(crate) size: usize,
+    /// How long each is kept (`history_ttl`, e.g. `2m`).
+    pub(crate) ttl: String,
+}
+
 /// The files of one run and the arguments that use them.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Material {
@@ -35,10 +44,16 @@ pub(crate) struct Material {
 }
 
 impl Material {
-    /// Writes what `auth` and `tls` need into `dir`; no files when both are off.
-    pub(crate) fn prepare(dir: &Path, auth: Auth, tls: bool) -> Result<Self> {
+    /// Writes what `auth`, `tls` and `history` need into `dir`; no files when all
+    /// are off.
+    pub(crate) fn prepare(
+        dir: &Path,
+        auth: Auth,
+        tls: bool,
+        history: Option<&History>,
+    ) -> Result<Self> {
         let mut m = Self::default();
-        if auth == Auth::None && !tls {
+        if auth == Auth::None && !tls && history.is_none() {
             return Ok(m);
         }
         std::fs::create_dir_all(dir)?;
@@ -61,11 +76,9 @@ impl Material {
                     .extend(["--token-alg=es256".into(), arg("--token-key", &private)]);
             }
         }
-        if auth != Auth::None {
-            // Authentication on: nothing may be subscribed without a rule.
-            let rules = "[[topics]]\npattern = \"user:*\"\nsubscribe = \"owner\"\n\n\
-                         [[topics]]\npattern = \"*\"\nsubscribe = \"authenticated\"\n";
-            let config = write(dir, "rules.toml", rules)?;
+        let rules = rules(auth, history);
+        if !rules.is_empty() {
+            let config = write(dir, "rules.toml", &rules)?;
             m.herald_args.push(arg("--config", &config));
         }
         if tls {
@@ -94,6 +107,33 @@ impl Material {
         }
         Ok(m)
     }
+}
+
+/// The `[[topics]]` rules of a run: the history rule for `bench` first (the first
+/// matching rule decides, for permissions and history alike), then, with
+/// authentication on, the rules without which nothing could be subscribed.
+fn rules(auth: Auth, history: Option<&History>) -> String {
+    let mut rules = String::new();
+    if let Some(h) = history {
+        // `subscribe` is required in a rule; `anyone` keeps an open run open.
+        let who = if auth == Auth::None {
+            "anyone"
+        } else {
+            "authenticated"
+        };
+        rules.push_str(&format!(
+            "[[topics]]\npattern = \"bench\"\nsubscribe = \"{who}\"\nhistory_size = {}\nhistory_ttl = \"{}\"\n\n",
+            h.size, h.ttl
+        ));
+    }
+    if auth != Auth::None {
+        // Authentication on: nothing may be subscribed without a rule.
+        rules.push_str(
+            "[[topics]]\npattern = \"user:*\"\nsubscribe = \"owner\"\n\n\
+             [[topics]]\npattern = \"*\"\nsubscribe = \"authenticated\"\n",
+        );
+    }
+    rules
 }
 
 fn arg(flag: &str, path: &Path) -> String {
@@ -167,4 +207,26 @@ pub(crate) fn tls_connector(ca_file: &Path) -> Result<tokio_rustls::TlsConnector
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_rules_file_for_history_and_auth() {
+        let h = History {
+            size: 100,
+            ttl: "2m".into(),
+        };
+        assert_eq!(rules(Auth::None, None), "");
+        let open = rules(Auth::None, Some(&h));
+        assert!(open.starts_with("[[topics]]\npattern = \"bench\"\nsubscribe = \"anyone\"\nhistory_size = 100\nhistory_ttl = \"2m\"\n"));
+        let both = rules(Auth::Hs256, Some(&h));
+        let bench = both.find("pattern = \"bench\"").unwrap();
+        let any = both.find("pattern = \"*\"").unwrap();
+        assert!(bench < any, "the history rule must match first: {both}");
+        assert!(both.contains("subscribe = \"authenticated\"\nhistory_size"));
+    }
 }

@@ -169,6 +169,15 @@ pub(crate) fn parse_seq(frame: &[u8]) -> Option<u64> {
     any.then_some(v)
 }
 
+/// The `epoch` of a received message frame: the bytes between the quotes after the
+/// first `"epoch":"`.
+pub(crate) fn parse_epoch(frame: &[u8]) -> Option<&[u8]> {
+    let key = b"\"epoch\":\"";
+    let start = frame.windows(key.len()).position(|w| w == key)? + key.len();
+    let len = frame[start..].iter().position(|&b| b == b'"')?;
+    Some(&frame[start..start + len])
+}
+
 /// A latency histogram in microseconds, 1 µs to 10 min, 3 significant digits.
 pub(crate) fn new_hist() -> Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 600_000_000, 3).map_err(|e| BenchError::Hist(e.to_string()))
@@ -273,5 +282,9 @@ mod tests {
         assert_eq!(parse_stamp(frame.as_bytes()), v["t"].as_u64());
         assert_eq!(parse_stamp(b"{\"type\":\"subscribed\"}"), None);
         assert_eq!(parse_seq(frame.as_bytes()), Some(3));
+        assert_eq!(parse_epoch(frame.as_bytes()), None);
+        let with_epoch =
+            br#"{"type":"message","topic":"b","seq":4,"epoch":"9f2c3a1b7e01d4c8","data":{}}"#;
+        assert_eq!(parse_epoch(with_epoch), Some(&b"9f2c3a1b7e01d4c8"[..]));
     }
 }
