@@ -1,6 +1,8 @@
 //! Topic rules: the `[[topics]]` tables of the config file. A rule matches topics
 //! by pattern (`user:*`, `room:>`, `broadcast:global`) and says who may subscribe
-//! to them; the first rule that matches a topic applies (docs/security.md).
+//! to them; the first rule that matches a topic and has `subscribe` decides
+//! (docs/security.md). A rule without `subscribe` only carries publish settings
+//! and history.
 //!
 //! With authentication on, a topic no rule matches is refused; in open mode (no
 //! token key) such a topic is allowed, as it was before rules existed. Producers
@@ -41,8 +43,10 @@ pub enum Who {
 pub struct TopicRule {
     /// The topics this rule applies to: a topic, `prefix:*` or `prefix:>`.
     pub pattern: String,
-    /// Who may subscribe.
-    pub subscribe: Who,
+    /// Who may subscribe; a rule without it leaves the decision to the next
+    /// matching rule that has one.
+    #[serde(default)]
+    pub subscribe: Option<Who>,
     /// Most messages per second published to one matching topic (token bucket).
     #[serde(default)]
     pub publish_rate: Option<f64>,
@@ -137,7 +141,8 @@ impl Rules {
                     source,
                 }
             })?;
-            if rule.subscribe == Who::Owner && !matches!(pattern, TopicPattern::OneSegment(_)) {
+            if rule.subscribe == Some(Who::Owner) && !matches!(pattern, TopicPattern::OneSegment(_))
+            {
                 return Err(RuleError::OwnerNeedsStar {
                     index,
                     pattern: rule.pattern.clone(),
@@ -168,7 +173,9 @@ impl Rules {
             if rule.history_ttl.is_some() && rule.history_size.is_none() {
                 return limit("history_ttl needs history_size");
             }
-            compiled.push((pattern, rule.subscribe));
+            if let Some(who) = rule.subscribe {
+                compiled.push((pattern, who));
+            }
         }
         Ok(Self {
             rules: compiled,
@@ -242,7 +249,7 @@ mod tests {
     fn rule(pattern: &str, subscribe: Who) -> TopicRule {
         TopicRule {
             pattern: pattern.to_owned(),
-            subscribe,
+            subscribe: Some(subscribe),
             publish_rate: None,
             publish_burst: None,
             message_ttl: None,
@@ -305,5 +312,31 @@ mod tests {
         assert_eq!(parsed.publish_rate, Some(10.0));
         assert_eq!(parsed.message_ttl.map(|d| d.0.as_secs()), Some(5));
         assert!(toml::from_str::<TopicRule>("pattern = \"a\"\nsubscribe = \"nobody\"").is_err());
+    }
+
+    #[test]
+    fn a_rule_without_subscribe_leaves_permissions_to_the_next() {
+        let history: TopicRule =
+            toml::from_str("pattern = \"room:*\"\nhistory_size = 100\nhistory_ttl = \"2m\"\n")
+                .unwrap();
+        assert_eq!(history.subscribe, None);
+        let alice = user("alice", &[]);
+        let anon = Principal::default();
+        let rules = Rules::compile(&[history.clone(), rule("room:*", Who::Authenticated)], 255)
+            .unwrap()
+            .deny_unmatched(true);
+        assert!(rules.check("room:a", &alice).is_ok());
+        assert!(rules.check("room:a", &anon).is_err());
+        // With authentication on, nothing else decides: refused.
+        let alone = Rules::compile(std::slice::from_ref(&history), 255).unwrap();
+        assert!(
+            Rules::compile(std::slice::from_ref(&history), 255)
+                .unwrap()
+                .deny_unmatched(true)
+                .check("room:a", &alice)
+                .is_err()
+        );
+        // In open mode, allowed.
+        assert!(alone.check("room:a", &anon).is_ok());
     }
 }

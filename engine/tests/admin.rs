@@ -330,7 +330,7 @@ async fn history_bytes_messages_and_evictions_are_exported() {
         history_max_bytes: BOUND,
         topics: vec![TopicRule {
             pattern: "hist:*".to_owned(),
-            subscribe: Who::Anyone,
+            subscribe: Some(Who::Anyone),
             publish_rate: None,
             publish_burst: None,
             message_ttl: None,

@@ -60,7 +60,7 @@ fn claims(sub: &str) -> Value {
 fn rule(pattern: &str, subscribe: Who) -> TopicRule {
     TopicRule {
         pattern: pattern.to_owned(),
-        subscribe,
+        subscribe: Some(subscribe),
         publish_rate: None,
         publish_burst: None,
         message_ttl: None,

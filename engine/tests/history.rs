@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 fn rule(pattern: &str, size: usize, ttl: Option<Duration>) -> TopicRule {
     TopicRule {
         pattern: pattern.to_owned(),
-        subscribe: Who::Anyone,
+        subscribe: Some(Who::Anyone),
         publish_rate: None,
         publish_burst: None,
         message_ttl: None,

@@ -184,7 +184,7 @@ async fn the_per_ip_connect_rate_answers_429_with_retry_after() {
 fn rule(pattern: &str, rate: Option<f64>, burst: Option<u32>, ttl: Option<Duration>) -> TopicRule {
     TopicRule {
         pattern: pattern.into(),
-        subscribe: Who::Anyone,
+        subscribe: Some(Who::Anyone),
         publish_rate: rate,
         publish_burst: burst,
         message_ttl: ttl.map(Dur),

@@ -119,7 +119,7 @@ mod tests {
     fn rule(pattern: &str, rate: Option<f64>, burst: Option<u32>, ttl: Option<u64>) -> TopicRule {
         TopicRule {
             pattern: pattern.to_owned(),
-            subscribe: Who::Anyone,
+            subscribe: Some(Who::Anyone),
             publish_rate: rate,
             publish_burst: burst,
             message_ttl: ttl.map(|s| Dur(Duration::from_secs(s))),
