@@ -114,14 +114,18 @@ pub(crate) async fn serve(
 ) {
     let (config, registry, access) = (&ctx.config, &ctx.registry, &ctx.access);
     let deadline = Instant::now() + config.handshake_timeout.0;
-    let Some((mut ws, mut identity, mut slot)) = handshake(stream, peer, tls.as_ref(), &ctx).await
+    // The handshake's futures (read buffers, the TLS acceptor, header parsing) are
+    // boxed: inline, they would size this task's future, and so every connection's
+    // memory, for its whole life rather than for its first milliseconds.
+    let Some((mut ws, mut identity, mut slot)) =
+        Box::pin(handshake(stream, peer, tls.as_ref(), &ctx)).await
     else {
         return;
     };
     if let Some(tokens) = &access.tokens
         && identity.verified.is_none()
     {
-        let Some(verified) = wait_for_connect(&mut ws, tokens, deadline).await else {
+        let Some(verified) = Box::pin(wait_for_connect(&mut ws, tokens, deadline)).await else {
             return;
         };
         if let Err(refusal) = ctx.limits.admit_user(&mut slot, &verified.user) {
