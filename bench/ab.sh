@@ -10,6 +10,8 @@
 #   bench/ab.sh /tmp/ab 3 "base|/tmp/herald-base|" "head|target/release/herald|" \
 #     "head-hs256|target/release/herald|--auth hs256"
 #
+# ROUNDS 0 only prints the table of runs already in OUT_DIR.
+#
 # A variant whose extra args hold `--herald-arg=--admin-addr=HOST:PORT` also has
 # http://HOST:PORT/metrics scraped once a second while it runs. FANOUT_ARGS sets the
 # points (default: --conns 5000,19000 --rates 10,2 --duration 10).
@@ -20,7 +22,7 @@ out=$1 rounds=$2
 shift 2
 read -r -a points <<<"${FANOUT_ARGS:---conns 5000,19000 --rates 10,2 --duration 10}"
 mkdir -p "$out"
-uptime | tee "$out/uptime-start"
+[[ $rounds -gt 0 ]] && uptime | tee "$out/uptime-start"
 for round in $(seq 1 "$rounds"); do
     for variant in "$@"; do
         IFS='|' read -r name bin extra <<<"$variant"
@@ -42,13 +44,13 @@ for round in $(seq 1 "$rounds"); do
         [[ -n $scraper ]] && kill "$scraper" 2>/dev/null || true
     done
 done
-uptime | tee "$out/uptime-end"
+[[ $rounds -gt 0 ]] && uptime | tee "$out/uptime-end"
 python3 - "$out" "$@" <<'PYEOF'
 import glob, json, statistics, sys
 out, variants = sys.argv[1], [v.split("|")[0] for v in sys.argv[2:]]
 rows = {}
 for name in variants:
-    for path in sorted(glob.glob(f"{out}/{name}-*/fanout-*.json")):
+    for path in sorted(glob.glob(f"{out}/{name}-[0-9]*/fanout-*.json")):
         rnd = path.split(f"{name}-")[-1].split("/")[0]
         for r in json.load(open(path))["rows"]:
             if r["phase"].startswith("fanout run"):
