@@ -550,7 +550,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.topics.len(), 2);
-        assert_eq!(config.topics[0].subscribe, Who::Owner);
+        assert_eq!(config.topics[0].subscribe, Some(Who::Owner));
         assert_eq!(config.topics[1].publish_burst, Some(20));
         assert!(config.validate().is_ok());
         let bad: Config =
