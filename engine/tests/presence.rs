@@ -403,6 +403,16 @@ async fn presence_input_errors_and_untracked_topics() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // More patterns than one command may name.
+    let err = api
+        .watch_presence(WatchPresenceRequest {
+            topics: (0..257).map(|i| format!("room:{i}")).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("at most 256"), "{}", err.message());
 
     // A pattern over both tracked and untracked topics only reports tracked ones.
     let mut watch = api

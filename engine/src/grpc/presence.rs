@@ -103,6 +103,14 @@ impl HeraldService {
                 "name at least one topic or pattern, or set include_connections",
             ));
         }
+        // Every event is matched against every pattern of every watcher.
+        if req.topics.len() > self.config.max_topics_per_command {
+            return Err(Status::invalid_argument(format!(
+                "{} topics or patterns; one WatchPresence takes at most {} (max_topics_per_command)",
+                req.topics.len(),
+                self.config.max_topics_per_command
+            )));
+        }
         let permit = Arc::clone(&self.watchers).try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
                 "this node serves its limit of {} WatchPresence streams (max_presence_watchers)",
