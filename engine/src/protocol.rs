@@ -82,6 +82,9 @@ pub(crate) enum Command {
         id: Option<u64>,
         /// The token.
         token: String,
+        /// Positions to recover from, for topics the token's `subscribe` claim
+        /// joins (others are ignored).
+        since: HashMap<String, Since>,
     },
     /// Replace the connection's token before it expires.
     Refresh {
@@ -137,6 +140,22 @@ pub(crate) fn command_id(text: &str) -> Option<u64> {
 }
 
 /// Parses one client text frame.
+/// The `since` object of a command, as positions by topic.
+fn since_map(raw: Option<HashMap<String, RawSince>>) -> HashMap<String, Since> {
+    raw.unwrap_or_default()
+        .into_iter()
+        .map(|(t, s)| {
+            (
+                t,
+                Since {
+                    seq: s.seq,
+                    epoch: s.epoch,
+                },
+            )
+        })
+        .collect()
+}
+
 pub(crate) fn parse_command(text: &str) -> Result<Command, CommandError> {
     let raw: RawCommand = serde_json::from_str(text).map_err(|e| CommandError {
         id: command_id(text),
@@ -154,20 +173,7 @@ pub(crate) fn parse_command(text: &str) -> Result<Command, CommandError> {
     match raw.kind.as_str() {
         "subscribe" => {
             let topics = topics(raw.topics)?;
-            let since: HashMap<String, Since> = raw
-                .since
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(t, s)| {
-                    (
-                        t,
-                        Since {
-                            seq: s.seq,
-                            epoch: s.epoch,
-                        },
-                    )
-                })
-                .collect();
+            let since = since_map(raw.since);
             if let Some(stray) = since.keys().find(|t| !topics.contains(t)) {
                 return Err(CommandError {
                     id,
@@ -189,7 +195,11 @@ pub(crate) fn parse_command(text: &str) -> Result<Command, CommandError> {
                 message: format!("{} needs a \"token\" string", raw.kind),
             })?;
             Ok(if raw.kind == "connect" {
-                Command::Connect { id, token }
+                Command::Connect {
+                    id,
+                    token,
+                    since: since_map(raw.since),
+                }
             } else {
                 Command::Refresh { id, token }
             })

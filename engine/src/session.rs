@@ -122,12 +122,16 @@ pub(crate) async fn serve(
     else {
         return;
     };
+    // Positions the connect frame asks to recover the token's subscribe claim from.
+    let mut claim_since = HashMap::new();
     if let Some(tokens) = &access.tokens
         && identity.verified.is_none()
     {
-        let Some(verified) = Box::pin(wait_for_connect(&mut ws, tokens, deadline)).await else {
+        let Some((verified, since)) = Box::pin(wait_for_connect(&mut ws, tokens, deadline)).await
+        else {
             return;
         };
+        claim_since = since;
         if let Err(refusal) = ctx.limits.admit_user(&mut slot, &verified.user) {
             refuse_frame(
                 &mut ws,
@@ -159,10 +163,38 @@ pub(crate) async fn serve(
         ping_interval_ms: timing.ping_interval.as_millis() as u64,
         idle_timeout_ms: timing.idle_timeout.as_millis() as u64,
     });
-    // The token's `subscribe` claim: announced, then applied, so that every
-    // message of these topics follows the announcement. The topics and their
-    // number were checked with the token; a new connection has no other topics.
+    // The token's `subscribe` claim. The topics and their number were checked with
+    // the token; a new connection has no other topics. With positions from the
+    // connect frame it recovers like a client's subscribe with `since` (missed
+    // messages first, then the `subscribed` push saying what was recovered);
+    // otherwise it is announced, then applied, so that every message of these
+    // topics follows the announcement.
+    claim_since.retain(|topic, _| {
+        identity
+            .verified
+            .as_ref()
+            .is_some_and(|v| v.subscribe.contains(topic))
+    });
     if let Some(topics) = identity.verified.as_ref().map(|v| &v.subscribe)
+        && !topics.is_empty()
+        && !claim_since.is_empty()
+    {
+        let one = std::slice::from_ref(&entry);
+        match ctx.broker.subscribe(one, topics, &claim_since).await {
+            Ok(done) => {
+                let recoveries = done.connections.into_iter().next().map(|(_, r)| r);
+                let (recovered, positions) = recovery_maps(recoveries.unwrap_or_default());
+                conn.reply(Reply::Subscribed {
+                    id: None,
+                    topics,
+                    server: true,
+                    recovered: Some(&recovered),
+                    positions: Some(&positions),
+                });
+            }
+            Err(e) => tracing::warn!(conn = %conn.id(), error = %e, "subscribe claim not applied"),
+        }
+    } else if let Some(topics) = identity.verified.as_ref().map(|v| &v.subscribe)
         && !topics.is_empty()
     {
         conn.reply(Reply::Subscribed {
@@ -321,7 +353,7 @@ async fn wait_for_connect(
     ws: &mut WebSocketStream<Stream>,
     tokens: &crate::auth::Authenticator,
     deadline: Instant,
-) -> Option<Verified> {
+) -> Option<(Verified, HashMap<String, Since>)> {
     loop {
         let next = match tokio::time::timeout_at(deadline, ws.next()).await {
             Ok(next) => next,
@@ -337,8 +369,8 @@ async fn wait_for_connect(
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Binary(_))) => Utf8Bytes::from_static(""),
         };
-        let (id, token) = match protocol::parse_command(&text) {
-            Ok(Command::Connect { id, token }) => (id, token),
+        let (id, token, since) = match protocol::parse_command(&text) {
+            Ok(Command::Connect { id, token, since }) => (id, token, since),
             Ok(_) | Err(_) => {
                 let message = "authenticate first: the first frame must be {\"type\":\"connect\",\"token\":\"…\"}";
                 refuse_frame(
@@ -354,7 +386,7 @@ async fn wait_for_connect(
             }
         };
         return match tokens.verify(&token) {
-            Ok(verified) => Some(verified),
+            Ok(verified) => Some((verified, since)),
             Err(e) => {
                 tracing::debug!(code = e.code(), "connect token refused");
                 let (code, reconnect) = if e == TokenError::Expired {

@@ -578,3 +578,76 @@ async fn bad_key_files_stop_the_engine_from_starting() {
     .await;
     assert!(bad_rule.is_err());
 }
+
+#[tokio::test]
+async fn a_subscribe_claim_recovers_from_the_positions_in_the_connect_frame() {
+    let mut history = rule("internal:*", Who::Server);
+    history.history_size = Some(100);
+    let mut cfg = hs_config();
+    cfg.topics.insert(0, history);
+    let engine = start(cfg).await;
+    let token = hs(json!({
+        "sub": "alice", "exp": now() + 600, "subscribe": ["internal:alice"],
+    }));
+    let mut api = grpc(&engine).await;
+
+    // First connection: sees message 1, then goes away.
+    let mut first = connect_frame(&engine, &token).await;
+    assert_eq!(first.next_json().await["server"], true);
+    publish_json(&mut api, "internal:alice", json!({"n": 1})).await;
+    let m1 = first.next_message().await;
+    assert_eq!((m1["seq"].as_u64(), &m1["data"]["n"]), (Some(1), &json!(1)));
+    let epoch = m1["epoch"].as_str().unwrap().to_owned();
+    drop(first);
+    publish_json(&mut api, "internal:alice", json!({"n": 2})).await;
+    publish_json(&mut api, "internal:alice", json!({"n": 3})).await;
+
+    // Reconnect with the last position: 2 and 3 first, then the push, then live.
+    let url = format!("ws://{}/ws", engine.ws_addr());
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let since =
+        json!({"internal:alice": {"seq": 1, "epoch": epoch}, "other:x": {"seq": 9, "epoch": "e"}});
+    ws.send(Message::text(
+        json!({"type": "connect", "token": token, "since": since}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let mut second = Client::from_ws(ws);
+    assert_eq!(second.next_json().await["type"], "connected");
+    for n in [2, 3] {
+        let m = second.next_json().await;
+        assert_eq!(
+            (m["type"].as_str(), m["seq"].as_u64()),
+            (Some("message"), Some(n)),
+            "{m}"
+        );
+    }
+    let pushed = second.next_json().await;
+    assert_eq!(pushed["type"], "subscribed", "{pushed}");
+    assert_eq!(pushed["server"], true);
+    assert_eq!(pushed["recovered"], json!({"internal:alice": true}));
+    assert_eq!(pushed["positions"]["internal:alice"]["seq"], 3);
+    publish_json(&mut api, "internal:alice", json!({"n": 4})).await;
+    assert_eq!(second.next_message().await["seq"], 4);
+
+    // Another epoch cannot be recovered: told so, and live messages follow.
+    let url = format!("ws://{}/ws", engine.ws_addr());
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let since = json!({"internal:alice": {"seq": 1, "epoch": "0000000000000000"}});
+    ws.send(Message::text(
+        json!({"type": "connect", "token": token, "since": since}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let mut third = Client::from_ws(ws);
+    assert_eq!(third.next_json().await["type"], "connected");
+    let pushed = third.next_json().await;
+    assert_eq!(
+        pushed["recovered"],
+        json!({"internal:alice": false}),
+        "{pushed}"
+    );
+    publish_json(&mut api, "internal:alice", json!({"n": 5})).await;
+    assert_eq!(third.next_message().await["seq"], 5);
+    engine.shutdown().await;
+}
