@@ -3,7 +3,7 @@
 import { readFileSync } from "node:fs";
 import { gzipSync } from "node:zlib";
 
-const BUDGET_GZIP = 4096;
+const BUDGET_GZIP = 4160;
 const min = readFileSync(new URL("../dist/herald.min.js", import.meta.url));
 const gz = gzipSync(min, { level: 9 });
 console.log(`dist/herald.min.js: ${min.length} bytes minified, ${gz.length} bytes gzipped (budget ${BUDGET_GZIP})`);

@@ -502,7 +502,8 @@ export class Herald {
     };
     ws.onopen = () => {
       // The token as the first frame: the server answers `connected` only once it is valid.
-      if (this.ws === ws && inFrame) ws.send(JSON.stringify({ type: "connect", token }));
+      // With our positions: topics the token's `subscribe` claim joins recover too.
+      if (this.ws === ws && inFrame) ws.send(JSON.stringify({ type: "connect", token, since: this.since() }));
     };
     ws.onerror = (ev) => {
       // Always followed by a close event, which decides what happens. A refused `?token=`
@@ -565,6 +566,7 @@ export class Herald {
       case "unsubscribed":
         if (frame.server === true) {
           const topics = Array.isArray(frame.topics) ? frame.topics.map(String) : [];
+          this.recover(frame, topics);
           this.emit(frame.type === "subscribed" ? "serverSubscribed" : "serverUnsubscribed", { topics });
           return;
         }
@@ -678,29 +680,40 @@ export class Herald {
     }
   }
 
-  private sendSubscribe(topics: string[]): void {
-    // Where the client was in each topic: the engine replays what came after, or says it cannot.
+  /** Where the client was in each topic: the engine replays what came after, or says it cannot. */
+  private since(topics: Iterable<string> = this.positions.keys()): Record<string, Position> {
     const since: Record<string, Position> = {};
     for (const t of topics) {
       const p = this.positions.get(t);
       if (p?.epoch) since[t] = p; // an engine without epochs cannot recover
     }
-    this.command({ type: "subscribe", topics, since }).then(
+    return since;
+  }
+
+  /** The `recovered` and `positions` of a `subscribed` reply or push: `recovery` events. */
+  private recover(frame: Frame, topics: string[]): void {
+    const recovered = (frame.recovered ?? {}) as Record<string, boolean>;
+    const positions = (frame.positions ?? {}) as Record<string, Position>;
+    for (const t of topics) {
+      const p = positions[t];
+      if (!(t in recovered) || !p) continue;
+      // Live messages follow p; one may already have arrived, just before the reply.
+      const cur = this.positions.get(t);
+      if (!cur || cur.epoch !== p.epoch || cur.seq < p.seq) this.positions.set(t, { seq: p.seq, epoch: p.epoch });
+      this.emit("recovery", { topic: t, recovered: recovered[t] === true, position: { seq: p.seq, epoch: p.epoch } });
+    }
+  }
+
+  private sendSubscribe(topics: string[]): void {
+    this.command({ type: "subscribe", topics, since: this.since(topics) }).then(
       (reply) => {
-        const recovered = (reply.recovered ?? {}) as Record<string, boolean>;
-        const positions = (reply.positions ?? {}) as Record<string, Position>;
         for (const t of topics) {
           const st = this.topics.get(t);
           if (!st) continue;
           st.live = true;
           for (const w of st.waiters.splice(0)) w.resolve();
-          const p = positions[t];
-          if (!(t in recovered) || !p) continue;
-          // Live messages follow p; one may already have arrived, just before the reply.
-          const cur = this.positions.get(t);
-          if (!cur || cur.epoch !== p.epoch || cur.seq < p.seq) this.positions.set(t, { seq: p.seq, epoch: p.epoch });
-          this.emit("recovery", { topic: t, recovered: recovered[t] === true, position: { seq: p.seq, epoch: p.epoch } });
         }
+        this.recover(reply, topics.filter((t) => this.topics.has(t)));
       },
       (err: HeraldError) => {
         if (err.code === "connection_lost" || err.code === "closed") return; // redone on reconnect

@@ -8,7 +8,7 @@ import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { WebSocket } from "ws";
 import { Herald, HeraldError } from "../dist/index.js";
-import { Engine, sleep, waitFor } from "./engine.mjs";
+import { Engine, freePort, sleep, waitFor } from "./engine.mjs";
 import { mint, nowSecs } from "./token.mjs";
 
 const SECRET = "sdk-js-test-secret";
@@ -59,7 +59,11 @@ describe("with token authentication", () => {
   before(async () => {
     dir = mkdtempSync(path.join(tmpdir(), "herald-sdk-js-"));
     const config = path.join(dir, "herald.toml");
-    writeFileSync(config, '[[topics]]\npattern = "auth:*"\nsubscribe = "authenticated"\n');
+    writeFileSync(
+      config,
+      '[[topics]]\npattern = "auth:*"\nsubscribe = "authenticated"\n\n' +
+        '[[topics]]\npattern = "hist:*"\nhistory_size = 1000\n',
+    );
     engine = await Engine.start(
       "--config", config,
       "--token-hmac-secret", SECRET,
@@ -80,8 +84,45 @@ describe("with token authentication", () => {
     await c.connect();
     await sub.ready;
     assert.deepEqual(seen.urls, [engine.wsUrl]);
-    assert.deepEqual(seen.sent[0], { type: "connect", token: tok });
+    assert.deepEqual(seen.sent[0], { type: "connect", token: tok, since: {} });
     assert.equal(await presenceUser(engine, name, c.connId), "alice");
+    assert.deepEqual(ev.errors, []);
+  });
+
+  test("a token's subscribe claim recovers what was missed through the connect frame", async (t) => {
+    const name = `hist:c-${process.pid}-${++uniq}`;
+    // Connections the test can cut and keep from coming back for a while.
+    const deadPort = await freePort();
+    const sockets = [];
+    let block = false;
+    class Net extends WebSocket {
+      constructor(url) {
+        super(block ? url.replace(/:\d+\//, `:${deadPort}/`) : url);
+        sockets.push(this);
+      }
+    }
+    const { c, ev } = client(t, engine.wsUrl, { WebSocket: Net, token: async () => token("erin", 600, { subscribe: [name] }) });
+    const got = [];
+    c.on("message", (m) => m.topic === name && got.push(m.seq));
+    const recoveries = [];
+    c.on("recovery", (e) => recoveries.push(e));
+    await c.connect();
+    const members = async () => (await engine.call("PresenceStats", { topic: name })).connections ?? 0;
+    await waitFor(async () => (await members()) === 1, "the claim");
+    for (let n = 1; n <= 3; n++) await engine.publish(name, { n });
+    await waitFor(() => got.length === 3, "3 messages");
+    block = true;
+    sockets.at(-1).terminate();
+    await waitFor(async () => (await members()) === 0, "the connection gone");
+    for (let n = 4; n <= 6; n++) await engine.publish(name, { n });
+    block = false;
+    await waitFor(() => recoveries.length === 1, "the recovery event");
+    assert.equal(recoveries[0].topic, name);
+    assert.equal(recoveries[0].recovered, true);
+    assert.equal(recoveries[0].position.seq, 6);
+    await engine.publish(name, { n: 7 });
+    await waitFor(() => got.length === 7, `7 messages (have ${got})`);
+    assert.deepEqual(got, [1, 2, 3, 4, 5, 6, 7]);
     assert.deepEqual(ev.errors, []);
   });
 
