@@ -133,8 +133,8 @@ async fn catch_up(client: &mut Client, seen: &mut Seen, seq: u64) {
 
 /// A client that drops and reconnects over and over while its topic receives
 /// 100 messages a second recovers every time: no gap, no duplicate, strict order.
-/// 200 reconnects by default (about 6 s); HERALD_TEST_RECONNECTS=1000 runs the
-/// issue's full count (about 30 s).
+/// 200 reconnects by default (about 6 s); HERALD_TEST_RECONNECTS=1000, as
+/// scripts/test sets it, runs 1,000 (about 30 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_reconnecting_many_times_recovers_every_message() {
     let reconnects: usize = std::env::var("HERALD_TEST_RECONNECTS")
