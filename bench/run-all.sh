@@ -25,4 +25,5 @@ want churn    && "$BENCH" churn    "${COMMON[@]}" --conns 5000 --rate 10 --churn
 want slow     && "$BENCH" slow     "${COMMON[@]}" --conns 5000 --rate 10 --duration 10 --slow 20
 want control  && "$BENCH" control  "${COMMON[@]}" --conns 5000 --duration 5
 want recover  && "$BENCH" recover  "${COMMON[@]}" --conns 5000 --rate 10 --duration 10 --jitter-ms 1000
+want hostile  && "$BENCH" hostile  "${COMMON[@]}" --conns 300 --duration 10 --attack-rate 100 --slow-sockets 100
 uptime

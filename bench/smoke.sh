@@ -39,6 +39,7 @@ run slow      slow      "${COMMON[@]}" --conns 200 --duration 2 --slow 5 --slow-
 run control   control   "${COMMON[@]}" --conns 200 --duration 2
 run recover   recover   "${COMMON[@]}" --conns 200 --duration 2 --jitter-ms 500
 run history   fanout    "${COMMON[@]}" --targets herald --conns 200 --rates 10 --duration 2 --drain 5 --history-size 100
+run hostile   hostile   "${COMMON[@]}" --conns 100 --duration 2 --attack-rate 50 --slow-sockets 10
 # sdk needs the Go driver and a virtualenv with the Python SDK.
 (cd bench/sdk/go && go build -o ../../../target/sdk-bench/herald-sdk-bench-go .)
 [[ -x sdk-python/.venv/bin/python ]] || { python3 -m venv sdk-python/.venv && sdk-python/.venv/bin/pip install --quiet -e sdk-python; }

@@ -6,6 +6,7 @@
 
 mod control;
 mod floor;
+mod hostile;
 mod naive;
 mod plot;
 mod pool;
@@ -57,6 +58,8 @@ enum Cmd {
     Presence(presence::PresenceArgs),
     /// Recover: C clients on a topic with history drop at once and reconnect with `since` (Herald only).
     Recover(recover::RecoverArgs),
+    /// Hostile: subscribers' p99 while attackers send every class of bad input (Herald only).
+    Hostile(hostile::HostileArgs),
     /// Redraw the latency chart from a saved fan-out result.
     Plot(plot::PlotArgs),
     /// (internal) a load-generator process.
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
         Cmd::Control(a) => coordinator(scenarios::control(a)),
         Cmd::Sdk(a) => coordinator(sdk::sdk(a)),
         Cmd::Presence(a) => coordinator(presence::presence(a)),
+        Cmd::Hostile(a) => coordinator(hostile::hostile(a)),
         Cmd::Recover(a) => coordinator(recover::recover(a)),
         Cmd::Plot(a) => plot::run(a),
         Cmd::Worker(a) => worker::run(a),
