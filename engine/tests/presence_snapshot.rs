@@ -218,6 +218,8 @@ async fn snapshots_over_many_ranges_stay_exact_while_clients_churn() {
     cfg.presence_max_snapshots = 2;
     // This test is about exactness: no watcher may fall behind.
     cfg.presence_watch_buffer = 1 << 20;
+    // The churning clients send commands as fast as the engine answers them.
+    cfg.client_command_rate = 0.0;
     let engine = start(cfg).await;
     let mut api = grpc(&engine).await;
     retain_topics(&mut api, 5_000).await;
