@@ -137,7 +137,9 @@ async fn attack(class: &str, ws: SocketAddr) -> String {
     match class {
         "garbage" => match TcpStream::connect(ws).await {
             Ok(mut s) => {
-                let _ = s.write_all(b"\x16\x03\x01garbage \x00\xff not http\r\n\r\n").await;
+                let _ = s
+                    .write_all(b"\x16\x03\x01garbage \x00\xff not http\r\n\r\n")
+                    .await;
                 http_answer(s).await
             }
             Err(e) => format!("connect: {}", e.kind()),
@@ -244,7 +246,10 @@ async fn slow_headers(ws: SocketAddr, stop: Instant) -> String {
     let req = b"GET /ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\n";
     let mut i = 0;
     while Instant::now() < stop {
-        if s.write_all(&req[i % req.len()..=i % req.len()]).await.is_err() {
+        if s.write_all(&req[i % req.len()..=i % req.len()])
+            .await
+            .is_err()
+        {
             return "closed by the engine".into();
         }
         i += 1;

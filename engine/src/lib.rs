@@ -23,7 +23,9 @@
 //! (the seam where a multi-node broker plugs in), `presence` (join/leave events
 //! and their watchers), `protocol` (the client wire format and close codes),
 //! `topic_name` (the topic rule), `auth` (connection tokens: keys and claims),
-//! `rules` (who may subscribe to which topics), `stats` (counters) and [`config`].
+//! `rules` (who may subscribe to which topics), `handshake` and `limits` (the
+//! HTTP upgrade, origins, connection and command limits), `history` (kept
+//! messages and epochs), `stats` (counters) and [`config`].
 //!
 //! Layers import only downwards: server → grpc → session → broker / writer →
 //! registry → topic → snapshot → conn → queue.
