@@ -280,10 +280,14 @@ test("the SDK bundle in Chromium: payloads, ping, close codes, heartbeat on a fr
   await engine.publish("browser:test", "two");
   await engine.publish("browser:test", Buffer.from([3]));
   await waitFor(async () => (await log()).messages.length === 3, "three messages");
-  assert.deepEqual((await log()).messages, [
-    { topic: "browser:test", seq: 1, data: { n: 1 } },
-    { topic: "browser:test", seq: 2, text: "two" },
-    { topic: "browser:test", seq: 3, b64: "Aw==" },
+  // Every message carries the topic's epoch (16 hex digits), the same for all three.
+  const messages = (await log()).messages;
+  const epoch = messages[0].epoch;
+  assert.match(epoch, /^[0-9a-f]{16}$/);
+  assert.deepEqual(messages, [
+    { topic: "browser:test", seq: 1, epoch, data: { n: 1 } },
+    { topic: "browser:test", seq: 2, epoch, text: "two" },
+    { topic: "browser:test", seq: 3, epoch, b64: "Aw==" },
   ]);
   assert.equal(await page.evaluate(() => window.herald.lastSeq("browser:test")), 3);
   const rtt = await page.evaluate(() => window.herald.ping());
