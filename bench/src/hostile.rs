@@ -9,12 +9,12 @@
 //! Reported: the subscribers' p99 before and during, how each attack was answered
 //! (HTTP status or close code), and the engine's RSS. Herald only.
 
-use crate::pool::{Pool, Report, Spec};
-use crate::producer::{Producer, Topics};
-use crate::report::{Row, RunDoc};
-use crate::scenarios::Common;
+use crate::pool::{Pool, Spec};
+use crate::producer::Producer;
+use crate::report::RunDoc;
+use crate::scenarios::{Common, measure_phase};
 use crate::servers::{Server, Target};
-use crate::util::{Lat, Result, err, self_cpu_s};
+use crate::util::{Result, err};
 use crate::worker::Mode;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
@@ -263,55 +263,6 @@ async fn slow_headers(ws: SocketAddr, stop: Instant) -> String {
     "still open at the end".into()
 }
 
-/// One phase of delivery on `bench`.
-async fn measure(
-    server: &Server,
-    producer: &Producer,
-    pool: &mut Pool,
-    connected: u64,
-    a: &HostileArgs,
-) -> Result<Row> {
-    let base = pool.report().await?;
-    let cpu0 = server.cpu_s();
-    let pcpu0 = self_cpu_s();
-    let st = producer
-        .stream(
-            Topics::One("bench".into()),
-            a.rate,
-            a.duration,
-            a.common.payload,
-            0,
-        )
-        .await?;
-    let expected = st.acked * connected;
-    pool.drain(expected, Duration::from_secs(10)).await?;
-    let cpu1 = server.cpu_s();
-    let rep: Report = pool.report().await?;
-    let gaps = rep.seq_gaps.saturating_sub(base.seq_gaps);
-    let mut extra = serde_json::Map::new();
-    extra.insert("seq_gaps".into(), json!(gaps));
-    extra.insert("producer_cpu_s".into(), json!(self_cpu_s() - pcpu0));
-    extra.insert("closed".into(), json!(rep.closed - base.closed));
-    let (_, hwm) = server.rss();
-    let mut row = Row {
-        target: server.target.name().into(),
-        conns: connected,
-        rate_hz: a.rate,
-        duration_s: a.duration,
-        published: st.acked,
-        expected,
-        delivered: rep.received,
-        lat: Lat::of(&rep.hist),
-        engine_cpu_s: cpu1 - cpu0,
-        peak_rss_mib: hwm as f64 / 1024.0,
-        gen_cpu_s: rep.cpu_s - base.cpu_s,
-        extra,
-        ..Row::default()
-    };
-    row.finish();
-    Ok(row)
-}
-
 /// Runs `hostile`.
 pub(crate) async fn hostile(a: HostileArgs) -> Result<()> {
     let c = &a.common;
@@ -334,7 +285,14 @@ pub(crate) async fn hostile(a: HostileArgs) -> Result<()> {
     let mut pool = Pool::spawn(&spec)?;
     let ready = pool.ready(Duration::from_secs(300)).await?;
 
-    let mut steady = measure(&server, &producer, &mut pool, ready.connected, &a).await?;
+    let mut steady = measure_phase(
+        &server,
+        &producer,
+        &mut pool,
+        ready.connected,
+        (a.rate, a.duration, c.payload),
+    )
+    .await?;
     steady.phase = "steady".into();
     let (rss_before, _) = server.rss();
 
@@ -371,7 +329,14 @@ pub(crate) async fn hostile(a: HostileArgs) -> Result<()> {
             n
         })
     };
-    let mut under = measure(&server, &producer, &mut pool, ready.connected, &a).await?;
+    let mut under = measure_phase(
+        &server,
+        &producer,
+        &mut pool,
+        ready.connected,
+        (a.rate, a.duration, c.payload),
+    )
+    .await?;
     let attacks = attackers.await.unwrap_or(0);
     for s in slow {
         let outcome = s.await.unwrap_or_else(|_| "task failed".into());

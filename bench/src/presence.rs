@@ -8,14 +8,14 @@
 //! (`SNAPSHOT_END`), the subscribers' p99 before and during, and the engine's RSS
 //! before, at most and at the end. Herald only (`--targets` is ignored).
 
-use crate::pool::{Pool, Report, Spec};
-use crate::producer::{Producer, Topics};
+use crate::pool::{Pool, Spec};
+use crate::producer::Producer;
 use crate::proto::herald_client::HeraldClient;
 use crate::proto::{BroadcastRequest, PresenceEventKind, WatchPresenceRequest};
-use crate::report::{Row, RunDoc};
-use crate::scenarios::Common;
+use crate::report::RunDoc;
+use crate::scenarios::{Common, measure_phase};
 use crate::servers::{Server, Target};
-use crate::util::{BenchError, Lat, Result, err, rss_kib, self_cpu_s};
+use crate::util::{BenchError, Result, err, rss_kib};
 use crate::worker::Mode;
 use serde_json::json;
 use std::time::Duration;
@@ -143,72 +143,6 @@ async fn open_watchers(
     Ok(tasks)
 }
 
-/// One phase of 10 Hz delivery on `bench` to every reader.
-async fn measure(
-    server: &Server,
-    producer: &Producer,
-    pool: &mut Pool,
-    connected: u64,
-    a: &PresenceArgs,
-) -> Result<Row> {
-    let base = pool.report().await?;
-    let cpu0 = server.cpu_s();
-    let pcpu0 = self_cpu_s();
-    let st = producer
-        .stream(
-            Topics::One("bench".into()),
-            a.rate,
-            a.duration,
-            a.common.payload,
-            0,
-        )
-        .await?;
-    let expected = st.acked * connected;
-    pool.drain(expected, Duration::from_secs(10)).await?;
-    let cpu1 = server.cpu_s();
-    let rep: Report = pool.report().await?;
-    let mut note = Vec::new();
-    if st.errors > 0 {
-        note.push(format!(
-            "publish errors: {} ({:?})",
-            st.errors, st.first_error
-        ));
-    }
-    if !rep.close_codes.is_empty() {
-        note.push(format!("closed by server: {:?}", rep.close_codes));
-    }
-    let gaps = rep.seq_gaps.saturating_sub(base.seq_gaps);
-    let reorders = rep.seq_reorders.saturating_sub(base.seq_reorders);
-    if gaps > 0 || reorders > 0 {
-        note.push(format!(
-            "seq order broken: {gaps} skipped, {reorders} out of order"
-        ));
-    }
-    let mut extra = serde_json::Map::new();
-    extra.insert("seq_gaps".into(), json!(gaps));
-    extra.insert("seq_reorders".into(), json!(reorders));
-    extra.insert("producer_cpu_s".into(), json!(self_cpu_s() - pcpu0));
-    let (_, hwm) = server.rss();
-    let mut row = Row {
-        target: server.target.name().into(),
-        conns: connected,
-        rate_hz: a.rate,
-        duration_s: a.duration,
-        published: st.acked,
-        expected,
-        delivered: rep.received,
-        lat: Lat::of(&rep.hist),
-        engine_cpu_s: cpu1 - cpu0,
-        peak_rss_mib: hwm as f64 / 1024.0,
-        gen_cpu_s: rep.cpu_s - base.cpu_s,
-        note: note.join("; "),
-        extra,
-        ..Row::default()
-    };
-    row.finish();
-    Ok(row)
-}
-
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -271,7 +205,14 @@ pub(crate) async fn presence(a: PresenceArgs) -> Result<()> {
         "[presence] {made} retained topics in {retain_s:.2} s; the engine holds {topics_held} topics"
     );
 
-    let mut steady = measure(&server, &producer, &mut pool, ready.connected, &a).await?;
+    let mut steady = measure_phase(
+        &server,
+        &producer,
+        &mut pool,
+        ready.connected,
+        (a.rate, a.duration, c.payload),
+    )
+    .await?;
     steady.phase = "steady".into();
     let (rss_before, _) = server.rss();
 
@@ -294,7 +235,13 @@ pub(crate) async fn presence(a: PresenceArgs) -> Result<()> {
         })
     };
     let watchers = open_watchers(&a, grpc, start, stop_rx, done_tx);
-    let phase = measure(&server, &producer, &mut pool, ready.connected, &a);
+    let phase = measure_phase(
+        &server,
+        &producer,
+        &mut pool,
+        ready.connected,
+        (a.rate, a.duration, c.payload),
+    );
     let (tasks, with) = tokio::join!(watchers, phase);
     let tasks = tasks?;
     let mut with = with?;

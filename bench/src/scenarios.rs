@@ -1489,3 +1489,66 @@ pub(crate) async fn control(a: ControlArgs) -> Result<()> {
     }
     finish(c, doc)
 }
+
+// ---------------------------------------------------------------------------
+
+/// One phase of publishing to `bench` at `rate` Hz for `duration` s with
+/// `payload`-byte messages, measured at every reader (`presence`, `hostile`).
+pub(crate) async fn measure_phase(
+    server: &Server,
+    producer: &Producer,
+    pool: &mut Pool,
+    connected: u64,
+    (rate, duration, payload): (f64, f64, usize),
+) -> Result<Row> {
+    let base = pool.report().await?;
+    let cpu0 = server.cpu_s();
+    let pcpu0 = self_cpu_s();
+    let st = producer
+        .stream(Topics::One("bench".into()), rate, duration, payload, 0)
+        .await?;
+    let expected = st.acked * connected;
+    pool.drain(expected, Duration::from_secs(10)).await?;
+    let cpu1 = server.cpu_s();
+    let rep: Report = pool.report().await?;
+    let mut note = Vec::new();
+    if st.errors > 0 {
+        note.push(format!(
+            "publish errors: {} ({:?})",
+            st.errors, st.first_error
+        ));
+    }
+    if !rep.close_codes.is_empty() {
+        note.push(format!("closed by server: {:?}", rep.close_codes));
+    }
+    let gaps = rep.seq_gaps.saturating_sub(base.seq_gaps);
+    let reorders = rep.seq_reorders.saturating_sub(base.seq_reorders);
+    if gaps > 0 || reorders > 0 {
+        note.push(format!(
+            "seq order broken: {gaps} skipped, {reorders} out of order"
+        ));
+    }
+    let mut extra = serde_json::Map::new();
+    extra.insert("seq_gaps".into(), json!(gaps));
+    extra.insert("seq_reorders".into(), json!(reorders));
+    extra.insert("producer_cpu_s".into(), json!(self_cpu_s() - pcpu0));
+    let (_, hwm) = server.rss();
+    let mut row = Row {
+        target: server.target.name().into(),
+        conns: connected,
+        rate_hz: rate,
+        duration_s: duration,
+        published: st.acked,
+        expected,
+        delivered: rep.received,
+        lat: Lat::of(&rep.hist),
+        engine_cpu_s: cpu1 - cpu0,
+        peak_rss_mib: hwm as f64 / 1024.0,
+        gen_cpu_s: rep.cpu_s - base.cpu_s,
+        note: note.join("; "),
+        extra,
+        ..Row::default()
+    };
+    row.finish();
+    Ok(row)
+}
