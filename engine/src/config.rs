@@ -228,6 +228,38 @@ settings! {
     grpc_tcp_keepalive: Dur = Dur(Duration::from_secs(60)), env "HERALD_GRPC_TCP_KEEPALIVE";
     /// Most WatchPresence streams open at once on this node; further ones get RESOURCE_EXHAUSTED [default: 1024]
     max_presence_watchers: usize = 1024, env "HERALD_MAX_PRESENCE_WATCHERS";
+    /// NATS server URL that makes this node part of a cluster (nats:// or tls://); repeat the flag for several servers of one NATS cluster; HERALD_NATS_URLS takes them comma-separated. None: a single node [default: none]
+    nats_url: Vec<String> = Vec::new(), env "HERALD_NATS_URLS", value_delimiter = ',', value_name = "URL";
+    /// NATS credentials file (JWT and NKey seed) [default: none]
+    nats_creds: PathBuf = PathBuf::new(), env "HERALD_NATS_CREDS";
+    /// NATS user name (with nats_password) [default: none]
+    nats_user: String = String::new(), env "HERALD_NATS_USER";
+    /// NATS password [default: none]
+    nats_password: Secret = Secret::default(), env "HERALD_NATS_PASSWORD", hide_env_values = true;
+    /// NATS authentication token [default: none]
+    nats_token: Secret = Secret::default(), env "HERALD_NATS_TOKEN", hide_env_values = true;
+    /// CA certificates (PEM) that verify the NATS servers; implies TLS [default: system roots for tls:// URLs]
+    nats_tls_ca: PathBuf = PathBuf::new(), env "HERALD_NATS_TLS_CA";
+    /// Client certificate (PEM) presented to NATS (mutual TLS, with nats_tls_key) [default: none]
+    nats_tls_cert: PathBuf = PathBuf::new(), env "HERALD_NATS_TLS_CERT";
+    /// Private key (PEM) of nats_tls_cert [default: none]
+    nats_tls_key: PathBuf = PathBuf::new(), env "HERALD_NATS_TLS_KEY";
+    /// First token of every NATS subject and JetStream stream name of this cluster, so several clusters can share one NATS [default: herald]
+    nats_prefix: String = "herald".to_owned(), env "HERALD_NATS_PREFIX";
+    /// Longest wait for NATS on a publish, a cluster-wide question or a history read; past it the call answers UNAVAILABLE [default: 2s]
+    nats_timeout: Dur = Dur(Duration::from_secs(2)), env "HERALD_NATS_TIMEOUT";
+    /// JetStream storage of topic history in a cluster: file or memory [default: file]
+    nats_history_storage: String = "file".to_owned(), env "HERALD_NATS_HISTORY_STORAGE";
+    /// JetStream replicas of each history stream (1, or up to 5 in a NATS cluster) [default: 1]
+    nats_history_replicas: usize = 1, env "HERALD_NATS_HISTORY_REPLICAS";
+    /// How long a node keeps its NATS interest in a topic after the topic's last local subscriber left, so that churn does not turn into subscribe/unsubscribe traffic [default: 5s]
+    nats_interest_linger: Dur = Dur(Duration::from_secs(5)), env "HERALD_NATS_INTEREST_LINGER";
+    /// Interval of this node's heartbeat to the cluster; a node silent for three intervals is taken as gone [default: 1s]
+    node_heartbeat: Dur = Dur(Duration::from_secs(1)), env "HERALD_NODE_HEARTBEAT";
+    /// WebSocket URL other nodes and the Info call report for this node [default: ws://<ws_addr><ws_path>]
+    advertise_ws_url: String = String::new(), env "HERALD_ADVERTISE_WS_URL";
+    /// gRPC address other nodes and the Info call report for this node [default: grpc_addr]
+    advertise_grpc_addr: String = String::new(), env "HERALD_ADVERTISE_GRPC_ADDR";
     /// Log format [default: text]
     log_format: LogFormat = LogFormat::Text, env "HERALD_LOG_FORMAT";
     /// Log filter, in RUST_LOG syntax [default: info]
@@ -406,12 +438,57 @@ impl Config {
                 "grpc_keepalive_timeout must be positive when keepalive pings are on".into(),
             ));
         }
+        self.check_cluster()?;
         crate::limits::Origins::parse(&self.allowed_origins).map_err(ConfigError::Invalid)?;
         self.presence_patterns()?;
         self.admin_socket_addr()?;
         crate::rules::Rules::compile(&self.topics, self.max_topic_len)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         self.check_tls_paths()?;
+        Ok(())
+    }
+
+    /// Whether this node is part of a cluster (`nats_url` given).
+    pub fn clustered(&self) -> bool {
+        !self.nats_url.is_empty()
+    }
+
+    fn check_cluster(&self) -> Result<(), ConfigError> {
+        if !self.clustered() {
+            return Ok(());
+        }
+        let prefix_ok = !self.nats_prefix.is_empty()
+            && self
+                .nats_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !prefix_ok {
+            return Err(ConfigError::Invalid(format!(
+                "nats_prefix {:?} must be one or more of A-Z a-z 0-9 _ - (it starts every subject and stream name)",
+                self.nats_prefix
+            )));
+        }
+        if !matches!(self.nats_history_storage.as_str(), "file" | "memory") {
+            return Err(ConfigError::Invalid(format!(
+                "nats_history_storage {:?} must be file or memory",
+                self.nats_history_storage
+            )));
+        }
+        if !(1..=5).contains(&self.nats_history_replicas) {
+            return Err(ConfigError::Invalid(
+                "nats_history_replicas must be 1 to 5".into(),
+            ));
+        }
+        if self.nats_timeout.0.is_zero() || self.node_heartbeat.0.is_zero() {
+            return Err(ConfigError::Invalid(
+                "nats_timeout and node_heartbeat must be positive".into(),
+            ));
+        }
+        if self.nats_tls_cert.as_os_str().is_empty() != self.nats_tls_key.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid(
+                "nats_tls_cert and nats_tls_key go together".into(),
+            ));
+        }
         Ok(())
     }
 

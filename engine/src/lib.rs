@@ -34,6 +34,8 @@ mod admin;
 mod apikey;
 mod auth;
 mod broker;
+#[allow(dead_code, reason = "the NATS broker and cluster-wide presence build on it")]
+mod cluster;
 pub mod config;
 mod conn;
 mod grpc;
@@ -59,6 +61,7 @@ mod writer;
 
 pub use apikey::ApiKeyError;
 pub use auth::KeyError;
+pub use cluster::ClusterError;
 pub use config::Config;
 pub use conn::ConnId;
 pub use server::{Engine, StartError};

@@ -28,6 +28,7 @@ use crate::{
     apikey::{self, ApiKeyLayer, ApiKeys},
     auth::{ClientAccess, KeyError},
     broker::{Broker, InProcess},
+    cluster::{Cluster, ClusterError},
     config::{Config, ConfigError},
     grpc::{self, HeraldService},
     history::HistoryRules,
@@ -68,6 +69,9 @@ pub enum StartError {
     /// The API keys are unusable.
     #[error(transparent)]
     ApiKeys(#[from] apikey::ApiKeyError),
+    /// The NATS options are unusable (`nats_url` and friends).
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 /// A running node: its listeners, its tasks, and how to stop them.
@@ -146,6 +150,13 @@ impl Engine {
         );
         let history = HistoryRules::compile(&config.topics, config.max_topic_len);
         let registry = Arc::new(registry.with_history(history, config.history_max_bytes));
+        let cluster = if config.clustered() {
+            Some(Arc::new(
+                Cluster::connect(&config, Arc::clone(&node_id)).await?,
+            ))
+        } else {
+            None
+        };
         let broker: Arc<dyn Broker> = Arc::new(InProcess::new(Arc::clone(&registry)));
         let broker_kind = broker.kind();
         let shutdown = CancellationToken::new();
@@ -168,6 +179,7 @@ impl Engine {
             Arc::clone(&registry),
             Arc::clone(&broker),
             Arc::clone(&node_id),
+            cluster.clone(),
             shutdown.clone(),
         );
         let stop_grpc = CancellationToken::new();
@@ -245,6 +257,13 @@ impl Engine {
         });
 
         set_health(&health, ServingStatus::Serving).await;
+        if let Some(cluster) = &cluster {
+            tokio::spawn(follow_cluster(
+                cluster.connected(),
+                health.clone(),
+                shutdown.clone(),
+            ));
+        }
         ready.store(true, Ordering::SeqCst);
         let admin_addr = admin.as_ref().map(|a| a.addr.to_string());
         tracing::info!(node_id = %node_id, %ws_addr, ws_path = %config.ws_path, %grpc_addr, admin_addr = %admin_addr.as_deref().unwrap_or("off"), "herald is serving");
@@ -335,6 +354,33 @@ impl Engine {
             let _ = admin.task.await;
         }
         tracing::info!(elapsed = ?started.elapsed(), "stopped");
+    }
+}
+
+/// Keeps `herald.v1.Herald` NOT_SERVING while the node has no NATS connection
+/// (its publishes would fail, its presence answers would miss the other nodes);
+/// the server as a whole ("") stays SERVING: its WebSocket clients are kept and
+/// still get what is published on this node.
+async fn follow_cluster(
+    mut connected: tokio::sync::watch::Receiver<bool>,
+    health: HealthReporter,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let up = *connected.borrow_and_update();
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let status = if up {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        health.set_service_status(SERVICE, status).await;
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = connected.changed() => if changed.is_err() { return },
+        }
     }
 }
 

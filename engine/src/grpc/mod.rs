@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     broker::{Broker, BrokerError, HistoryQuery, Publication, Receipt},
+    cluster::Cluster,
     config::Config,
     history::Since,
     proto::{self, herald_server::Herald},
@@ -52,6 +53,9 @@ pub(crate) struct HeraldService {
     publish_limits: Arc<limits::PublishLimits>,
     /// One permit per open WatchPresence stream (`max_presence_watchers`).
     watchers: Arc<tokio::sync::Semaphore>,
+    /// The cluster this node is part of (`nats_url`); `None` for a single node.
+    #[allow(dead_code, reason = "cluster-wide presence and control build on it")]
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl HeraldService {
@@ -61,6 +65,7 @@ impl HeraldService {
         registry: Arc<Registry>,
         broker: Arc<dyn Broker>,
         node_id: Arc<str>,
+        cluster: Option<Arc<Cluster>>,
         shutdown: CancellationToken,
     ) -> Self {
         let publish_limits = Arc::new(limits::PublishLimits::new(
@@ -90,6 +95,7 @@ impl HeraldService {
             cursor_key: std::collections::hash_map::RandomState::new(),
             shutdown,
             publish_limits,
+            cluster,
         }
     }
 

@@ -2,6 +2,8 @@
 //! real WebSocket clients and a real gRPC client.
 #![allow(dead_code, missing_docs, unreachable_pub)]
 
+pub mod nats;
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};

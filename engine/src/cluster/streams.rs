@@ -1,0 +1,1 @@
+//! JetStream streams of topics with history.
