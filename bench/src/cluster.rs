@@ -117,8 +117,8 @@ pub(crate) struct ClusterArgs {
     pub(crate) churn_duration: f64,
     /// churn: seconds to wait after the last cycle before reading the counters
     /// again (the engine keeps a topic's NATS interest `nats_interest_linger`, 5 s
-    /// by default, after its last subscriber leaves).
-    #[arg(long, default_value_t = 6.5)]
+    /// by default, after its last subscriber leaves, and sweeps once a second).
+    #[arg(long, default_value_t = 7.5)]
     pub(crate) linger_wait: f64,
     /// The nats-server binary (default: .tools/bin/nats-server, else the PATH).
     #[arg(long, env = "HERALD_NATS_SERVER")]
