@@ -257,6 +257,15 @@ async fn info_presence_stats_and_control_span_the_nodes() {
         .unwrap_err();
     assert_eq!(down.code(), Code::Unavailable);
     assert!(started.elapsed() < Duration::from_secs(5));
+    // Also once the other nodes have left this node's table.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let down = api
+        .presence_stats(PresenceStatsRequest {
+            topic: "room:1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(down.code(), Code::Unavailable);
     drop(bob_c);
     for engine in [a, b, c] {
         engine.shutdown().await;

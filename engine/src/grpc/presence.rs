@@ -124,6 +124,7 @@ impl HeraldService {
         };
         self.check_topic(&req.topic)?;
         let limit = page_limit(req.limit)?;
+        self.need_nats()?;
         let (from, mut local) = match req.cursor.split_once('.') {
             Some((token, local)) => (token.to_owned(), local.to_owned()),
             None if req.cursor.is_empty() => (String::new(), String::new()),
@@ -223,6 +224,7 @@ impl HeraldService {
             });
         };
         let here = self.local_stats(&req.topic, true)?;
+        self.need_nats()?;
         let query = StatsQuery {
             topic: req.topic.clone(),
         };

@@ -55,6 +55,7 @@ impl HeraldService {
                 if self.registry.get(conn).is_some() {
                     return Ok(Route::Here);
                 }
+                self.need_nats()?;
                 let query = Locate {
                     connection_id: id.clone(),
                 };
@@ -85,13 +86,21 @@ impl HeraldService {
             }
             Some(Target::UserId(_)) => {
                 // Refused whole rather than applied here only.
-                if self.cluster.as_ref().is_some_and(|c| !c.is_connected()) {
-                    return Err(Status::unavailable(
-                        "this node has no NATS connection; the user's connections on other nodes cannot be reached",
-                    ));
-                }
+                self.need_nats()?;
                 Ok(Route::Everywhere(Arc::clone(nodes)))
             }
+        }
+    }
+
+    /// UNAVAILABLE when this node is in a cluster but has no NATS connection: an
+    /// answer from this node alone would leave the others out (after three
+    /// heartbeats without NATS its table of nodes is empty).
+    pub(super) fn need_nats(&self) -> Result<(), Status> {
+        match &self.cluster {
+            Some(cluster) if !cluster.is_connected() => Err(Status::unavailable(
+                "this node has no NATS connection; the other nodes cannot be reached",
+            )),
+            _ => Ok(()),
         }
     }
 
