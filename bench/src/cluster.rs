@@ -749,6 +749,10 @@ impl Deploy {
         let name0 = self.nodes[0].name.clone();
         let subs_left = stats1.get(&name0).map(|s| s.2).unwrap_or(0);
         let subs_before = stats0.get(&name0).map(|s| s.2).unwrap_or(0);
+        let (msgs_in, msgs_out) = match (stats0.get(&name0), stats1.get(&name0)) {
+            (Some(a), Some(b)) => (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1)),
+            _ => (0, 0),
+        };
         let mut note = vec![format!(
             "{cycles} connect+subscribe user:N+close cycles on {name0} in {churn_s:.1} s ({failed} failed), cycle p50 {:.1} ms p99 {:.1} ms; engine {per_cycle_us:.0} µs CPU per cycle (measured to {:.1} s after the last)",
             Lat::of(&h).p50_ms,
@@ -763,7 +767,7 @@ impl Deploy {
         extra.insert("cycle_latency".into(), json!(Lat::of(&h)));
         if self.clustered() {
             note.push(format!(
-                "nats-server: {subs} SUB and {unsubs} UNSUB ({unsubs_at_end} UNSUB by the last cycle, the rest after the linger); {:.2} SUB+UNSUB per cycle; {peak_subs} subscriptions at the end of churn, {name0} holds {subs_left} (had {subs_before}); nats-server {:.0} µs CPU per cycle",
+                "nats-server: {subs} SUB and {unsubs} UNSUB ({unsubs_at_end} UNSUB by the last cycle, the rest after the linger); {:.2} SUB+UNSUB per cycle; {peak_subs} subscriptions at the end of churn, {name0} holds {subs_left} (had {subs_before}); {name0} sent {msgs_in} and received {msgs_out} NATS messages meanwhile; nats-server {:.0} µs CPU per cycle",
                 (subs + unsubs) as f64 / cycles.max(1) as f64,
                 ncpu * 1e6 / cycles.max(1) as f64
             ));
@@ -773,6 +777,8 @@ impl Deploy {
             extra.insert("nats_cpu_s".into(), json!(ncpu));
             extra.insert("nats_subscriptions_end_of_churn".into(), json!(peak_subs));
             extra.insert("node_subscriptions_after".into(), json!(subs_left));
+            extra.insert("node_nats_msgs_sent".into(), json!(msgs_in));
+            extra.insert("node_nats_msgs_received".into(), json!(msgs_out));
         }
         let mut row = Row {
             target: format!("{} {name0}", self.label),
