@@ -705,6 +705,17 @@ impl Deploy {
             None => (0, 0),
         };
         let stats0 = self.conn_stats().await;
+        // What the node and nats-server use while nothing churns (heartbeats,
+        // timers of the idle connections), subtracted from the churn window.
+        let (i0, ni0, ti) = (
+            self.nodes[0].server.cpu_s(),
+            self.nats_cpu(),
+            Instant::now(),
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let idle_s = ti.elapsed().as_secs_f64();
+        let idle_rate = (self.nodes[0].server.cpu_s() - i0) / idle_s;
+        let nats_idle_rate = (self.nats_cpu() - ni0) / idle_s;
         let cpu0: Vec<f64> = self.nodes.iter().map(|n| n.server.cpu_s()).collect();
         let ncpu0 = self.nats_cpu();
         let t0 = Instant::now();
@@ -729,7 +740,8 @@ impl Deploy {
         };
         let stats1 = self.conn_stats().await;
         let cpu1: Vec<f64> = self.nodes.iter().map(|n| n.server.cpu_s()).collect();
-        let ncpu = self.nats_cpu() - ncpu0;
+        let window_s = t0.elapsed().as_secs_f64();
+        let ncpu = (self.nats_cpu() - ncpu0 - nats_idle_rate * window_s).max(0.0);
         churners.quit().await;
         let cycles: u64 = done.iter().map(|v| u(&v["cycles"])).sum();
         let failed: u64 = done.iter().map(|v| u(&v["failed"])).sum();
@@ -742,7 +754,8 @@ impl Deploy {
             let d: crate::util::HistDump = serde_json::from_value(v["cycle_hist"].clone())?;
             d.add_to(&mut h)?;
         }
-        let node0_cpu = cpu1[0] - cpu0[0];
+        let node0_raw = cpu1[0] - cpu0[0];
+        let node0_cpu = (node0_raw - idle_rate * window_s).max(0.0);
         let (subs, unsubs) = (sub1.0.saturating_sub(sub0.0), sub1.1.saturating_sub(sub0.1));
         let unsubs_at_end = sub_end.1.saturating_sub(sub0.1);
         let per_cycle_us = node0_cpu * 1e6 / cycles.max(1) as f64;
@@ -754,16 +767,20 @@ impl Deploy {
             _ => (0, 0),
         };
         let mut note = vec![format!(
-            "{cycles} connect+subscribe user:N+close cycles on {name0} in {churn_s:.1} s ({failed} failed), cycle p50 {:.1} ms p99 {:.1} ms; engine {per_cycle_us:.0} µs CPU per cycle (measured to {:.1} s after the last)",
+            "{cycles} connect+subscribe user:N+close cycles on {name0} in {churn_s:.1} s ({failed} failed), cycle p50 {:.1} ms p99 {:.1} ms; engine {per_cycle_us:.0} µs CPU per cycle (measured to {:.1} s after the last, less the {:.0} ms/s the node used idle before: {node0_raw:.2} s raw)",
             Lat::of(&h).p50_ms,
             Lat::of(&h).p99_ms,
-            a.linger_wait
+            a.linger_wait,
+            idle_rate * 1000.0
         )];
         let mut extra = serde_json::Map::new();
         extra.insert("cycles".into(), json!(cycles));
         extra.insert("failed".into(), json!(failed));
         extra.insert("churn_s".into(), json!(churn_s));
         extra.insert("engine_us_per_cycle".into(), json!(per_cycle_us));
+        extra.insert("engine_idle_cpu_per_s".into(), json!(idle_rate));
+        extra.insert("engine_cpu_raw_s".into(), json!(node0_raw));
+        extra.insert("nats_idle_cpu_per_s".into(), json!(nats_idle_rate));
         extra.insert("cycle_latency".into(), json!(Lat::of(&h)));
         if self.clustered() {
             note.push(format!(
