@@ -9,7 +9,8 @@
 //! - `saturate`: the rate raised step by step until a step loses a delivery or its
 //!   p99 passes the limit (the single-node runs repeat the cluster's rates);
 //! - `ingest`: flat-out streaming publish through the first node, to a topic
-//!   without subscribers and to one with subscribers on the other nodes;
+//!   without subscribers and to one with subscribers on the other nodes (with
+//!   `--history-size` both keep history, i.e. go through JetStream);
 //! - `churn`: clients connect, subscribe to their own `user:N` topic and leave at a
 //!   rate on the first node, counting the SUB/UNSUB the node sends to NATS
 //!   (nats-server `/subsz`, read again after the node's interest linger).
@@ -194,6 +195,24 @@ impl Deploy {
             c.tls,
             c.history().as_ref(),
         )?;
+        if let Some(h) = c.history() {
+            // The ingest topics (`bench:ingest`, `bench:ingest-empty`) keep history
+            // too, so that ingest measures publishing into JetStream.
+            use std::io::Write;
+            let rules = c.out_dir.join("secure").join("rules.toml");
+            let mut f = std::fs::OpenOptions::new().append(true).open(&rules)?;
+            write!(
+                f,
+                "\n[[topics]]\npattern = \"bench:*\"\nsubscribe = \"{}\"\nhistory_size = {}\nhistory_ttl = \"{}\"\n",
+                if c.auth == crate::secure::Auth::None {
+                    "anyone"
+                } else {
+                    "authenticated"
+                },
+                h.size,
+                h.ttl
+            )?;
+        }
         let nats = if clustered {
             let bin = nats_server_bin(a.nats_server.as_deref());
             std::fs::create_dir_all(&logs)?;
