@@ -25,6 +25,7 @@ def client(engine: Engine) -> Iterator[herald.Client]:
         yield c
 
 
+@pytest.mark.cluster_presence
 def test_presence_follows_pages(client: herald.Client, engine: Engine, topic: str) -> None:
     with ExitStack() as stack:
         clients = [
@@ -65,6 +66,10 @@ def test_watching_an_untracked_topic_is_failed_precondition(new_engine: EngineFa
         assert next(client.watch_presence("room:x")).kind == Kind.SNAPSHOT_END
 
 
+@pytest.mark.node_local(
+    "Info counts the connections, subscriptions and deliveries of the node asked; "
+    "the WebSocket client is on the other node"
+)
 def test_info(client: herald.Client, engine: Engine, topic: str) -> None:
     before = client.info()
     assert before.node_id and before.version
@@ -80,6 +85,7 @@ def test_info(client: herald.Client, engine: Engine, topic: str) -> None:
         assert after.uptime_seconds >= before.uptime_seconds
 
 
+@pytest.mark.cluster_presence
 def test_watch_presence_snapshot_then_live(
     client: herald.Client, engine: Engine, topic: str
 ) -> None:
@@ -102,6 +108,7 @@ def test_watch_presence_snapshot_then_live(
             assert leave.member is not None and leave.member.connection_id == late.conn_id
 
 
+@pytest.mark.cluster_presence
 def test_watch_presence_connections(client: herald.Client, engine: Engine) -> None:
     u = f"u-{uuid.uuid4().hex[:8]}"
     with client.watch_presence(
@@ -183,6 +190,7 @@ def test_watch_presence_reconnects_and_resnapshots(
         assert list(watch) == []
 
 
+@pytest.mark.cluster_presence
 async def test_async_presence_and_stats(engine: Engine, topic: str) -> None:
     async with herald.AsyncClient(engine.target) as client:
         async with (
@@ -198,6 +206,7 @@ async def test_async_presence_and_stats(engine: Engine, topic: str) -> None:
         assert info.node_id
 
 
+@pytest.mark.cluster_presence
 async def test_async_watch_presence(engine: Engine, topic: str) -> None:
     async with herald.AsyncClient(engine.target) as client:
         async with client.watch_presence([topic], include_snapshot=True) as watch:
