@@ -24,6 +24,7 @@ func serverPush(t *testing.T, ws *wsClient, typ string, topics ...string) {
 
 func TestSubscribeUnsubscribeConnection(t *testing.T) {
 	e := needEngine(t)
+	needsClusterPresence(t)
 	c := e.client(t)
 	ctx := testCtx(t)
 	topic := uniqueTopic(t, "ctl")
@@ -55,6 +56,7 @@ func TestSubscribeUnsubscribeConnection(t *testing.T) {
 
 func TestSubscribeUser(t *testing.T) {
 	e := needEngine(t)
+	needsClusterPresence(t)
 	c := e.client(t)
 	ctx := testCtx(t)
 	topic := uniqueTopic(t, "ctl")
@@ -114,6 +116,7 @@ func expectDisconnect(t *testing.T, ws *wsClient, code int, reason string, recon
 
 func TestDisconnect(t *testing.T) {
 	e := needEngine(t)
+	needsClusterPresence(t)
 	c := e.client(t)
 	ctx := testCtx(t)
 
@@ -144,6 +147,7 @@ func TestDisconnect(t *testing.T) {
 
 func TestControlStream(t *testing.T) {
 	e := needEngine(t)
+	needsClusterPresence(t)
 	c := e.client(t)
 	ctx := testCtx(t)
 	topic := uniqueTopic(t, "ctl")
@@ -193,6 +197,7 @@ func TestSubscribeOverLimitIsFailedPrecondition(t *testing.T) {
 // fail alone.
 func TestControlStreamConcurrentAnswersMatch(t *testing.T) {
 	e := needEngine(t)
+	needsClusterPresence(t)
 	c := e.client(t)
 	ctx := testCtx(t)
 	s, err := c.Control(ctx)

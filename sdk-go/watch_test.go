@@ -68,6 +68,7 @@ func (es *eventStream) expect(kind herald.EventKind, topic, connID string) heral
 
 func TestWatchPresenceSnapshotThenLive(t *testing.T) {
 	e := needEngine(t)
+	needsClusterPresence(t)
 	c := e.client(t)
 	root := watchRoot(t)
 	a, b := root+":a", root+":b"
@@ -108,6 +109,7 @@ func TestWatchPresenceSnapshotThenLive(t *testing.T) {
 
 func TestWatchPresenceConnections(t *testing.T) {
 	e := needEngine(t)
+	needsClusterPresence(t)
 	c := e.client(t)
 	root := watchRoot(t)
 	es := startWatch(t, c, []string{root + ":>"}, herald.WithConnectionEvents(true))
