@@ -59,7 +59,6 @@ pub(crate) struct HistoryQuery {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BrokerError {
     /// The broker is not reachable now; the publication may be retried.
-    #[expect(dead_code, reason = "only brokers that span nodes can be unreachable")]
     #[error("broker unavailable: {0}")]
     Unavailable(String),
     /// A subscribe was refused; nothing of it was applied.

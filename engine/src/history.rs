@@ -74,6 +74,22 @@ impl HistoryRules {
         Self { rules }
     }
 
+    /// The rules that keep history: their pattern (as written) and settings.
+    pub(crate) fn keeping(&self) -> impl Iterator<Item = (String, HistoryRule)> + '_ {
+        self.rules
+            .iter()
+            .filter_map(|(p, h)| h.map(|h| (p.to_string(), h)))
+    }
+
+    /// The first rule matching `topic`, when it keeps history: its pattern (as
+    /// written) and settings.
+    pub(crate) fn rule_for(&self, topic: &str) -> Option<(String, HistoryRule)> {
+        self.rules
+            .iter()
+            .find(|(p, _)| p.matches(topic))
+            .and_then(|(p, h)| h.map(|h| (p.to_string(), h)))
+    }
+
     /// The history a topic keeps; `None` when the first matching rule keeps none
     /// or no rule matches.
     pub(crate) fn for_topic(&self, topic: &str) -> Option<HistoryRule> {

@@ -34,7 +34,10 @@ mod admin;
 mod apikey;
 mod auth;
 mod broker;
-#[allow(dead_code, reason = "the NATS broker and cluster-wide presence build on it")]
+#[allow(
+    dead_code,
+    reason = "the NATS broker and cluster-wide presence build on it"
+)]
 mod cluster;
 pub mod config;
 mod conn;

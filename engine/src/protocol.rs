@@ -440,6 +440,21 @@ impl Payload {
     pub(crate) fn content_type(&self) -> &str {
         &self.content_type
     }
+
+    /// The bytes as published.
+    pub(crate) fn data(&self) -> &Bytes {
+        &self.data
+    }
+
+    /// Bytes of unknown content, passed on as they are (base64 for clients):
+    /// what another node forwarded that this one would not have accepted.
+    pub(crate) fn binary(data: Bytes) -> Self {
+        Self {
+            data,
+            kind: PayloadKind::Binary,
+            content_type: "application/octet-stream".to_owned(),
+        }
+    }
 }
 
 /// Encodes the `message` push for one published message: done once per topic and

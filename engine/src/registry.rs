@@ -335,19 +335,9 @@ impl Registry {
     /// Adds every open connection of `entries` to `names`, all or nothing: the
     /// names are validated and every connection's limit is checked before any of
     /// them changes. When this returns, publishers already see the new
-    /// subscriptions. Topics already subscribed are left as they are. Returns how
-    /// many connections were subscribed.
-    pub(crate) fn subscribe(
-        &self,
-        entries: &[Arc<Entry>],
-        names: &[String],
-    ) -> Result<usize, SubscribeError> {
-        self.subscribe_recovering(entries, names, &HashMap::new())
-            .map(|s| s.connections.len())
-    }
-
-    /// As [`Registry::subscribe`]; for each topic named in `since`, a connection
-    /// joining it recovers: it is sent every message after its position, in
+    /// subscriptions. Topics already subscribed are left as they are.
+    ///
+    /// For each topic named in `since`, a connection joining it recovers: it is sent every message after its position, in
     /// order and before any live message, when the topic still keeps them all
     /// ([`Topic::add_recovering`]). A connection already in such a topic reports
     /// it not recovered, with the topic's position.
@@ -518,6 +508,39 @@ impl Registry {
                 Err(_removed) => self.forget_topic(&topic),
             }
         }
+    }
+
+    /// Delivers one message numbered elsewhere (see [`Topic::deliver`]): the
+    /// cluster's delivery path for topics whose sequence lives in JetStream.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn deliver(
+        &self,
+        name: &str,
+        seq: u64,
+        epoch: &Arc<str>,
+        payload: &Payload,
+        ttl: Option<Duration>,
+        published: tokio::time::Instant,
+        fan_out: bool,
+    ) -> Delivery {
+        loop {
+            let topic = self.topic_or_create(name);
+            match topic.deliver(seq, epoch, payload, ttl, published, fan_out, &self.budget) {
+                Ok(delivery) => {
+                    if !delivery.duplicate && fan_out {
+                        Counters::add(&self.counters.published, 1);
+                        Counters::add(&self.counters.delivered, delivery.queued);
+                    }
+                    return delivery;
+                }
+                Err(_removed) => self.forget_topic(&topic),
+            }
+        }
+    }
+
+    /// Whether `name` has subscribers on this node.
+    pub(crate) fn has_members(&self, name: &str) -> bool {
+        self.topic(name).is_some_and(|t| t.counts().0 > 0)
     }
 
     /// Drops topics that have had no members and no messages for the retention

@@ -28,7 +28,7 @@ use crate::{
     apikey::{self, ApiKeyLayer, ApiKeys},
     auth::{ClientAccess, KeyError},
     broker::{Broker, InProcess},
-    cluster::{Cluster, ClusterError},
+    cluster::{Cluster, ClusterError, broker::NatsBroker},
     config::{Config, ConfigError},
     grpc::{self, HeraldService},
     history::HistoryRules,
@@ -157,9 +157,17 @@ impl Engine {
         } else {
             None
         };
-        let broker: Arc<dyn Broker> = Arc::new(InProcess::new(Arc::clone(&registry)));
-        let broker_kind = broker.kind();
         let shutdown = CancellationToken::new();
+        let broker: Arc<dyn Broker> = match &cluster {
+            Some(cluster) => Arc::new(NatsBroker::start(
+                Arc::clone(cluster),
+                Arc::clone(&registry),
+                &config,
+                shutdown.clone(),
+            )),
+            None => Arc::new(InProcess::new(Arc::clone(&registry))),
+        };
+        let broker_kind = broker.kind();
         let ready = Arc::new(AtomicBool::new(false));
         let grpc_metrics = Arc::new(GrpcMetrics::new(&[
             proto::FILE_DESCRIPTOR_SET,

@@ -204,7 +204,8 @@ pub(crate) async fn serve(
             recovered: None,
             positions: None,
         });
-        if let Err(e) = registry.subscribe(std::slice::from_ref(&entry), topics) {
+        let one = std::slice::from_ref(&entry);
+        if let Err(e) = ctx.broker.subscribe(one, topics, &HashMap::new()).await {
             tracing::warn!(conn = %conn.id(), error = %e, "subscribe claim not applied");
         }
     }
@@ -623,7 +624,7 @@ async fn handle_message(session: &mut Session<'_>, message: Message) {
                 return send_error(conn, id, "forbidden", &e.to_string());
             }
             if since.is_empty() {
-                subscribe(conn, registry, one, id, &topics);
+                subscribe(conn, session.broker, one, id, &topics).await;
             } else {
                 subscribe_recovering(conn, session.broker, one, id, &topics, &since).await;
             }
@@ -650,14 +651,16 @@ async fn handle_message(session: &mut Session<'_>, message: Message) {
     }
 }
 
-fn subscribe(
+/// A subscribe without `since`, through the broker: in a cluster it answers once
+/// the node receives the topics from the other nodes.
+async fn subscribe(
     conn: &Conn,
-    registry: &Registry,
+    broker: &dyn Broker,
     one: &[Arc<Entry>],
     id: Option<u64>,
     topics: &[String],
 ) {
-    match registry.subscribe(one, topics) {
+    match broker.subscribe(one, topics, &HashMap::new()).await {
         Ok(_) => {
             conn.reply(Reply::Subscribed {
                 id,
@@ -667,7 +670,10 @@ fn subscribe(
                 positions: None,
             });
         }
-        Err(e) => send_error(conn, id, subscribe_error_code(&e), &e.to_string()),
+        Err(BrokerError::Subscribe(e)) => {
+            send_error(conn, id, subscribe_error_code(&e), &e.to_string());
+        }
+        Err(e) => send_error(conn, id, "unavailable", &e.to_string()),
     }
 }
 

@@ -85,6 +85,9 @@ impl Dedup {
 #[derive(Debug)]
 struct Publishing {
     seq: u64,
+    /// This incarnation's id: random for a topic this node numbers; the
+    /// sequencer's (JetStream's) for a topic whose messages are numbered there.
+    epoch: Arc<str>,
     keys: HashMap<Box<str>, u64>,
     key_order: VecDeque<(Instant, Box<str>)>,
     last_active: Instant,
@@ -137,9 +140,6 @@ impl Publishing {
 #[derive(Debug)]
 pub(crate) struct Topic {
     name: Arc<str>,
-    /// This incarnation's random id: a topic created again (after a restart or
-    /// its retirement) has another, so positions from before never match.
-    epoch: Arc<str>,
     snapshot: ArcSwap<Snapshot>,
     members: Mutex<Members>,
     publishing: Mutex<Publishing>,
@@ -184,7 +184,6 @@ impl Topic {
         let now = Instant::now();
         Self {
             name,
-            epoch: crate::history::new_epoch(),
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             members: Mutex::new(Members {
                 conns: BTreeMap::new(),
@@ -195,6 +194,9 @@ impl Topic {
             }),
             publishing: Mutex::new(Publishing {
                 seq: 0,
+                // A topic created again (after a restart or its retirement) has
+                // another, so positions from before never match.
+                epoch: crate::history::new_epoch(),
                 keys: HashMap::new(),
                 key_order: VecDeque::new(),
                 last_active: now,
@@ -217,9 +219,10 @@ impl Topic {
 
     /// The last sequence number and the epoch.
     pub(crate) fn position(&self) -> Position {
+        let p = self.publishing.lock();
         Position {
-            seq: self.publishing.lock().seq,
-            epoch: Arc::clone(&self.epoch),
+            seq: p.seq,
+            epoch: Arc::clone(&p.epoch),
         }
     }
 
@@ -238,7 +241,7 @@ impl Topic {
         let mut p = self.publishing.lock();
         let position = Position {
             seq: p.seq,
-            epoch: Arc::clone(&self.epoch),
+            epoch: Arc::clone(&p.epoch),
         };
         if self.removed.load(Ordering::Acquire) {
             return (
@@ -253,7 +256,7 @@ impl Topic {
         if let Some(ring) = p.history.as_deref_mut() {
             ring.expire(now, budget);
         }
-        let recovered = *since.epoch == *self.epoch
+        let recovered = *since.epoch == *p.epoch
             && since.seq <= p.seq
             && (since.seq == p.seq
                 || p.history
@@ -294,19 +297,13 @@ impl Topic {
         budget: &Budget,
     ) -> Option<(Vec<Kept>, Position, u64)> {
         let mut p = self.publishing.lock();
-        if since.is_some_and(|s| !s.epoch.is_empty() && *s.epoch != *self.epoch) {
+        if since.is_some_and(|s| !s.epoch.is_empty() && *s.epoch != *p.epoch) {
             return None;
         }
         let seq = p.seq;
+        let epoch = Arc::clone(&p.epoch);
         let Some(ring) = p.history.as_deref_mut() else {
-            return Some((
-                Vec::new(),
-                Position {
-                    seq,
-                    epoch: Arc::clone(&self.epoch),
-                },
-                0,
-            ));
+            return Some((Vec::new(), Position { seq, epoch }, 0));
         };
         ring.expire(Instant::now(), budget);
         let items: Vec<Kept> = match (since, reverse) {
@@ -323,14 +320,7 @@ impl Topic {
             }
         };
         let first = ring.first_seq().unwrap_or(0);
-        Some((
-            items,
-            Position {
-                seq,
-                epoch: Arc::clone(&self.epoch),
-            },
-            first,
-        ))
+        Some((items, Position { seq, epoch }, first))
     }
 
     /// Drops every kept message; returns how many. Sequence numbers go on, so a
@@ -462,7 +452,7 @@ impl Topic {
         {
             return Ok(Delivery {
                 seq,
-                epoch: Arc::clone(&self.epoch),
+                epoch: Arc::clone(&p.epoch),
                 duplicate: true,
                 queued: 0,
                 fan_out: None,
@@ -476,8 +466,71 @@ impl Topic {
         }
         // 3. History, then the fan-out: the frame is encoded once for both.
         let expires = ttl.filter(|t| !t.is_zero()).map(|t| now + t);
+        Ok(self.keep_and_fan_out(p, seq, payload, now, expires, true, budget))
+    }
+
+    /// Delivers one message numbered elsewhere (a cluster's sequencer) at `seq`
+    /// in `epoch`: kept in the ring when the topic keeps history and, with
+    /// `fan_out`, queued to every subscriber. A message at or before the topic's
+    /// position in the same epoch is a duplicate and is dropped; a new epoch
+    /// replaces the ring (its messages belong to the old incarnation). The caller
+    /// delivers in order and fills gaps first. `published` is when the message
+    /// was stored (for the history TTL).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn deliver(
+        self: &Arc<Self>,
+        seq: u64,
+        epoch: &Arc<str>,
+        payload: &Payload,
+        ttl: Option<Duration>,
+        published: Instant,
+        fan_out: bool,
+        budget: &Budget,
+    ) -> Result<Delivery, Removed> {
+        let mut p = self.publishing.lock();
+        if self.removed.load(Ordering::Acquire) {
+            return Err(Removed);
+        }
+        let now = Instant::now();
+        p.last_active = now;
+        if *p.epoch == **epoch {
+            if seq <= p.seq {
+                return Ok(Delivery {
+                    seq,
+                    epoch: Arc::clone(epoch),
+                    duplicate: true,
+                    queued: 0,
+                    fan_out: None,
+                });
+            }
+        } else {
+            p.epoch = Arc::clone(epoch);
+            if let Some(ring) = p.history.as_deref_mut() {
+                ring.clear(budget);
+            }
+        }
+        p.seq = seq;
+        let expires = ttl.filter(|t| !t.is_zero()).map(|t| now + t);
+        Ok(self.keep_and_fan_out(p, seq, payload, published, expires, fan_out, budget))
+    }
+
+    /// Keeps the message in the ring (when the topic keeps history) and fans it
+    /// out (with `fan_out`), encoding it once for both; releases the publishing
+    /// lock after the fan-out.
+    #[allow(clippy::too_many_arguments)]
+    fn keep_and_fan_out(
+        self: &Arc<Self>,
+        mut p: parking_lot::MutexGuard<'_, Publishing>,
+        seq: u64,
+        payload: &Payload,
+        now: Instant,
+        expires: Option<Instant>,
+        fan_out: bool,
+        budget: &Budget,
+    ) -> Delivery {
+        let epoch = Arc::clone(&p.epoch);
         let encoded = p.history.as_deref_mut().map(|ring| {
-            let text = protocol::encode_message(&self.name, seq, &self.epoch, payload);
+            let text = protocol::encode_message(&self.name, seq, &epoch, payload);
             ring.push(
                 Arc::downgrade(self),
                 seq,
@@ -490,18 +543,22 @@ impl Topic {
             text
         });
         let kept = encoded.is_some();
-        let (queued, fan_out) = self.fan_out(seq, payload, encoded, now, expires);
+        let (queued, fan_out) = if fan_out {
+            self.fan_out(seq, &epoch, payload, encoded, now, expires)
+        } else {
+            (0, None)
+        };
         drop(p);
         if kept {
             budget.enforce();
         }
-        Ok(Delivery {
+        Delivery {
             seq,
-            epoch: Arc::clone(&self.epoch),
+            epoch,
             duplicate: false,
             queued,
             fan_out,
-        })
+        }
     }
 
     /// Encodes the message once and queues it to every subscriber of the current
@@ -512,6 +569,7 @@ impl Topic {
     fn fan_out(
         &self,
         seq: u64,
+        epoch: &str,
         payload: &Payload,
         encoded: Option<Utf8Bytes>,
         published: Instant,
@@ -521,8 +579,8 @@ impl Topic {
         if snapshot.is_empty() {
             return (0, None);
         }
-        let text = encoded
-            .unwrap_or_else(|| protocol::encode_message(&self.name, seq, &self.epoch, payload));
+        let text =
+            encoded.unwrap_or_else(|| protocol::encode_message(&self.name, seq, epoch, payload));
         let mut queued = 0;
         for conn in snapshot.iter() {
             let item = Item {

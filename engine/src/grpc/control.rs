@@ -90,9 +90,12 @@ impl HeraldService {
         let entries = self.targets(req.target)?;
         if req.since.is_empty() {
             let subscribed = self
-                .registry
-                .subscribe(&entries, &req.topics)
-                .map_err(subscribe_status)?;
+                .broker
+                .subscribe(&entries, &req.topics, &HashMap::new())
+                .await
+                .map_err(super::broker_status)?
+                .connections
+                .len();
             for entry in &entries {
                 entry.conn().reply(Reply::Subscribed {
                     id: None,

@@ -1,0 +1,259 @@
+//! A cluster on a real nats-server: engines on loopback share topics through
+//! NATS. Delivery across nodes, one order, history numbered and recovered by
+//! JetStream on any node, and a NATS restart.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, config, grpc, json_request, nats::NatsServer, start};
+use herald::{
+    Config, Engine,
+    config::{Dur, TopicRule, Who},
+};
+use serde_json::{Value, json};
+
+fn node(nats: &str, id: &str) -> Config {
+    Config {
+        nats_url: vec![nats.to_owned()],
+        node_id: id.to_owned(),
+        nats_history_storage: "memory".to_owned(),
+        topics: vec![TopicRule {
+            pattern: "chat:*".to_owned(),
+            subscribe: Some(Who::Anyone),
+            publish_rate: None,
+            publish_burst: None,
+            message_ttl: None,
+            history_size: Some(100),
+            history_ttl: Some(Dur(Duration::from_secs(600))),
+        }],
+        ..config()
+    }
+}
+
+async fn nodes(nats: &NatsServer, n: usize) -> Vec<Engine> {
+    let mut engines = Vec::new();
+    for i in 0..n {
+        engines.push(start(node(&nats.url(), &format!("node-{i}"))).await);
+    }
+    engines
+}
+
+async fn publish(engine: &Engine, topic: &str, n: u64) -> herald::proto::PublishResponse {
+    grpc(engine)
+        .await
+        .publish(json_request(topic, json!({ "n": n })))
+        .await
+        .expect("publish succeeds")
+        .into_inner()
+}
+
+/// Publishes go through NATS once it is connected; the first may race the
+/// connection, so wait until a publish is taken.
+async fn until_connected(engine: &Engine) {
+    let mut client = grpc(engine).await;
+    for _ in 0..100 {
+        if client
+            .publish(json_request("warmup", json!(0)))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the node never connected to NATS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_on_any_node_reaches_every_node_in_one_order() {
+    let nats = NatsServer::start();
+    let engines = nodes(&nats, 3).await;
+    for e in &engines {
+        until_connected(e).await;
+    }
+    let mut clients = Vec::new();
+    for e in &engines {
+        let mut c = Client::connect(e).await;
+        c.subscribe(&["room:a"]).await;
+        clients.push(c);
+    }
+    for round in 0..4u64 {
+        for (i, e) in engines.iter().enumerate() {
+            publish(e, "room:a", round * 3 + i as u64).await;
+        }
+    }
+    let mut orders = Vec::new();
+    for c in &mut clients {
+        let mut order = Vec::new();
+        let mut last_seq = 0;
+        for _ in 0..12 {
+            let m = c.next_message().await;
+            let seq = m["seq"].as_u64().unwrap();
+            assert_eq!(seq, last_seq + 1, "per-node seq is contiguous: {m}");
+            last_seq = seq;
+            order.push(m["data"]["n"].as_u64().unwrap());
+        }
+        c.expect_silence(Duration::from_millis(300)).await;
+        orders.push(order);
+    }
+    assert_eq!(orders[0], orders[1]);
+    assert_eq!(orders[0], orders[2]);
+    let mut sorted = orders[0].clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..12).collect::<Vec<_>>(), "every message once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_topics_have_one_sequence_and_recover_on_another_node() {
+    let nats = NatsServer::start();
+    let engines = nodes(&nats, 3).await;
+    for e in &engines {
+        until_connected(e).await;
+    }
+    let mut a = Client::connect(&engines[0]).await;
+    a.subscribe(&["chat:x"]).await;
+    let mut b = Client::connect(&engines[1]).await;
+    b.subscribe(&["chat:x"]).await;
+    let mut epoch = String::new();
+    for n in 1..=3u64 {
+        let ack = publish(&engines[(n % 3) as usize], "chat:x", n).await;
+        assert_eq!(ack.sequence, n, "JetStream numbers the topic");
+        if epoch.is_empty() {
+            epoch = ack.epoch.clone();
+        }
+        assert_eq!(ack.epoch, epoch);
+    }
+    for c in [&mut a, &mut b] {
+        for n in 1..=3u64 {
+            let m = c.next_message().await;
+            assert_eq!(m["seq"], json!(n), "{m}");
+            assert_eq!(m["epoch"], json!(epoch));
+            assert_eq!(m["data"]["n"], json!(n));
+        }
+    }
+    // `a` leaves; three more are published; it comes back on node 2, which has
+    // never had the topic, and recovers exactly what it missed.
+    drop(a);
+    for n in 4..=6u64 {
+        assert_eq!(publish(&engines[1], "chat:x", n).await.sequence, n);
+    }
+    let mut again = Client::connect(&engines[2]).await;
+    again
+        .send_json(json!({"type": "subscribe", "id": 1, "topics": ["chat:x"],
+            "since": {"chat:x": {"seq": 3, "epoch": epoch}}}))
+        .await;
+    let mut got: Vec<Value> = Vec::new();
+    loop {
+        let f = again.next_json().await;
+        if f["type"] == "subscribed" {
+            assert_eq!(f["recovered"]["chat:x"], json!(true), "{f}");
+            break;
+        }
+        if f["type"] == "message" {
+            got.push(f);
+        }
+    }
+    let seqs: Vec<u64> = got.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![4, 5, 6]);
+    publish(&engines[0], "chat:x", 7).await;
+    assert_eq!(again.next_message().await["seq"], json!(7));
+    // The History call reads the stream on any node.
+    let page = grpc(&engines[0])
+        .await
+        .history(herald::proto::HistoryRequest {
+            topic: "chat:x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.messages.len(), 7);
+    assert_eq!(page.position.unwrap().sequence, 7);
+    // An idempotency key is deduplicated cluster-wide.
+    let mut keyed = json_request("chat:x", json!({"n": 8}));
+    keyed.idempotency_key = Some("k-8".into());
+    let first = grpc(&engines[0])
+        .await
+        .publish(keyed.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let second = grpc(&engines[2])
+        .await
+        .publish(keyed)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!first.duplicate);
+    assert!(second.duplicate);
+    assert_eq!(second.sequence, first.sequence);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_degrades_then_delivery_resumes() {
+    let mut nats = NatsServer::start();
+    let engines = nodes(&nats, 2).await;
+    for e in &engines {
+        until_connected(e).await;
+    }
+    let mut c = Client::connect(&engines[1]).await;
+    c.subscribe(&["room:r", "chat:r"]).await;
+    publish(&engines[0], "room:r", 1).await;
+    assert_eq!(c.next_message().await["data"]["n"], json!(1));
+
+    nats.kill();
+    // Publishes answer UNAVAILABLE instead of hanging.
+    let mut g = grpc(&engines[0]).await;
+    let mut refused = false;
+    for _ in 0..50 {
+        let started = std::time::Instant::now();
+        match g.publish(json_request("room:r", json!({"n": 2}))).await {
+            Err(s) => {
+                assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}");
+                assert!(started.elapsed() < Duration::from_secs(3));
+                refused = true;
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert!(refused, "a publish while NATS is down is refused");
+    nats.restart();
+    let restarted = std::time::Instant::now();
+    // Delivery resumes (both kinds of topic) once the nodes are back.
+    let mut n = 100;
+    loop {
+        n += 1;
+        let ok = g
+            .publish(json_request("room:r", json!({ "n": n })))
+            .await
+            .is_ok();
+        if ok {
+            let m = c.next_message().await;
+            assert_eq!(m["data"]["n"], json!(n));
+            break;
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(10),
+            "NATS never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "delivery resumed {:?} after the restart",
+        restarted.elapsed()
+    );
+    let ack = loop {
+        match g.publish(json_request("chat:r", json!({"n": 1}))).await {
+            Ok(a) => break a.into_inner(),
+            Err(_) if restarted.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("history publishes never came back: {e:?}"),
+        }
+    };
+    let m = c.next_message().await;
+    assert_eq!(m["seq"], json!(ack.sequence));
+}
