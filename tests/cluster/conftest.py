@@ -233,7 +233,7 @@ class WsClient:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.ws: ClientConnection = connect(url, open_timeout=WAIT, max_queue=None)
+        self.ws: ClientConnection = connect(url, open_timeout=WAIT, max_queue=None).__enter__()
         hello = self.recv()
         assert hello["type"] == "connected", hello
         self.conn_id: str = hello["conn_id"]
@@ -305,7 +305,12 @@ class Collector:
 
     def __init__(self, client: WsClient) -> None:
         self.client = client
-        self.frames: list[tuple[float, dict[str, Any]]] = []
+        # Messages that came before the answer to the client's last command first.
+        now = time.monotonic()
+        self.frames: list[tuple[float, dict[str, Any]]] = [
+            (now, f) for f in client.pushes if f["type"] == "message"
+        ]
+        client.pushes = [f for f in client.pushes if f["type"] != "message"]
         self.closed: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
