@@ -176,6 +176,7 @@ func TestWatchPresencePermanentErrorEnds(t *testing.T) {
 // waiting for events or has just had some.
 func TestWatchPresenceCancelEndsQuietly(t *testing.T) {
 	e := needEngine(t)
+	needsClusterPresence(t)
 	c := e.client(t)
 	root := watchRoot(t)
 	dialMember(t, e, "quiet", root+":a")
