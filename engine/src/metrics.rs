@@ -52,6 +52,7 @@ impl Metrics {
         grpc: Arc<GrpcMetrics>,
         broker: &'static str,
         ready: Arc<AtomicBool>,
+        nats: Option<tokio::sync::watch::Receiver<bool>>,
     ) -> Self {
         let mut prom = prometheus_client::registry::Registry::default();
         prom.register_collector(Box::new(NodeCollector {
@@ -59,6 +60,7 @@ impl Metrics {
             grpc,
             broker,
             ready,
+            nats,
         }));
         Self { prom }
     }
@@ -78,6 +80,8 @@ struct NodeCollector {
     grpc: Arc<GrpcMetrics>,
     broker: &'static str,
     ready: Arc<AtomicBool>,
+    /// The NATS connection state of a node in a cluster.
+    nats: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 fn gauge(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> fmt::Result {
@@ -240,6 +244,14 @@ impl Collector for NodeCollector {
             MetricType::Info,
         )?
         .encode_info(&[("kind", self.broker)])?;
+        if let Some(nats) = &self.nats {
+            gauge(
+                enc,
+                "herald_nats_connected",
+                "1 while this node is connected to NATS (its cluster), 0 while it is not",
+                u64::from(*nats.borrow()),
+            )?;
+        }
         enc.encode_descriptor(
             "herald_build",
             "The engine's version",

@@ -253,6 +253,7 @@ impl Engine {
                     grpc_metrics,
                     broker_kind,
                     Arc::clone(&ready),
+                    cluster.as_ref().map(|c| c.connected()),
                 ),
                 registry: Arc::clone(&registry),
                 ready: Arc::clone(&ready),

@@ -7,12 +7,50 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, config, grpc, json_request, nats::NatsServer, start};
+use common::{Client, channel, config, grpc, json_request, nats::NatsServer, start};
 use herald::{
     Config, Engine,
     config::{Dur, TopicRule, Who},
 };
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+async fn health(engine: &Engine, service: &str) -> ServingStatus {
+    let status = HealthClient::new(channel(engine).await)
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    ServingStatus::try_from(status).unwrap()
+}
+
+async fn metrics(engine: &Engine) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(engine.admin_addr().unwrap())
+        .await
+        .unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    tcp.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+async fn eventually_status(engine: &Engine, service: &str, want: ServingStatus) {
+    for _ in 0..100 {
+        if health(engine, service).await == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{service:?} never became {want:?}");
+}
 
 fn node(nats: &str, id: &str) -> Config {
     Config {
@@ -194,7 +232,14 @@ async fn history_topics_have_one_sequence_and_recover_on_another_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_restart_degrades_then_delivery_resumes() {
     let mut nats = NatsServer::start();
-    let engines = nodes(&nats, 2).await;
+    let engines = vec![
+        start(Config {
+            admin_addr: "127.0.0.1:0".into(),
+            ..node(&nats.url(), "node-0")
+        })
+        .await,
+        start(node(&nats.url(), "node-1")).await,
+    ];
     for e in &engines {
         until_connected(e).await;
     }
@@ -203,7 +248,20 @@ async fn a_nats_restart_degrades_then_delivery_resumes() {
     publish(&engines[0], "room:r", 1).await;
     assert_eq!(c.next_message().await["data"]["n"], json!(1));
 
+    eventually_status(&engines[0], "herald.v1.Herald", ServingStatus::Serving).await;
+    let m = metrics(&engines[0]).await;
+    assert!(m.contains("herald_nats_connected 1"), "{m}");
+    assert!(m.contains("kind=\"nats\""), "{m}");
+
     nats.kill();
+    // The node reports the outage but keeps serving its clients.
+    eventually_status(&engines[0], "herald.v1.Herald", ServingStatus::NotServing).await;
+    assert_eq!(health(&engines[0], "").await, ServingStatus::Serving);
+    assert!(
+        metrics(&engines[0])
+            .await
+            .contains("herald_nats_connected 0")
+    );
     // Publishes answer UNAVAILABLE instead of hanging.
     let mut g = grpc(&engines[0]).await;
     let mut refused = false;
@@ -245,6 +303,7 @@ async fn a_nats_restart_degrades_then_delivery_resumes() {
         "delivery resumed {:?} after the restart",
         restarted.elapsed()
     );
+    eventually_status(&engines[0], "herald.v1.Herald", ServingStatus::Serving).await;
     let ack = loop {
         match g.publish(json_request("chat:r", json!({"n": 1}))).await {
             Ok(a) => break a.into_inner(),
@@ -256,4 +315,58 @@ async fn a_nats_restart_degrades_then_delivery_resumes() {
     };
     let m = c.next_message().await;
     assert_eq!(m["seq"], json!(ack.sequence));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_cluster_losing_a_server_loses_no_message_of_a_history_topic() {
+    let mut servers = NatsServer::start_cluster();
+    let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
+    let cluster_node = |id: &str| Config {
+        nats_url: urls.clone(),
+        nats_history_replicas: 3,
+        nats_history_storage: "file".to_owned(),
+        ..node(&urls[0], id)
+    };
+    let a = start(cluster_node("node-a")).await;
+    let b = start(cluster_node("node-b")).await;
+    let mut g = grpc(&a).await;
+    // The JetStream cluster elects its leaders first; the streams follow.
+    let started = std::time::Instant::now();
+    let keyed = |n: u64| {
+        let mut r = json_request("chat:ha", json!({ "n": n }));
+        r.idempotency_key = Some(format!("m-{n}"));
+        r
+    };
+    while g.publish(keyed(0)).await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(30), "no JetStream");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut c = Client::connect(&b).await;
+    c.subscribe(&["chat:ha"]).await;
+    // 200 messages, one server killed after the first 100; a publish refused
+    // during the failover is retried with the same key, as a producer would.
+    for n in 1..=200u64 {
+        if n == 101 {
+            servers[0].kill();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while g.publish(keyed(n)).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "publish {n} never taken"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut seen = Vec::new();
+    let mut last_seq = 1; // the warm-up message came before the subscribe
+    while seen.len() < 200 {
+        let m = c.next_message().await;
+        let seq = m["seq"].as_u64().unwrap();
+        assert_eq!(seq, last_seq + 1, "contiguous, no duplicate: {m}");
+        last_seq = seq;
+        seen.push(m["data"]["n"].as_u64().unwrap());
+    }
+    assert_eq!(seen, (1..=200).collect::<Vec<_>>());
+    c.expect_silence(Duration::from_millis(300)).await;
 }

@@ -103,27 +103,32 @@ impl Inner {
     async fn upkeep(self: Arc<Self>, shutdown: CancellationToken) {
         let mut connected = self.cluster.connected();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // The streams are made (or updated) on every connect, and retried every
+        // second until that works (a JetStream cluster may still be electing).
+        let mut streams_due = true;
         loop {
-            let up = *connected.borrow_and_update();
-            if up && let Err(e) = self.streams.ensure().await {
-                tracing::warn!(error = %e, "history streams not set up; retrying after the next reconnect");
+            if streams_due && *connected.borrow_and_update() {
+                match self.streams.ensure().await {
+                    Ok(()) => streams_due = false,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "history streams not set up yet; retrying")
+                    }
+                }
             }
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => {
-                        self.drop_all_interest();
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    self.drop_all_interest();
+                    return;
+                }
+                changed = connected.changed() => {
+                    if changed.is_err() {
                         return;
                     }
-                    changed = connected.changed() => {
-                        if changed.is_err() {
-                            return;
-                        }
-                        break;
-                    }
-                    _ = tick.tick() => {
-                        self.sweep_interest();
-                        self.streams.forget_idle_heads();
-                    }
+                    streams_due = true;
+                }
+                _ = tick.tick() => {
+                    self.sweep_interest();
+                    self.streams.forget_idle_heads();
                 }
             }
         }
