@@ -35,6 +35,8 @@ import (
 	"time"
 
 	herald "github.com/heraldrt/herald/sdk-go"
+	heraldv1 "github.com/heraldrt/herald/sdk-go/gen/herald/v1"
+	"google.golang.org/protobuf/encoding/protowire"
 )
 
 // sharedEngine is the engine started by TestMain; nil with HERALD_GO_UNIT_ONLY=1.
@@ -119,7 +121,57 @@ func startCluster(bin string) (*engine, error) {
 		return nil, fmt.Errorf("node A: %w", err)
 	}
 	a.peer, a.nats, a.wsAddr = b, nats, b.wsAddr
-	return a, nil
+	// Node A learns of node B from B's next heartbeat; until then presence and
+	// control on A would not see B's connections. Info lists the nodes A knows
+	// (an engine without that list lists none: nothing to wait for).
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		n, err := knownNodes(a)
+		if err != nil || n == 0 || n >= 2 {
+			if err != nil {
+				_ = a.stop(5 * time.Second)
+			}
+			return a, err
+		}
+		if time.Now().After(deadline) {
+			_ = a.stop(5 * time.Second)
+			return nil, errors.New("node A did not hear of node B")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// knownNodes is how many nodes e's Info lists (InfoResponse.nodes, field 14,
+// read from the unknown fields when the generated code predates it).
+func knownNodes(e *engine) (int, error) {
+	c, err := herald.NewClient(e.grpcAddr)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := c.Raw().Info(ctx, &heraldv1.InfoRequest{})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for b := []byte(resp.ProtoReflect().GetUnknown()); len(b) > 0; {
+		num, typ, size := protowire.ConsumeTag(b)
+		if size < 0 {
+			return 0, protowire.ParseError(size)
+		}
+		b = b[size:]
+		vsize := protowire.ConsumeFieldValue(num, typ, b)
+		if vsize < 0 {
+			return 0, protowire.ParseError(vsize)
+		}
+		b = b[vsize:]
+		if num == 14 {
+			n++
+		}
+	}
+	return n, nil
 }
 
 // natsServer is one nats-server process with JetStream, its store in a

@@ -295,6 +295,25 @@ class ClusterEngine(Engine):
         self.nats.start()
         self.peer.start()
         super().start()
+        # Node A learns of node B from B's next heartbeat; until then presence and
+        # control on A would not see B's connections. Info lists the nodes A knows
+        # (InfoResponse.nodes, field 14, unknown to stubs that predate it; an
+        # engine without it lists none, and there is nothing to wait for).
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while 0 < self.known_nodes() < 2:
+            if time.monotonic() > deadline:
+                pytest.fail("node A did not hear of node B", pytrace=False)
+            time.sleep(0.05)
+
+    def known_nodes(self) -> int:
+        from google.protobuf.unknown_fields import UnknownFieldSet
+
+        from herald.v1 import herald_pb2, herald_pb2_grpc
+
+        with grpc.insecure_channel(self.target) as channel:
+            resp = herald_pb2_grpc.HeraldStub(channel).Info(herald_pb2.InfoRequest(), timeout=5)
+        fields = UnknownFieldSet(resp)
+        return len([i for i in range(len(fields)) if fields[i].field_number == 14])
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> int | None:
         code = super().stop(sig)

@@ -11,6 +11,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 import herald
 import pytest
 
@@ -108,6 +109,29 @@ def start_cluster(cluster: Cluster, nodes: int, *extra: str) -> list[Node]:
     if not cluster.nats:
         cluster.start_nats()
     return [cluster.start_node(*extra) for _ in range(nodes)]
+
+
+def known_nodes(node: Node) -> int:
+    """How many nodes ``node``'s Info lists (InfoResponse.nodes, field 14; read
+    from the unknown fields when the installed SDK's stubs predate it)."""
+    from google.protobuf.unknown_fields import UnknownFieldSet
+    from herald.v1 import herald_pb2, herald_pb2_grpc
+
+    with grpc.insecure_channel(node.grpc) as channel:
+        resp = herald_pb2_grpc.HeraldStub(channel).Info(herald_pb2.InfoRequest(), timeout=2)
+    if "nodes" in resp.DESCRIPTOR.fields_by_name:
+        return len(resp.nodes)
+    return sum(1 for f in UnknownFieldSet(resp) if f.field_number == 14)
+
+
+def discovered(nodes: list[Node]) -> list[Node]:
+    """Waits until every node lists every node (their heartbeats went round)."""
+    wait_until(
+        lambda: all(known_nodes(n) == len(nodes) for n in nodes),
+        5.0,
+        "every node to know every node",
+    )
+    return nodes
 
 
 # --- publish on any node, deliver on all ------------------------------------------
@@ -282,8 +306,8 @@ def test_nats_restart_mid_stream(cluster: Cluster, topic: str, hist_topic: str) 
     pub.start()
     wait_until(lambda: pub.sent >= 30, WAIT, "30 messages published")
 
-    nats.kill()
     down = time.monotonic()
+    nats.kill()
     for n in (a, b):
         wait_until(
             lambda n=n: n.health(HERALD_SERVICE) == "NOT_SERVING",
@@ -330,8 +354,12 @@ def test_nats_restart_mid_stream(cluster: Cluster, topic: str, hist_topic: str) 
             seqs = [f["seq"] for _, f in mine]
             assert seqs == sorted(set(seqs)), f"{t}: seq increasing"
             ok = pub.ok(t)
-            # Everything acknowledged before NATS went down arrived.
-            before = [i for i, p in ok.items() if p.ended < down]
+            # Everything acknowledged before NATS went down arrived. Without history
+            # an acknowledged publish was handed to the NATS client, which may not
+            # have written it out when the server died that instant (at most once,
+            # docs/operations.md): those of the last 100 ms are not counted.
+            margin = 0.1 if t == topic else 0.0
+            before = [i for i, p in ok.items() if p.ended < down - margin]
             assert set(before) <= set(idx), f"{t}: lost before the stop"
             # Delivery resumed within 2 s of the restart ...
             resumed = [at for at, f in mine if at > up]
@@ -479,7 +507,7 @@ def test_history_is_the_same_on_every_node(cluster: Cluster, hist_topic: str) ->
 
 @pytest.mark.cluster_presence
 def test_presence_lists_members_of_every_node(cluster: Cluster, topic: str) -> None:
-    a, b, c = start_cluster(cluster, 3)
+    a, b, c = discovered(start_cluster(cluster, 3))
     alice = cluster.ws(a, "alice")
     bob = cluster.ws(b, "bob")
     bob2 = cluster.ws(c, "bob")
@@ -496,7 +524,7 @@ def test_presence_lists_members_of_every_node(cluster: Cluster, topic: str) -> N
 
 @pytest.mark.cluster_presence
 def test_a_killed_nodes_connections_leave_presence(cluster: Cluster, topic: str) -> None:
-    a, b = start_cluster(cluster, 2, "--node-heartbeat", "500ms")
+    a, b = discovered(start_cluster(cluster, 2, "--node-heartbeat", "500ms"))
     stay = cluster.ws(a, "stay")
     gone = cluster.ws(b, "gone")
     for ws in (stay, gone):
@@ -516,7 +544,7 @@ def test_a_killed_nodes_connections_leave_presence(cluster: Cluster, topic: str)
 
 @pytest.mark.cluster_presence
 def test_watch_presence_sees_joins_on_other_nodes(cluster: Cluster, topic: str) -> None:
-    a, b = start_cluster(cluster, 2)
+    a, b = discovered(start_cluster(cluster, 2))
     watch = a.client().watch_presence(topic, include_snapshot=True)
     events: list[herald.PresenceEvent] = []
 
@@ -554,7 +582,7 @@ def test_watch_presence_sees_joins_on_other_nodes(cluster: Cluster, topic: str) 
 
 @pytest.mark.cluster_presence
 def test_control_by_user_reaches_every_node(cluster: Cluster, topic: str) -> None:
-    a, b = start_cluster(cluster, 2)
+    a, b = discovered(start_cluster(cluster, 2))
     phone = cluster.ws(a, "alice")
     laptop = cluster.ws(b, "alice")
     carol = cluster.ws(b, "carol")
@@ -581,3 +609,23 @@ def test_control_by_user_reaches_every_node(cluster: Cluster, topic: str) -> Non
     with pytest.raises(herald.NotFound):
         producer.disconnect(user_id="nobody")
     assert carol.command(type="ping")["type"] == "pong", "other users are untouched"
+
+
+@pytest.mark.cluster_presence
+def test_a_node_answers_for_the_whole_cluster_as_soon_as_it_serves(
+    cluster: Cluster, topic: str
+) -> None:
+    """A node that reports SERVING knows the nodes already there: its presence and
+    its control by user cover them, not only itself until their next heartbeat."""
+    a = start_cluster(cluster, 1)[0]
+    alice_a = cluster.ws(a, "alice")
+    alice_a.subscribe(topic)
+    b = cluster.start_node()
+    alice_b = cluster.ws(b, "alice")
+    alice_b.subscribe(topic)
+    client = b.client()
+    assert client.presence_stats(topic).connections == 2, "PresenceStats on the new node"
+    assert sorted(m.connection_id for m in client.presence(topic)) == sorted(
+        [alice_a.conn_id, alice_b.conn_id]
+    )
+    assert client.unsubscribe(topic, user_id="alice") == 2, "Unsubscribe by user"
