@@ -8,22 +8,33 @@ What is checked:
                 and non-root at the end; every COPY source exists and is let through by
                 Dockerfile.dockerignore; the copied files alone make a complete Cargo
                 workspace; the engine binary needs no library that distroless/cc lacks
-  compose       the Compose specification's JSON schema; three nodes and NATS, their
-                flags, limits, health checks and stop grace period
+  compose       the Compose specification's JSON schema; three nodes and NATS with
+                JetStream on a named volume, the nodes' cluster flags and advertised
+                addresses against their published ports, limits, health checks and
+                stop grace period
   Kubernetes    the Kubernetes schemas (kubernetes-validate --strict); probes, ports,
-                security context and termination grace period against the config
+                security context and termination grace period against the config;
+                several replicas, the NATS URL, node id and advertised addresses from
+                the downward API; the NATS StatefulSet with JetStream on a volume
   systemd       systemd-analyze verify and security on a copy that runs the real binary;
-                TimeoutStopSec and LimitNOFILE
+                TimeoutStopSec and LimitNOFILE; the commented cluster settings are
+                options of the engine
+  NATS          the image tags are the nats-server release the tests pin
+                (scripts/install-nats-server); the shipped NATS configuration loads in
+                nats-server ($HERALD_NATS_SERVER, .tools/bin or PATH)
   engine        every flag, HERALD_* variable and config file used here is accepted by
                 the engine ($HERALD_BIN): each shipped config file is run, the health
                 probe commands of the image, compose and Kubernetes files are run against
-                it (SERVING, then NOT_SERVING after SIGTERM), and it must exit 0.
-
-Flags the engine does not have yet (PENDING) are reported, not failed.
+                it (SERVING, then NOT_SERVING after SIGTERM), and it must exit 0. With a
+                nats-server, the Kubernetes and systemd configurations also run as
+                cluster nodes against the shipped NATS configuration: herald.v1.Herald
+                SERVING once connected, NOT_SERVING while NATS is stopped, the server
+                ("") and /readyz serving throughout.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -54,11 +65,10 @@ K8S = DEPLOY / "kubernetes"
 UNIT = DEPLOY / "systemd" / "herald.service"
 UNIT_TOML = DEPLOY / "systemd" / "herald.toml"
 
-# Flags the deployment files use before the engine has them, and what they wait for.
-PENDING = {
-    "admin-addr": "the admin HTTP listener (/metrics, /healthz, /readyz)",
-    "nats-url": "clustering over NATS",
-}
+NATS_K8S = K8S / "nats.yaml"
+NATS_INSTALL = ROOT / "scripts" / "install-nats-server"
+# The gRPC health service that follows the node's NATS connection.
+HERALD_SERVICE = "herald.v1.Herald"
 PROBE_IN_IMAGE = "/usr/local/bin/grpc-health-probe"
 HERALD_IN_IMAGE = "/usr/local/bin/herald"
 # What gcr.io/distroless/cc provides besides the dynamic loader.
@@ -121,28 +131,29 @@ class EngineCli:
         if out.returncode != 0:
             raise Failed(f"{binary} --help failed: {out.stderr}")
         self.flags = set(re.findall(r"^\s+(?:-\w, )?--([a-z0-9-]+)", out.stdout, re.M))
-        self.envs = set(re.findall(r"\[env: (HERALD_[A-Z0-9_]+)=", out.stdout))
+        # Secrets are listed as `[env: HERALD_NATS_TOKEN]`, without their value.
+        self.envs = set(re.findall(r"\[env: (HERALD_[A-Z0-9_]+)[=\]]", out.stdout))
         need(
             "config" in self.flags and "grpc-addr" in self.flags, "cannot read the options in `herald --help`"
         )
 
-    def check_args(self, args: list[str], where: str, notes: list[str]) -> None:
+    def check_args(self, args: list[str], where: str) -> None:
         for arg in args:
             if not arg.startswith("--"):
                 continue
             flag = arg[2:].split("=", 1)[0]
-            if flag in self.flags:
-                continue
-            need(flag in PENDING, f"{where}: the engine has no option --{flag}")
-            notes.append(f"{where}: --{flag} waits for {PENDING[flag]}")
+            need(flag in self.flags, f"{where}: the engine has no option --{flag}")
 
-    def check_env(self, names: list[str], where: str, notes: list[str]) -> None:
-        pending_env = {"HERALD_" + f.upper().replace("-", "_"): f for f in PENDING}
+    def check_env(self, names: list[str], where: str) -> None:
         for name in names:
-            if not name.startswith("HERALD_") or name in self.envs:
-                continue
-            need(name in pending_env, f"{where}: the engine reads no variable {name}")
-            notes.append(f"{where}: {name} waits for {PENDING[pending_env[name]]}")
+            need(
+                not name.startswith("HERALD_") or name in self.envs,
+                f"{where}: the engine reads no variable {name}",
+            )
+
+    def check_keys(self, keys: list[str], where: str) -> None:
+        for key in keys:
+            need(key.replace("_", "-") in self.flags, f"{where}: the engine has no setting {key}")
 
 
 def engine_binary() -> Path:
@@ -165,14 +176,14 @@ def free_port() -> int:
 class Node:
     """One engine process on loopback ports, started with a shipped config file."""
 
-    def __init__(self, binary: Path, args: list[str], log: Path) -> None:
+    def __init__(self, binary: Path, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.log_path = log
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
                 [str(binary), *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "NO_COLOR": "1"},
+                env={**os.environ, **(env or {}), "NO_COLOR": "1"},
             )
         self.grpc_addr = ""
         deadline = time.monotonic() + 20
@@ -426,9 +437,20 @@ def check_compose(notes: list[str]) -> None:
     nodes = herald_services(doc)
     need(len(nodes) == 3, f"want three Herald nodes, found {sorted(nodes)}")
     need("nats" in services, "no nats service")
-    nats_cmd = services["nats"].get("command", [])
-    nats_port = flag_value([str(c) for c in nats_cmd], "port") or "4222"
+    nats_cmd = [str(c) for c in services["nats"].get("command", [])]
+    nats_port = flag_value(nats_cmd, "port") or "4222"
     need("healthcheck" in services["nats"], "the nats service has no healthcheck")
+    need(
+        "--jetstream" in nats_cmd or "-js" in nats_cmd,
+        "nats: JetStream must be on (--jetstream): topic history lives there",
+    )
+    store = flag_value(nats_cmd, "store_dir") or flag_value(nats_cmd, "sd")
+    need(store, "nats: --store_dir must be set, on a volume")
+    mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in services["nats"].get("volumes", [])}
+    need(
+        mounts.get(store) in (doc.get("volumes") or {}),
+        f"nats: the store {store} must be a named volume declared under volumes:",
+    )
     host_ports: list[str] = []
     node_ids = set()
     images = {s["image"] for s in nodes.values()}
@@ -451,6 +473,23 @@ def check_compose(notes: list[str]) -> None:
         node_id = flag_value(cmd, "node-id")
         need(node_id and node_id not in node_ids, f"{name}: needs its own --node-id")
         node_ids.add(node_id)
+        # The advertised addresses are the node's published ports on the host.
+        published = {
+            str(p).rsplit(":", 1)[1]: str(p).rsplit(":", 1)[0] for p in svc.get("ports", [])
+        }
+        ws_url = flag_value(cmd, "advertise-ws-url") or ""
+        m = re.fullmatch(r"ws://([^/]+)(/.*)", ws_url)
+        need(
+            m and m.group(1) == published.get("8080") and m.group(2) == "/ws",
+            f"{name}: --advertise-ws-url {ws_url!r} must be ws://{published.get('8080')}/ws",
+        )
+        grpc = flag_value(cmd, "advertise-grpc-addr")
+        need(
+            grpc == published.get("50051"),
+            f"{name}: --advertise-grpc-addr {grpc!r} must be {published.get('50051')}",
+        )
+        admin = flag_value(cmd, "admin-addr") or ""
+        need(admin.endswith(":9090") and "9090" in published, f"{name}: --admin-addr on 9090, published")
         need(
             svc.get("depends_on", {}).get("nats", {}).get("condition") == "service_healthy",
             f"{name}: must depend on nats being healthy",
@@ -536,7 +575,37 @@ def check_k8s(notes: list[str]) -> None:
         dep["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items(),
         "the selector does not match the pod",
     )
+    need(dep["spec"].get("replicas", 1) > 1, "the Deployment must run more than one replica")
     c = spec["containers"][0]
+    env = {e["name"]: e for e in c.get("env", [])}
+    field = {n: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for n, e in env.items()}
+    need(field.get("HERALD_NODE_ID") == "metadata.name", "HERALD_NODE_ID must be the pod name")
+    pod_ip = next((n for n, f in field.items() if f == "status.podIP"), None)
+    need(pod_ip, "no variable holds the pod's IP (status.podIP)")
+    need(
+        env.get("HERALD_ADVERTISE_WS_URL", {}).get("value") == f"ws://$({pod_ip}):8080/ws"
+        and env.get("HERALD_ADVERTISE_GRPC_ADDR", {}).get("value") == f"$({pod_ip}):50051",
+        "HERALD_ADVERTISE_WS_URL and HERALD_ADVERTISE_GRPC_ADDR must be the pod's IP and ports",
+    )
+    names = list(env)
+    need(names.index(pod_ip) < names.index("HERALD_ADVERTISE_WS_URL"), f"{pod_ip} must come before its uses")
+    urls = env.get("HERALD_NATS_URLS", {}).get("value", "")
+    need(urls, "the Deployment must set HERALD_NATS_URLS")
+    for url in urls.split(","):
+        m = re.fullmatch(r"(?:nats|tls)://([a-z0-9.-]+):(\d+)", url.strip())
+        need(m, f"HERALD_NATS_URLS: cannot read {url!r}")
+        nats_svc = res.get(("Service", m.group(1).split(".")[0]))
+        need(nats_svc, f"HERALD_NATS_URLS: no Service {m.group(1)} in the manifests")
+        need(
+            int(m.group(2)) in [p["port"] for p in nats_svc["spec"]["ports"]],
+            f"HERALD_NATS_URLS: Service {m.group(1)} has no port {m.group(2)}",
+        )
+    pdb = res.get(("PodDisruptionBudget", "herald"))
+    need(
+        pdb and pdb["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items(),
+        "no PodDisruptionBudget herald matching the pods",
+    )
+    check_k8s_nats(res)
     _, toml_text = k8s_config_toml(res, dep)
     config = tomllib.loads(toml_text)
     grace = duration(config.get("shutdown_delay", "0s")) + duration(config.get("shutdown_timeout", "10s"))
@@ -586,11 +655,116 @@ def check_k8s(notes: list[str]) -> None:
         )
 
 
+def nats_k8s_conf(res: dict[tuple[str, str], dict[str, Any]]) -> str:
+    """The nats.conf the NATS StatefulSet runs with."""
+    sts = res.get(("StatefulSet", "nats"))
+    need(sts, "no StatefulSet nats")
+    c = sts["spec"]["template"]["spec"]["containers"][0]
+    conf = flag_value(c.get("args", []), "config")
+    need(conf, "the NATS StatefulSet passes no --config")
+    mount = next(m for m in c["volumeMounts"] if conf.startswith(m["mountPath"].rstrip("/") + "/"))
+    volume = next(v for v in sts["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    cm = res[("ConfigMap", volume["configMap"]["name"])]
+    return str(cm["data"][conf.rsplit("/", 1)[1]])
+
+
+def check_k8s_nats(res: dict[tuple[str, str], dict[str, Any]]) -> None:
+    sts = res.get(("StatefulSet", "nats"))
+    need(sts, "no StatefulSet nats")
+    svc = res.get(("Service", sts["spec"]["serviceName"]))
+    need(svc and svc["spec"].get("clusterIP") == "None", "the NATS StatefulSet needs its headless Service")
+    spec = sts["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    conf = nats_k8s_conf(res)
+    need(re.search(r"^\s*jetstream\s*\{", conf, re.M), "nats.conf must enable JetStream")
+    m = re.search(r"^\s*store_dir:\s*(\S+)", conf, re.M)
+    need(m, "nats.conf: JetStream needs a store_dir")
+    claims = {t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", [])}
+    need(
+        any(vm["mountPath"] == m.group(1) and vm["name"] in claims for vm in c["volumeMounts"]),
+        f"the JetStream store {m.group(1)} must be on a volumeClaimTemplate",
+    )
+    for kind in ("livenessProbe", "readinessProbe"):
+        path = c.get(kind, {}).get("httpGet", {}).get("path", "")
+        need(path.startswith("/healthz"), f"nats {kind}: must GET /healthz")
+    csc = c.get("securityContext", {})
+    need(
+        spec.get("securityContext", {}).get("runAsNonRoot") is True
+        and csc.get("readOnlyRootFilesystem") is True,
+        "nats: non-root with a read-only root file system",
+    )
+
+
+# ---- NATS ---------------------------------------------------------------------------
+
+
+def nats_release() -> str:
+    """The nats-server release the engine's tests pin, e.g. "2.15.2"."""
+    m = re.search(r'^version="v([\d.]+)"', NATS_INSTALL.read_text(), re.M)
+    need(m, f"cannot read the pinned version in {NATS_INSTALL}")
+    return m.group(1)
+
+
+def nats_server() -> Path | None:
+    """nats-server on this machine: $HERALD_NATS_SERVER, .tools/bin (scripts/install-nats-server) or PATH."""
+    for candidate in (
+        os.environ.get("HERALD_NATS_SERVER"),
+        ROOT / ".tools" / "bin" / "nats-server",
+        shutil.which("nats-server"),
+    ):
+        if candidate and os.access(candidate, os.X_OK):
+            return Path(candidate)
+    return None
+
+
+def check_nats(notes: list[str]) -> None:
+    release = nats_release()
+    images = {"compose": str(compose()["services"]["nats"]["image"])}
+    for (kind, name), doc in k8s_resources().items():
+        if kind == "StatefulSet":
+            for c in doc["spec"]["template"]["spec"]["containers"]:
+                images[f"kubernetes {name}"] = c["image"]
+    for where, image in images.items():
+        tag = image.rsplit(":", 1)[1] if ":" in image else ""
+        need(
+            tag.split("-")[0] == release,
+            f"{where}: image {image}: use nats-server {release}, the release the tests run",
+        )
+    binary = nats_server()
+    if binary is None:
+        raise Skipped(
+            "no nats-server (scripts/install-nats-server, or set HERALD_NATS_SERVER): configs not loaded"
+        )
+    version = run([str(binary), "--version"]).stdout
+    if release not in version:
+        notes.append(f"{binary} is {version.strip()}, not {release}")
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = Path(tmp) / "nats.conf"
+        conf.write_text(nats_k8s_conf(k8s_resources()))
+        out = run([str(binary), "-c", str(conf), "-t"], env={**os.environ, "POD_NAME": "nats-0"}, timeout=30)
+        need(out.returncode == 0, f"kubernetes nats.conf: {(out.stdout + out.stderr).strip()}")
+    # nats-server checks flags only when it runs: the compose command's must be in its --help.
+    usage = run([str(binary), "--help"], timeout=30)
+    known = set(re.findall(r"(?:^|[\s,])(--?[a-z_]+)", usage.stdout + usage.stderr))
+    for arg in compose()["services"]["nats"]["command"]:
+        if str(arg).startswith("-"):
+            need(str(arg).split("=", 1)[0] in known, f"compose nats: nats-server has no option {arg}")
+
+
 # ---- systemd ------------------------------------------------------------------------
 
 
 def unit_values(text: str, key: str) -> list[str]:
     return [m.group(1).strip() for m in re.finditer(rf"^{key}=(.*)$", text, re.M)]
+
+
+def systemd_cluster_settings() -> dict[str, Any]:
+    """herald.toml's commented settings (`#key = value`), uncommented and read as TOML."""
+    lines = re.findall(r"^#([a-z_]+ = .*)$", UNIT_TOML.read_text(), re.M)
+    try:
+        return tomllib.loads("\n".join(lines))
+    except tomllib.TOMLDecodeError as e:
+        raise Failed(f"herald.toml: the commented settings are not TOML: {e}") from None
 
 
 def check_systemd(notes: list[str]) -> None:
@@ -610,6 +784,9 @@ def check_systemd(notes: list[str]) -> None:
     )
     nofile = unit_values(text, "LimitNOFILE")
     need(nofile and int(nofile[-1].split(":")[0]) >= MIN_NOFILE, f"LimitNOFILE must be at least {MIN_NOFILE}")
+    cluster = systemd_cluster_settings()
+    need("nats_url" in cluster, "herald.toml: the commented cluster settings must include nats_url")
+    EngineCli(engine_binary()).check_keys(list(cluster), "herald.toml (commented)")
 
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
@@ -647,25 +824,19 @@ def check_systemd(notes: list[str]) -> None:
 def check_flags(notes: list[str]) -> None:
     cli = EngineCli(engine_binary())
     for name, svc in herald_services(compose()).items():
-        cli.check_args([str(c) for c in svc.get("command", [])], f"compose {name}", notes)
-        cli.check_env(list(env_list(svc.get("environment")).keys()), f"compose {name}", notes)
+        cli.check_args([str(c) for c in svc.get("command", [])], f"compose {name}")
+        cli.check_env(list(env_list(svc.get("environment")).keys()), f"compose {name}")
     for doc in k8s_resources().values():
         if doc["kind"] != "Deployment":
             continue
         for c in doc["spec"]["template"]["spec"]["containers"]:
-            cli.check_args(c.get("args", []), f"kubernetes {doc['metadata']['name']}", notes)
-            cli.check_env(
-                [e["name"] for e in c.get("env", [])], f"kubernetes {doc['metadata']['name']}", notes
-            )
-    cli.check_args(shlex.split(unit_values(UNIT.read_text(), "ExecStart")[0]), "systemd", notes)
+            cli.check_args(c.get("args", []), f"kubernetes {doc['metadata']['name']}")
+            cli.check_env([e["name"] for e in c.get("env", [])], f"kubernetes {doc['metadata']['name']}")
+    cli.check_args(shlex.split(unit_values(UNIT.read_text(), "ExecStart")[0]), "systemd")
     cli.check_env(
         [e.split("=", 1)[0] for v in unit_values(UNIT.read_text(), "Environment") for e in shlex.split(v)],
         "systemd",
-        notes,
     )
-    for flag in PENDING:
-        if flag in cli.flags:
-            notes.append(f"the engine now has --{flag}: remove it from PENDING in deploy/check.py")
 
 
 def health_probe() -> Path | None:
@@ -719,14 +890,13 @@ def http_status(url: str) -> int:
 def run_config(name: str, toml_text: str, extra: list[str], notes: list[str]) -> None:
     """Runs the engine with a shipped config file on loopback, probes it and stops it with SIGTERM."""
     binary = engine_binary()
-    cli = EngineCli(binary)
     probe = health_probe()
     with tempfile.TemporaryDirectory() as tmp:
         conf = Path(tmp) / "herald.toml"
         conf.write_text(toml_text)
         args = ["--config", str(conf), "--ws-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"]
         admin = None
-        if "admin-addr" in cli.flags and "admin-addr" in extra:
+        if "admin-addr" in extra:
             admin = f"127.0.0.1:{free_port()}"
             args += ["--admin-addr", admin]
         node = Node(binary, args, Path(tmp) / "herald.log")
@@ -789,6 +959,165 @@ def check_run_k8s_config(notes: list[str]) -> None:
     run_config("kubernetes ConfigMap herald.toml", toml_text, flags, notes)
 
 
+# ---- the engine as cluster nodes -----------------------------------------------------
+
+
+def probe_status(probe: Path, addr: str, service: str = "") -> int:
+    """grpc-health-probe's exit code: 0 SERVING, 4 NOT_SERVING, 2 no connection."""
+    argv = [str(probe), f"-addr={addr}", "-connect-timeout=2s", "-rpc-timeout=2s"]
+    if service:
+        argv.append(f"-service={service}")
+    return run(argv, timeout=30).returncode
+
+
+def wait_status(probe: Path, addr: str, service: str, want: int, within: float) -> int:
+    deadline = time.monotonic() + within
+    while True:
+        code = probe_status(probe, addr, service)
+        if code == want or time.monotonic() > deadline:
+            return code
+        time.sleep(0.2)
+
+
+class NatsProcess:
+    """nats-server with the Kubernetes nats.conf, moved to loopback ports and a temporary store."""
+
+    def __init__(self, binary: Path, conf_text: str, tmp: Path) -> None:
+        self.port, http = free_port(), free_port()
+        text = re.sub(r"^(\s*)port:.*$", rf"\1port: {self.port}", conf_text, flags=re.M)
+        text = re.sub(r"^(\s*)http_port:.*$", rf"\1http: 127.0.0.1:{http}", text, flags=re.M)
+        text = re.sub(r"^(\s*)store_dir:.*$", rf'\1store_dir: "{tmp / "jetstream"}"', text, flags=re.M)
+        self.conf = tmp / "nats.conf"
+        self.conf.write_text(f"host: 127.0.0.1\n{text}")
+        self.log_path = tmp / "nats.log"
+        self.binary = binary
+        self.healthz = f"http://127.0.0.1:{http}/healthz"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [str(self.binary), "-c", str(self.conf)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "POD_NAME": "nats-0"},
+            )
+        deadline = time.monotonic() + 20
+        while http_status(self.healthz) != 200:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise Failed(f"nats-server did not come up:\n{self.log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def k8s_pod_env(nats_url: str) -> dict[str, str]:
+    """The Deployment's environment as a pod would get it, with the NATS URL and pod IP on loopback."""
+    res = k8s_resources()
+    c = res[("Deployment", "herald")]["spec"]["template"]["spec"]["containers"][0]
+    fields = {"metadata.name": "herald-7f9c-abcde", "status.podIP": "127.0.0.1"}
+    env: dict[str, str] = {}
+    for e in c.get("env", []):
+        if "value" in e:
+            # Kubernetes expands $(NAME) from the variables defined before.
+            env[e["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), e["value"])
+        else:
+            env[e["name"]] = fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
+    env["HERALD_NATS_URLS"] = nats_url
+    return env
+
+
+def systemd_cluster_toml(nats_url: str) -> str:
+    """herald.toml with its commented cluster settings on, pointing at nats_url (files left out)."""
+    settings = systemd_cluster_settings()
+    text = UNIT_TOML.read_text()
+    for key, value in settings.items():
+        if key in ("nats_creds", "nats_tls_ca", "nats_tls_cert", "nats_tls_key"):
+            continue
+        if key == "nats_url":
+            value = [nats_url]
+        text += f"\n{key} = {json.dumps(value)}"
+    return text + "\n"
+
+
+def check_run_cluster(notes: list[str]) -> None:
+    binary = engine_binary()
+    nats_binary = nats_server()
+    probe = health_probe()
+    if nats_binary is None or probe is None:
+        raise Skipped("needs nats-server (HERALD_NATS_SERVER) and grpc-health-probe (HEALTH_PROBE)")
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        nats = NatsProcess(nats_binary, nats_k8s_conf(k8s_resources()), tmp)
+        nodes: dict[str, tuple[Node, str]] = {}
+        try:
+            res = k8s_resources()
+            _, k8s_toml = k8s_config_toml(res, res[("Deployment", "herald")])
+            for name, toml_text, env in (
+                ("kubernetes", k8s_toml, k8s_pod_env(nats.url)),
+                ("systemd", systemd_cluster_toml(nats.url), {}),
+            ):
+                conf = tmp / f"{name}.toml"
+                conf.write_text(toml_text)
+                admin = f"127.0.0.1:{free_port()}"
+                args = ["--config", str(conf), "--ws-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"]
+                node = Node(binary, [*args, "--admin-addr", admin], tmp / f"{name}.log", env)
+                nodes[name] = (node, admin)
+
+            def expect(service: str, want: int, within: float, when: str) -> None:
+                label = service or '""'
+                for name, (node, admin) in nodes.items():
+                    code = wait_status(probe, node.grpc_addr, service, want, within)
+                    need(
+                        code == want,
+                        f"{name} node {when}: health of {label} is exit {code}, want {want}:\n" + node.log(),
+                    )
+                    need(
+                        http_status(f"http://{admin}/readyz") == 200,
+                        f"{name} node {when}: /readyz is not 200",
+                    )
+
+            expect(HERALD_SERVICE, 0, 15, "with NATS")
+            for where, cmd in probe_commands():
+                for name, (node, _) in nodes.items():
+                    argv = [str(probe)] + [
+                        f"-addr={node.grpc_addr}" if a.startswith("-addr=") else a for a in cmd[1:]
+                    ]
+                    need(run(argv, timeout=30).returncode == 0, f"{where} fails on the {name} cluster node")
+            nats.stop()
+            expect(HERALD_SERVICE, 4, 10, "without NATS")
+            expect("", 0, 0, "without NATS")
+            nats.start()
+            expect(HERALD_SERVICE, 0, 15, "once NATS is back")
+            for name, (node, _) in nodes.items():
+                node.proc.send_signal(signal.SIGTERM)
+            for name, (node, _) in nodes.items():
+                try:
+                    code = node.proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    raise Failed(
+                        f"the {name} cluster node did not exit after SIGTERM:\n{node.log()}"
+                    ) from None
+                need(code == 0, f"the {name} cluster node exited {code} after SIGTERM:\n{node.log()}")
+        finally:
+            for node, _ in nodes.values():
+                node.kill()
+            nats.stop()
+
+
 CHECKS: list[tuple[str, Callable[[list[str]], None]]] = [
     ("Dockerfile: structure", check_dockerfile_structure),
     ("Dockerfile: hadolint", check_hadolint),
@@ -799,9 +1128,11 @@ CHECKS: list[tuple[str, Callable[[list[str]], None]]] = [
     ("kubernetes: schemas (strict)", check_k8s_schema),
     ("kubernetes: probes, ports, shutdown, security", check_k8s),
     ("systemd: unit", check_systemd),
+    ("NATS: release and configuration", check_nats),
     ("engine: flags and variables", check_flags),
     ("engine: runs with the systemd config", check_run_systemd_config),
     ("engine: runs with the Kubernetes config", check_run_k8s_config),
+    ("engine: runs as cluster nodes with the Kubernetes and systemd configs", check_run_cluster),
 ]
 
 

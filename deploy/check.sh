@@ -7,7 +7,9 @@
 #
 # Installs what it needs itself: the pinned Python tools of deploy/requirements.txt
 # into deploy/.venv and, when no grpc-health-probe is at hand ($HEALTH_PROBE or the
-# Go SDK's sdk-go/.tools), the version the image ships into deploy/.tools with Go.
+# Go SDK's sdk-go/.tools), the version the image ships into deploy/.tools with Go,
+# and, when no nats-server is at hand ($HERALD_NATS_SERVER or .tools/bin), the pinned
+# one with scripts/install-nats-server (Go too).
 # Needs Python 3.11+, the engine binary ($HERALD_BIN, default target/release/herald)
 # and, for the unit file, systemd-analyze (Debian package systemd).
 # No Docker engine is needed: the image is not built here.
@@ -35,6 +37,15 @@ if [[ -z "${HEALTH_PROBE:-}" && ! -x "$sdk_probe" && ! -x "$own_probe" ]]; then
       "github.com/grpc-ecosystem/grpc-health-probe@$probe_version"
   else
     echo "deploy: no Go to install grpc-health-probe; the probe commands will not be run" >&2
+  fi
+fi
+
+if [[ -z "${HERALD_NATS_SERVER:-}" && ! -x "$DEPLOY/../.tools/bin/nats-server" ]]; then
+  if command -v go >/dev/null; then
+    HERALD_NATS_SERVER="$("$DEPLOY/../scripts/install-nats-server")"
+    export HERALD_NATS_SERVER
+  else
+    echo "deploy: no Go to install nats-server; the cluster checks will not be run" >&2
   fi
 fi
 

@@ -157,6 +157,14 @@ impl Engine {
         } else {
             None
         };
+        let nodes = crate::cluster::nodes::spawn(
+            cluster.as_ref(),
+            &config,
+            &node_id,
+            Arc::clone(&registry),
+            ws_addr,
+            grpc_addr,
+        );
         let shutdown = CancellationToken::new();
         let broker: Arc<dyn Broker> = match &cluster {
             Some(cluster) => Arc::new(NatsBroker::start(
@@ -189,7 +197,8 @@ impl Engine {
             Arc::clone(&node_id),
             cluster.clone(),
             shutdown.clone(),
-        );
+        )
+        .with_nodes(nodes);
         let stop_grpc = CancellationToken::new();
         let grpc_server = grpc_builder
             .max_concurrent_streams(Some(config.grpc_max_streams_per_connection))

@@ -10,6 +10,8 @@
 //! |------|------|
 //! | `broker` | [`crate::broker::Broker`] over NATS: publish, per-topic interest, delivery into the registry |
 //! | `streams` | JetStream streams of topics with history: per-topic sequence, recovery, history reads |
+//! | `nodes` | discovery: node heartbeats, the table of live nodes, departures |
+//! | `gather` | scatter/gather requests between nodes (presence, control), presence event forwarding |
 //!
 //! Subjects (all under `<prefix>.`; a topic's `:` becomes `.`, so `room:general`
 //! is the token sequence `room.general`):
@@ -18,10 +20,15 @@
 //! |---------|---------|
 //! | `<prefix>.t.<topic>` | a topic's messages to the nodes with subscribers (core NATS) |
 //! | `<prefix>.h.<rule>.<topic>` | publishes of topics with history, into the rule's JetStream stream |
+//! | `<prefix>.nodes` | node heartbeats and departures |
+//! | `<prefix>.n.<node>.<kind>` | requests to one node: presence pages, stats, snapshots, control |
+//! | `<prefix>.pe.<node>` | a node's presence events, while some node watches |
 //!
 //! See docs/operations.md ("Cluster") for the guarantees.
 
 pub(crate) mod broker;
+pub(crate) mod gather;
+pub(crate) mod nodes;
 pub(crate) mod streams;
 
 use std::{sync::Arc, time::Duration};

@@ -2,7 +2,13 @@
 //! them, and the `Control` stream that carries the same commands.
 //!
 //! Every command takes effect before it is answered: once a subscribe's answer
-//! is sent, publishers already see the new subscriptions. A `Control` stream
+//! is sent, publishers already see the new subscriptions.
+//!
+//! In a cluster a command by user reaches that user's connections on every live
+//! node (each node applies it to its own connections, all or nothing there) and
+//! answers with the sum; a command by connection id goes to the one node that
+//! holds the connection (this node first, else the node that answers a
+//! `locate`). See [`super::remote`]. A `Control` stream
 //! applies its commands one after another, in the order they arrive, and answers
 //! each with its own result; one failing command never ends the stream.
 
@@ -11,8 +17,12 @@ use std::{collections::HashMap, sync::Arc};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
-use super::{HeraldService, item_error, next_request};
+use super::{
+    HeraldService, item_error, next_request,
+    remote::{Route, combine, merge_subscribed},
+};
 use crate::{
+    cluster::gather::{self, kind},
     conn::ConnId,
     history::Since,
     proto::{self, control_request::Command, control_response, target::Target},
@@ -21,7 +31,7 @@ use crate::{
     registry::{Entry, SubscribeError},
 };
 
-fn missing_target() -> Status {
+pub(super) fn missing_target() -> Status {
     Status::invalid_argument("target is missing: set connection_id or user_id")
 }
 
@@ -81,12 +91,36 @@ impl HeraldService {
         &self,
         req: proto::SubscribeRequest,
     ) -> Result<proto::SubscribeResponse, Status> {
+        self.check_subscribe(&req)?;
+        match self.route(req.target.as_ref()).await? {
+            Route::Here => self.subscribe_local(req).await,
+            Route::Node(node) => self.on_node(&node, kind::SUBSCRIBE, &req).await,
+            Route::Everywhere(nodes) => {
+                let (here, there) = tokio::join!(
+                    self.subscribe_local(req.clone()),
+                    gather::ask_all(&nodes, kind::SUBSCRIBE, &req)
+                );
+                combine(here, there, merge_subscribed)
+            }
+        }
+    }
+
+    fn check_subscribe(&self, req: &proto::SubscribeRequest) -> Result<(), Status> {
         self.check_topics(&req.topics)?;
         if let Some(stray) = req.since.keys().find(|t| !req.topics.contains(t)) {
             return Err(Status::invalid_argument(format!(
                 "since names {stray:?}, which is not in topics"
             )));
         }
+        Ok(())
+    }
+
+    /// [`Self::subscribe_now`] on this node's connections only.
+    pub(super) async fn subscribe_local(
+        &self,
+        req: proto::SubscribeRequest,
+    ) -> Result<proto::SubscribeResponse, Status> {
+        self.check_subscribe(&req)?;
         let entries = self.targets(req.target)?;
         if req.since.is_empty() {
             let subscribed = self
@@ -149,7 +183,25 @@ impl HeraldService {
     }
 
     /// Takes the target's connections out of topics and tells each of them.
-    pub(super) fn unsubscribe_now(
+    pub(super) async fn unsubscribe_now(
+        &self,
+        req: proto::UnsubscribeRequest,
+    ) -> Result<proto::UnsubscribeResponse, Status> {
+        self.check_topics(&req.topics)?;
+        match self.route(req.target.as_ref()).await? {
+            Route::Here => self.unsubscribe_local(req),
+            Route::Node(node) => self.on_node(&node, kind::UNSUBSCRIBE, &req).await,
+            Route::Everywhere(nodes) => {
+                let there = gather::ask_all(&nodes, kind::UNSUBSCRIBE, &req).await;
+                combine(self.unsubscribe_local(req), there, |a, b| {
+                    a.connections += b.connections;
+                })
+            }
+        }
+    }
+
+    /// [`Self::unsubscribe_now`] on this node's connections only.
+    pub(super) fn unsubscribe_local(
         &self,
         req: proto::UnsubscribeRequest,
     ) -> Result<proto::UnsubscribeResponse, Status> {
@@ -172,7 +224,25 @@ impl HeraldService {
     }
 
     /// Closes the target's connections with the requested code and reason.
-    pub(super) fn disconnect_now(
+    pub(super) async fn disconnect_now(
+        &self,
+        req: proto::DisconnectRequest,
+    ) -> Result<proto::DisconnectResponse, Status> {
+        check_disconnect(&req)?;
+        match self.route(req.target.as_ref()).await? {
+            Route::Here => self.disconnect_local(req),
+            Route::Node(node) => self.on_node(&node, kind::DISCONNECT, &req).await,
+            Route::Everywhere(nodes) => {
+                let there = gather::ask_all(&nodes, kind::DISCONNECT, &req).await;
+                combine(self.disconnect_local(req), there, |a, b| {
+                    a.connections += b.connections;
+                })
+            }
+        }
+    }
+
+    /// [`Self::disconnect_now`] on this node's connections only.
+    pub(super) fn disconnect_local(
         &self,
         req: proto::DisconnectRequest,
     ) -> Result<proto::DisconnectResponse, Status> {
@@ -206,10 +276,24 @@ impl HeraldService {
         match command {
             None => Err(Status::invalid_argument("command is missing")),
             Some(Command::Subscribe(req)) => self.subscribe_now(req).await.map(R::Subscribe),
-            Some(Command::Unsubscribe(req)) => self.unsubscribe_now(req).map(R::Unsubscribe),
-            Some(Command::Disconnect(req)) => self.disconnect_now(req).map(R::Disconnect),
+            Some(Command::Unsubscribe(req)) => self.unsubscribe_now(req).await.map(R::Unsubscribe),
+            Some(Command::Disconnect(req)) => self.disconnect_now(req).await.map(R::Disconnect),
         }
     }
+}
+
+/// The code and reason of a disconnect, checked before any node is asked.
+fn check_disconnect(req: &proto::DisconnectRequest) -> Result<(), Status> {
+    if req.code != 0 && !(4000..=4999).contains(&req.code) {
+        return Err(Status::invalid_argument(format!(
+            "code {} is outside 4000-4999",
+            req.code
+        )));
+    }
+    if req.reason.len() > 120 {
+        return Err(Status::invalid_argument("reason is longer than 120 bytes"));
+    }
+    Ok(())
 }
 
 /// Serves one `Control` stream until the producer closes it or the node shuts down.

@@ -6,6 +6,7 @@ mod control;
 mod incoming;
 mod limits;
 mod presence;
+mod remote;
 
 pub(crate) use incoming::{Timeouts, incoming};
 
@@ -19,7 +20,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     broker::{Broker, BrokerError, HistoryQuery, Publication, Receipt},
-    cluster::Cluster,
+    cluster::{
+        Cluster,
+        gather::{self, Forwarder},
+        nodes::{Beat, Nodes},
+    },
     config::Config,
     history::Since,
     proto::{self, herald_server::Herald},
@@ -33,6 +38,9 @@ const STREAM_BUFFER: usize = 1024;
 
 /// Most messages one `PublishStream` request may carry in `more`.
 const MAX_STREAM_BATCH: usize = 1024;
+
+/// Presence events a node buffers for forwarding to the other nodes.
+const FORWARD_BUFFER: usize = 64 * 1024;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -54,8 +62,14 @@ pub(crate) struct HeraldService {
     /// One permit per open WatchPresence stream (`max_presence_watchers`).
     watchers: Arc<tokio::sync::Semaphore>,
     /// The cluster this node is part of (`nats_url`); `None` for a single node.
-    #[allow(dead_code, reason = "cluster-wide presence and control build on it")]
     cluster: Option<Arc<Cluster>>,
+    /// This node as `Info` lists it.
+    me: Arc<Beat>,
+    /// The cluster's live nodes (with `cluster`): where presence and control
+    /// requests go.
+    nodes: Option<Arc<Nodes>>,
+    /// Forwards this node's presence events while some node watches.
+    forwarder: Option<Arc<Forwarder>>,
 }
 
 impl HeraldService {
@@ -96,7 +110,33 @@ impl HeraldService {
             shutdown,
             publish_limits,
             cluster,
+            me: Arc::new(Beat::default()),
+            nodes: None,
+            forwarder: None,
         }
+    }
+
+    /// Adds this node's description and, in a cluster, the table of nodes: the
+    /// service then answers the other nodes' requests and makes presence and
+    /// control cluster-wide; it announces its departure when shutting down.
+    pub(crate) fn with_nodes(mut self, (me, nodes): (Beat, Option<Arc<Nodes>>)) -> Self {
+        self.me = Arc::new(me);
+        if let Some(nodes) = nodes {
+            self.forwarder = Some(Forwarder::new(Arc::clone(&nodes), FORWARD_BUFFER));
+            self.nodes = Some(Arc::clone(&nodes));
+            let handler: Arc<dyn gather::Handler> = Arc::new(self.clone());
+            tokio::spawn(gather::serve(
+                Arc::clone(&nodes),
+                handler,
+                self.shutdown.clone(),
+            ));
+            let stop = self.shutdown.clone();
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                nodes.depart();
+            });
+        }
+        self
     }
 
     fn check_topic(&self, topic: &str) -> Result<(), Status> {
@@ -380,6 +420,7 @@ impl Herald for HeraldService {
         request: Request<proto::UnsubscribeRequest>,
     ) -> Result<Response<proto::UnsubscribeResponse>, Status> {
         self.unsubscribe_now(request.into_inner())
+            .await
             .map(Response::new)
     }
 
@@ -387,7 +428,9 @@ impl Herald for HeraldService {
         &self,
         request: Request<proto::DisconnectRequest>,
     ) -> Result<Response<proto::DisconnectResponse>, Status> {
-        self.disconnect_now(request.into_inner()).map(Response::new)
+        self.disconnect_now(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     type ControlStream = ResponseStream<proto::ControlResponse>;
@@ -405,24 +448,18 @@ impl Herald for HeraldService {
         &self,
         request: Request<proto::PresenceRequest>,
     ) -> Result<Response<proto::PresenceResponse>, Status> {
-        self.presence_page(request.into_inner()).map(Response::new)
+        self.presence_across(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn presence_stats(
         &self,
         request: Request<proto::PresenceStatsRequest>,
     ) -> Result<Response<proto::PresenceStatsResponse>, Status> {
-        let req = request.into_inner();
-        self.check_topic(&req.topic)?;
-        let (connections, users) = self
-            .registry
-            .topic(&req.topic)
-            .map(|t| t.counts())
-            .unwrap_or((0, 0));
-        Ok(Response::new(proto::PresenceStatsResponse {
-            connections: connections as u64,
-            users: users as u64,
-        }))
+        self.stats_across(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     type WatchPresenceStream = ResponseStream<proto::PresenceEvent>;
@@ -431,7 +468,7 @@ impl Herald for HeraldService {
         &self,
         request: Request<proto::WatchPresenceRequest>,
     ) -> Result<Response<Self::WatchPresenceStream>, Status> {
-        self.watch(request.into_inner()).map(Response::new)
+        self.watch_across(request.into_inner()).map(Response::new)
     }
 
     async fn info(
@@ -453,6 +490,7 @@ impl Herald for HeraldService {
             client_auth: crate::auth::configured(&self.config),
             history_bytes: stats.history_bytes,
             history_messages: stats.history_messages,
+            nodes: self.node_list(),
         }))
     }
 

@@ -1935,8 +1935,13 @@ type InfoResponse struct {
 	HistoryBytes uint64 `protobuf:"varint,12,opt,name=history_bytes,json=historyBytes,proto3" json:"history_bytes,omitempty"`
 	// Messages held by topic history.
 	HistoryMessages uint64 `protobuf:"varint,13,opt,name=history_messages,json=historyMessages,proto3" json:"history_messages,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The nodes of the cluster as this node sees them, itself included, in
+	// node_id order: every node whose heartbeat arrived within the last three
+	// heartbeat intervals (see docs/operations.md, "Nodes and discovery"). A
+	// single node (no NATS) lists only itself.
+	Nodes         []*Node `protobuf:"bytes,14,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *InfoResponse) Reset() {
@@ -2060,6 +2065,105 @@ func (x *InfoResponse) GetHistoryMessages() uint64 {
 	return 0
 }
 
+func (x *InfoResponse) GetNodes() []*Node {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+// One node of the cluster.
+type Node struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The node's id.
+	NodeId string `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// Where WebSocket clients reach it (its advertise_ws_url), for example
+	// "ws://10.0.0.5:8080/ws".
+	WsUrl string `protobuf:"bytes,2,opt,name=ws_url,json=wsUrl,proto3" json:"ws_url,omitempty"`
+	// Where producers reach its gRPC API (its advertise_grpc_addr), host:port.
+	GrpcAddr string `protobuf:"bytes,3,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"`
+	// Open WebSocket connections, as of its latest heartbeat.
+	Connections uint64 `protobuf:"varint,4,opt,name=connections,proto3" json:"connections,omitempty"`
+	// When it started, in milliseconds since the Unix epoch.
+	StartedMs int64 `protobuf:"varint,5,opt,name=started_ms,json=startedMs,proto3" json:"started_ms,omitempty"`
+	// Whether this is the node that answered.
+	ThisNode      bool `protobuf:"varint,6,opt,name=this_node,json=thisNode,proto3" json:"this_node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Node) Reset() {
+	*x = Node{}
+	mi := &file_herald_v1_herald_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Node) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Node) ProtoMessage() {}
+
+func (x *Node) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_v1_herald_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Node.ProtoReflect.Descriptor instead.
+func (*Node) Descriptor() ([]byte, []int) {
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *Node) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *Node) GetWsUrl() string {
+	if x != nil {
+		return x.WsUrl
+	}
+	return ""
+}
+
+func (x *Node) GetGrpcAddr() string {
+	if x != nil {
+		return x.GrpcAddr
+	}
+	return ""
+}
+
+func (x *Node) GetConnections() uint64 {
+	if x != nil {
+		return x.Connections
+	}
+	return 0
+}
+
+func (x *Node) GetStartedMs() int64 {
+	if x != nil {
+		return x.StartedMs
+	}
+	return 0
+}
+
+func (x *Node) GetThisNode() bool {
+	if x != nil {
+		return x.ThisNode
+	}
+	return false
+}
+
 // A page of a topic's history.
 type HistoryRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2080,7 +2184,7 @@ type HistoryRequest struct {
 
 func (x *HistoryRequest) Reset() {
 	*x = HistoryRequest{}
-	mi := &file_herald_v1_herald_proto_msgTypes[27]
+	mi := &file_herald_v1_herald_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2092,7 +2196,7 @@ func (x *HistoryRequest) String() string {
 func (*HistoryRequest) ProtoMessage() {}
 
 func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[27]
+	mi := &file_herald_v1_herald_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2105,7 +2209,7 @@ func (x *HistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryRequest.ProtoReflect.Descriptor instead.
 func (*HistoryRequest) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{27}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *HistoryRequest) GetTopic() string {
@@ -2153,7 +2257,7 @@ type HistoryMessage struct {
 
 func (x *HistoryMessage) Reset() {
 	*x = HistoryMessage{}
-	mi := &file_herald_v1_herald_proto_msgTypes[28]
+	mi := &file_herald_v1_herald_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2165,7 +2269,7 @@ func (x *HistoryMessage) String() string {
 func (*HistoryMessage) ProtoMessage() {}
 
 func (x *HistoryMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[28]
+	mi := &file_herald_v1_herald_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2178,7 +2282,7 @@ func (x *HistoryMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryMessage.ProtoReflect.Descriptor instead.
 func (*HistoryMessage) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{28}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *HistoryMessage) GetSequence() uint64 {
@@ -2226,7 +2330,7 @@ type HistoryResponse struct {
 
 func (x *HistoryResponse) Reset() {
 	*x = HistoryResponse{}
-	mi := &file_herald_v1_herald_proto_msgTypes[29]
+	mi := &file_herald_v1_herald_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2238,7 +2342,7 @@ func (x *HistoryResponse) String() string {
 func (*HistoryResponse) ProtoMessage() {}
 
 func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[29]
+	mi := &file_herald_v1_herald_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2251,7 +2355,7 @@ func (x *HistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryResponse.ProtoReflect.Descriptor instead.
 func (*HistoryResponse) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{29}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *HistoryResponse) GetMessages() []*HistoryMessage {
@@ -2286,7 +2390,7 @@ type RemoveHistoryRequest struct {
 
 func (x *RemoveHistoryRequest) Reset() {
 	*x = RemoveHistoryRequest{}
-	mi := &file_herald_v1_herald_proto_msgTypes[30]
+	mi := &file_herald_v1_herald_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2298,7 +2402,7 @@ func (x *RemoveHistoryRequest) String() string {
 func (*RemoveHistoryRequest) ProtoMessage() {}
 
 func (x *RemoveHistoryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[30]
+	mi := &file_herald_v1_herald_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2311,7 +2415,7 @@ func (x *RemoveHistoryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveHistoryRequest.ProtoReflect.Descriptor instead.
 func (*RemoveHistoryRequest) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{30}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RemoveHistoryRequest) GetTopic() string {
@@ -2332,7 +2436,7 @@ type RemoveHistoryResponse struct {
 
 func (x *RemoveHistoryResponse) Reset() {
 	*x = RemoveHistoryResponse{}
-	mi := &file_herald_v1_herald_proto_msgTypes[31]
+	mi := &file_herald_v1_herald_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2344,7 +2448,7 @@ func (x *RemoveHistoryResponse) String() string {
 func (*RemoveHistoryResponse) ProtoMessage() {}
 
 func (x *RemoveHistoryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_v1_herald_proto_msgTypes[31]
+	mi := &file_herald_v1_herald_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2357,7 +2461,7 @@ func (x *RemoveHistoryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveHistoryResponse.ProtoReflect.Descriptor instead.
 func (*RemoveHistoryResponse) Descriptor() ([]byte, []int) {
-	return file_herald_v1_herald_proto_rawDescGZIP(), []int{31}
+	return file_herald_v1_herald_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RemoveHistoryResponse) GetRemoved() uint64 {
@@ -2496,7 +2600,7 @@ const file_herald_v1_herald_proto_rawDesc = "" +
 	"\x06member\x18\x03 \x01(\v2\x11.herald.v1.MemberR\x06member\x12\x17\n" +
 	"\anode_id\x18\x04 \x01(\tR\x06nodeId\x12!\n" +
 	"\ftimestamp_ms\x18\x05 \x01(\x03R\vtimestampMs\"\r\n" +
-	"\vInfoRequest\"\xed\x03\n" +
+	"\vInfoRequest\"\x94\x04\n" +
 	"\fInfoResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12%\n" +
@@ -2512,7 +2616,16 @@ const file_herald_v1_herald_proto_rawDesc = "" +
 	"\vclient_auth\x18\v \x01(\bR\n" +
 	"clientAuth\x12#\n" +
 	"\rhistory_bytes\x18\f \x01(\x04R\fhistoryBytes\x12)\n" +
-	"\x10history_messages\x18\r \x01(\x04R\x0fhistoryMessages\"\x87\x01\n" +
+	"\x10history_messages\x18\r \x01(\x04R\x0fhistoryMessages\x12%\n" +
+	"\x05nodes\x18\x0e \x03(\v2\x0f.herald.v1.NodeR\x05nodes\"\xb1\x01\n" +
+	"\x04Node\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x15\n" +
+	"\x06ws_url\x18\x02 \x01(\tR\x05wsUrl\x12\x1b\n" +
+	"\tgrpc_addr\x18\x03 \x01(\tR\bgrpcAddr\x12 \n" +
+	"\vconnections\x18\x04 \x01(\x04R\vconnections\x12\x1d\n" +
+	"\n" +
+	"started_ms\x18\x05 \x01(\x03R\tstartedMs\x12\x1b\n" +
+	"\tthis_node\x18\x06 \x01(\bR\bthisNode\"\x87\x01\n" +
 	"\x0eHistoryRequest\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12/\n" +
 	"\x05since\x18\x02 \x01(\v2\x19.herald.v1.StreamPositionR\x05since\x12\x14\n" +
@@ -2569,7 +2682,7 @@ func file_herald_v1_herald_proto_rawDescGZIP() []byte {
 }
 
 var file_herald_v1_herald_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_herald_v1_herald_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_herald_v1_herald_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_herald_v1_herald_proto_goTypes = []any{
 	(PresenceEventKind)(0),        // 0: herald.v1.PresenceEventKind
 	(*PublishRequest)(nil),        // 1: herald.v1.PublishRequest
@@ -2599,14 +2712,15 @@ var file_herald_v1_herald_proto_goTypes = []any{
 	(*PresenceEvent)(nil),         // 25: herald.v1.PresenceEvent
 	(*InfoRequest)(nil),           // 26: herald.v1.InfoRequest
 	(*InfoResponse)(nil),          // 27: herald.v1.InfoResponse
-	(*HistoryRequest)(nil),        // 28: herald.v1.HistoryRequest
-	(*HistoryMessage)(nil),        // 29: herald.v1.HistoryMessage
-	(*HistoryResponse)(nil),       // 30: herald.v1.HistoryResponse
-	(*RemoveHistoryRequest)(nil),  // 31: herald.v1.RemoveHistoryRequest
-	(*RemoveHistoryResponse)(nil), // 32: herald.v1.RemoveHistoryResponse
-	nil,                           // 33: herald.v1.SubscribeRequest.SinceEntry
-	nil,                           // 34: herald.v1.SubscribeResponse.RecoveredEntry
-	nil,                           // 35: herald.v1.SubscribeResponse.PositionsEntry
+	(*Node)(nil),                  // 28: herald.v1.Node
+	(*HistoryRequest)(nil),        // 29: herald.v1.HistoryRequest
+	(*HistoryMessage)(nil),        // 30: herald.v1.HistoryMessage
+	(*HistoryResponse)(nil),       // 31: herald.v1.HistoryResponse
+	(*RemoveHistoryRequest)(nil),  // 32: herald.v1.RemoveHistoryRequest
+	(*RemoveHistoryResponse)(nil), // 33: herald.v1.RemoveHistoryResponse
+	nil,                           // 34: herald.v1.SubscribeRequest.SinceEntry
+	nil,                           // 35: herald.v1.SubscribeResponse.RecoveredEntry
+	nil,                           // 36: herald.v1.SubscribeResponse.PositionsEntry
 }
 var file_herald_v1_herald_proto_depIdxs = []int32{
 	1,  // 0: herald.v1.PublishStreamRequest.message:type_name -> herald.v1.PublishRequest
@@ -2618,9 +2732,9 @@ var file_herald_v1_herald_proto_depIdxs = []int32{
 	9,  // 6: herald.v1.PublishResult.error:type_name -> herald.v1.Error
 	2,  // 7: herald.v1.BroadcastResponse.results:type_name -> herald.v1.PublishResponse
 	10, // 8: herald.v1.SubscribeRequest.target:type_name -> herald.v1.Target
-	33, // 9: herald.v1.SubscribeRequest.since:type_name -> herald.v1.SubscribeRequest.SinceEntry
-	34, // 10: herald.v1.SubscribeResponse.recovered:type_name -> herald.v1.SubscribeResponse.RecoveredEntry
-	35, // 11: herald.v1.SubscribeResponse.positions:type_name -> herald.v1.SubscribeResponse.PositionsEntry
+	34, // 9: herald.v1.SubscribeRequest.since:type_name -> herald.v1.SubscribeRequest.SinceEntry
+	35, // 10: herald.v1.SubscribeResponse.recovered:type_name -> herald.v1.SubscribeResponse.RecoveredEntry
+	36, // 11: herald.v1.SubscribeResponse.positions:type_name -> herald.v1.SubscribeResponse.PositionsEntry
 	10, // 12: herald.v1.UnsubscribeRequest.target:type_name -> herald.v1.Target
 	10, // 13: herald.v1.DisconnectRequest.target:type_name -> herald.v1.Target
 	11, // 14: herald.v1.ControlRequest.subscribe:type_name -> herald.v1.SubscribeRequest
@@ -2633,42 +2747,43 @@ var file_herald_v1_herald_proto_depIdxs = []int32{
 	19, // 21: herald.v1.PresenceResponse.members:type_name -> herald.v1.Member
 	0,  // 22: herald.v1.PresenceEvent.kind:type_name -> herald.v1.PresenceEventKind
 	19, // 23: herald.v1.PresenceEvent.member:type_name -> herald.v1.Member
-	3,  // 24: herald.v1.HistoryRequest.since:type_name -> herald.v1.StreamPosition
-	29, // 25: herald.v1.HistoryResponse.messages:type_name -> herald.v1.HistoryMessage
-	3,  // 26: herald.v1.HistoryResponse.position:type_name -> herald.v1.StreamPosition
-	3,  // 27: herald.v1.SubscribeRequest.SinceEntry.value:type_name -> herald.v1.StreamPosition
-	3,  // 28: herald.v1.SubscribeResponse.PositionsEntry.value:type_name -> herald.v1.StreamPosition
-	1,  // 29: herald.v1.Herald.Publish:input_type -> herald.v1.PublishRequest
-	4,  // 30: herald.v1.Herald.PublishStream:input_type -> herald.v1.PublishStreamRequest
-	7,  // 31: herald.v1.Herald.Broadcast:input_type -> herald.v1.BroadcastRequest
-	11, // 32: herald.v1.Herald.Subscribe:input_type -> herald.v1.SubscribeRequest
-	13, // 33: herald.v1.Herald.Unsubscribe:input_type -> herald.v1.UnsubscribeRequest
-	15, // 34: herald.v1.Herald.Disconnect:input_type -> herald.v1.DisconnectRequest
-	17, // 35: herald.v1.Herald.Control:input_type -> herald.v1.ControlRequest
-	20, // 36: herald.v1.Herald.Presence:input_type -> herald.v1.PresenceRequest
-	22, // 37: herald.v1.Herald.PresenceStats:input_type -> herald.v1.PresenceStatsRequest
-	24, // 38: herald.v1.Herald.WatchPresence:input_type -> herald.v1.WatchPresenceRequest
-	26, // 39: herald.v1.Herald.Info:input_type -> herald.v1.InfoRequest
-	28, // 40: herald.v1.Herald.History:input_type -> herald.v1.HistoryRequest
-	31, // 41: herald.v1.Herald.RemoveHistory:input_type -> herald.v1.RemoveHistoryRequest
-	2,  // 42: herald.v1.Herald.Publish:output_type -> herald.v1.PublishResponse
-	5,  // 43: herald.v1.Herald.PublishStream:output_type -> herald.v1.PublishStreamResponse
-	8,  // 44: herald.v1.Herald.Broadcast:output_type -> herald.v1.BroadcastResponse
-	12, // 45: herald.v1.Herald.Subscribe:output_type -> herald.v1.SubscribeResponse
-	14, // 46: herald.v1.Herald.Unsubscribe:output_type -> herald.v1.UnsubscribeResponse
-	16, // 47: herald.v1.Herald.Disconnect:output_type -> herald.v1.DisconnectResponse
-	18, // 48: herald.v1.Herald.Control:output_type -> herald.v1.ControlResponse
-	21, // 49: herald.v1.Herald.Presence:output_type -> herald.v1.PresenceResponse
-	23, // 50: herald.v1.Herald.PresenceStats:output_type -> herald.v1.PresenceStatsResponse
-	25, // 51: herald.v1.Herald.WatchPresence:output_type -> herald.v1.PresenceEvent
-	27, // 52: herald.v1.Herald.Info:output_type -> herald.v1.InfoResponse
-	30, // 53: herald.v1.Herald.History:output_type -> herald.v1.HistoryResponse
-	32, // 54: herald.v1.Herald.RemoveHistory:output_type -> herald.v1.RemoveHistoryResponse
-	42, // [42:55] is the sub-list for method output_type
-	29, // [29:42] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	28, // 24: herald.v1.InfoResponse.nodes:type_name -> herald.v1.Node
+	3,  // 25: herald.v1.HistoryRequest.since:type_name -> herald.v1.StreamPosition
+	30, // 26: herald.v1.HistoryResponse.messages:type_name -> herald.v1.HistoryMessage
+	3,  // 27: herald.v1.HistoryResponse.position:type_name -> herald.v1.StreamPosition
+	3,  // 28: herald.v1.SubscribeRequest.SinceEntry.value:type_name -> herald.v1.StreamPosition
+	3,  // 29: herald.v1.SubscribeResponse.PositionsEntry.value:type_name -> herald.v1.StreamPosition
+	1,  // 30: herald.v1.Herald.Publish:input_type -> herald.v1.PublishRequest
+	4,  // 31: herald.v1.Herald.PublishStream:input_type -> herald.v1.PublishStreamRequest
+	7,  // 32: herald.v1.Herald.Broadcast:input_type -> herald.v1.BroadcastRequest
+	11, // 33: herald.v1.Herald.Subscribe:input_type -> herald.v1.SubscribeRequest
+	13, // 34: herald.v1.Herald.Unsubscribe:input_type -> herald.v1.UnsubscribeRequest
+	15, // 35: herald.v1.Herald.Disconnect:input_type -> herald.v1.DisconnectRequest
+	17, // 36: herald.v1.Herald.Control:input_type -> herald.v1.ControlRequest
+	20, // 37: herald.v1.Herald.Presence:input_type -> herald.v1.PresenceRequest
+	22, // 38: herald.v1.Herald.PresenceStats:input_type -> herald.v1.PresenceStatsRequest
+	24, // 39: herald.v1.Herald.WatchPresence:input_type -> herald.v1.WatchPresenceRequest
+	26, // 40: herald.v1.Herald.Info:input_type -> herald.v1.InfoRequest
+	29, // 41: herald.v1.Herald.History:input_type -> herald.v1.HistoryRequest
+	32, // 42: herald.v1.Herald.RemoveHistory:input_type -> herald.v1.RemoveHistoryRequest
+	2,  // 43: herald.v1.Herald.Publish:output_type -> herald.v1.PublishResponse
+	5,  // 44: herald.v1.Herald.PublishStream:output_type -> herald.v1.PublishStreamResponse
+	8,  // 45: herald.v1.Herald.Broadcast:output_type -> herald.v1.BroadcastResponse
+	12, // 46: herald.v1.Herald.Subscribe:output_type -> herald.v1.SubscribeResponse
+	14, // 47: herald.v1.Herald.Unsubscribe:output_type -> herald.v1.UnsubscribeResponse
+	16, // 48: herald.v1.Herald.Disconnect:output_type -> herald.v1.DisconnectResponse
+	18, // 49: herald.v1.Herald.Control:output_type -> herald.v1.ControlResponse
+	21, // 50: herald.v1.Herald.Presence:output_type -> herald.v1.PresenceResponse
+	23, // 51: herald.v1.Herald.PresenceStats:output_type -> herald.v1.PresenceStatsResponse
+	25, // 52: herald.v1.Herald.WatchPresence:output_type -> herald.v1.PresenceEvent
+	27, // 53: herald.v1.Herald.Info:output_type -> herald.v1.InfoResponse
+	31, // 54: herald.v1.Herald.History:output_type -> herald.v1.HistoryResponse
+	33, // 55: herald.v1.Herald.RemoveHistory:output_type -> herald.v1.RemoveHistoryResponse
+	43, // [43:56] is the sub-list for method output_type
+	30, // [30:43] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_herald_v1_herald_proto_init() }
@@ -2707,7 +2822,7 @@ func file_herald_v1_herald_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_v1_herald_proto_rawDesc), len(file_herald_v1_herald_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   35,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1034,6 +1034,7 @@ class InfoResponse(_message.Message):
     CLIENT_AUTH_FIELD_NUMBER: _builtins.int
     HISTORY_BYTES_FIELD_NUMBER: _builtins.int
     HISTORY_MESSAGES_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """This node's id (configurable; a random id by default)."""
     version: _builtins.str
@@ -1063,6 +1064,14 @@ class InfoResponse(_message.Message):
     """Bytes held by topic history, bounded by the engine's history_max_bytes."""
     history_messages: _builtins.int
     """Messages held by topic history."""
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Node]:
+        """The nodes of the cluster as this node sees them, itself included, in
+        node_id order: every node whose heartbeat arrived within the last three
+        heartbeat intervals (see docs/operations.md, "Nodes and discovery"). A
+        single node (no NATS) lists only itself.
+        """
+
     def __init__(
         self,
         *,
@@ -1079,14 +1088,59 @@ class InfoResponse(_message.Message):
         client_auth: _builtins.bool = ...,
         history_bytes: _builtins.int = ...,
         history_messages: _builtins.int = ...,
+        nodes: _abc.Iterable[Global___Node] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_auth", b"client_auth", "connections", b"connections", "history_bytes", b"history_bytes", "history_messages", b"history_messages", "messages_delivered", b"messages_delivered", "messages_dropped", b"messages_dropped", "messages_published", b"messages_published", "node_id", b"node_id", "slow_disconnects", b"slow_disconnects", "subscriptions", b"subscriptions", "topics", b"topics", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_auth", b"client_auth", "connections", b"connections", "history_bytes", b"history_bytes", "history_messages", b"history_messages", "messages_delivered", b"messages_delivered", "messages_dropped", b"messages_dropped", "messages_published", b"messages_published", "node_id", b"node_id", "nodes", b"nodes", "slow_disconnects", b"slow_disconnects", "subscriptions", b"subscriptions", "topics", b"topics", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InfoResponse: _TypeAlias = InfoResponse  # noqa: Y015
+
+@_typing.final
+class Node(_message.Message):
+    """One node of the cluster."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    WS_URL_FIELD_NUMBER: _builtins.int
+    GRPC_ADDR_FIELD_NUMBER: _builtins.int
+    CONNECTIONS_FIELD_NUMBER: _builtins.int
+    STARTED_MS_FIELD_NUMBER: _builtins.int
+    THIS_NODE_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    """The node's id."""
+    ws_url: _builtins.str
+    """Where WebSocket clients reach it (its advertise_ws_url), for example
+    "ws://10.0.0.5:8080/ws".
+    """
+    grpc_addr: _builtins.str
+    """Where producers reach its gRPC API (its advertise_grpc_addr), host:port."""
+    connections: _builtins.int
+    """Open WebSocket connections, as of its latest heartbeat."""
+    started_ms: _builtins.int
+    """When it started, in milliseconds since the Unix epoch."""
+    this_node: _builtins.bool
+    """Whether this is the node that answered."""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        ws_url: _builtins.str = ...,
+        grpc_addr: _builtins.str = ...,
+        connections: _builtins.int = ...,
+        started_ms: _builtins.int = ...,
+        this_node: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connections", b"connections", "grpc_addr", b"grpc_addr", "node_id", b"node_id", "started_ms", b"started_ms", "this_node", b"this_node", "ws_url", b"ws_url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Node: _TypeAlias = Node  # noqa: Y015
 
 @_typing.final
 class HistoryRequest(_message.Message):
