@@ -11,7 +11,6 @@ import (
 // TestAPIKeyCredsMetadata; an engine with keys, by tls_test.go.)
 func TestAPIKeyClientWorks(t *testing.T) {
 	e := needEngine(t)
-	needsClusterPresence(t)
 	c := e.client(t, herald.WithAPIKey("k-123"))
 	ctx := testCtx(t)
 	topic := uniqueTopic(t, "key")

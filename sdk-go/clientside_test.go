@@ -110,7 +110,6 @@ func TestRefusedBeforeAnyRPC(t *testing.T) {
 
 func TestEmptyTargetAgainstEngine(t *testing.T) {
 	e := needEngine(t)
-	needsClusterPresence(t)
 	c := e.client(t)
 	ctx := testCtx(t)
 	topic := uniqueTopic(t, "tgt")

@@ -24,7 +24,6 @@ func serverPush(t *testing.T, ws *wsClient, typ string, topics ...string) {
 
 func TestSubscribeUnsubscribeConnection(t *testing.T) {
 	e := needEngine(t)
-	needsClusterPresence(t)
 	c := e.client(t)
 	ctx := testCtx(t)
 	topic := uniqueTopic(t, "ctl")
@@ -56,7 +55,6 @@ func TestSubscribeUnsubscribeConnection(t *testing.T) {
 
 func TestSubscribeUser(t *testing.T) {
 	e := needEngine(t)
-	needsClusterPresence(t)
 	c := e.client(t)
 	ctx := testCtx(t)
 	topic := uniqueTopic(t, "ctl")
@@ -116,7 +114,6 @@ func expectDisconnect(t *testing.T, ws *wsClient, code int, reason string, recon
 
 func TestDisconnect(t *testing.T) {
 	e := needEngine(t)
-	needsClusterPresence(t)
 	c := e.client(t)
 	ctx := testCtx(t)
 
@@ -147,7 +144,6 @@ func TestDisconnect(t *testing.T) {
 
 func TestControlStream(t *testing.T) {
 	e := needEngine(t)
-	needsClusterPresence(t)
 	c := e.client(t)
 	ctx := testCtx(t)
 	topic := uniqueTopic(t, "ctl")
@@ -197,7 +193,6 @@ func TestSubscribeOverLimitIsFailedPrecondition(t *testing.T) {
 // fail alone.
 func TestControlStreamConcurrentAnswersMatch(t *testing.T) {
 	e := needEngine(t)
-	needsClusterPresence(t)
 	c := e.client(t)
 	ctx := testCtx(t)
 	s, err := c.Control(ctx)

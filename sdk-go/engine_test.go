@@ -36,7 +36,6 @@ import (
 
 	herald "github.com/heraldrt/herald/sdk-go"
 	heraldv1 "github.com/heraldrt/herald/sdk-go/gen/herald/v1"
-	"google.golang.org/protobuf/encoding/protowire"
 )
 
 // sharedEngine is the engine started by TestMain; nil with HERALD_GO_UNIT_ONLY=1.
@@ -122,16 +121,16 @@ func startCluster(bin string) (*engine, error) {
 	}
 	a.peer, a.nats, a.wsAddr = b, nats, b.wsAddr
 	// Node A learns of node B from B's next heartbeat; until then presence and
-	// control on A would not see B's connections. Info lists the nodes A knows
-	// (an engine without that list lists none: nothing to wait for).
+	// control on A would not see B's connections. Info lists the nodes A knows.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		n, err := knownNodes(a)
-		if err != nil || n == 0 || n >= 2 {
+		if err != nil || n >= 2 {
 			if err != nil {
 				_ = a.stop(5 * time.Second)
+				return nil, err
 			}
-			return a, err
+			return a, nil
 		}
 		if time.Now().After(deadline) {
 			_ = a.stop(5 * time.Second)
@@ -141,8 +140,7 @@ func startCluster(bin string) (*engine, error) {
 	}
 }
 
-// knownNodes is how many nodes e's Info lists (InfoResponse.nodes, field 14,
-// read from the unknown fields when the generated code predates it).
+// knownNodes is how many nodes e's Info lists.
 func knownNodes(e *engine) (int, error) {
 	c, err := herald.NewClient(e.grpcAddr)
 	if err != nil {
@@ -155,23 +153,7 @@ func knownNodes(e *engine) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	n := 0
-	for b := []byte(resp.ProtoReflect().GetUnknown()); len(b) > 0; {
-		num, typ, size := protowire.ConsumeTag(b)
-		if size < 0 {
-			return 0, protowire.ParseError(size)
-		}
-		b = b[size:]
-		vsize := protowire.ConsumeFieldValue(num, typ, b)
-		if vsize < 0 {
-			return 0, protowire.ParseError(vsize)
-		}
-		b = b[vsize:]
-		if num == 14 {
-			n++
-		}
-	}
-	return n, nil
+	return len(resp.GetNodes()), nil
 }
 
 // natsServer is one nats-server process with JetStream, its store in a
@@ -252,16 +234,6 @@ func nodeLocal(t *testing.T, reason string) {
 	t.Helper()
 	if sharedEngine != nil && sharedEngine.peer != nil {
 		t.Skip("node-local in a cluster: " + reason)
-	}
-}
-
-// needsClusterPresence skips a test in the cluster run unless
-// HERALD_TEST_CLUSTER_PRESENCE=1: it needs presence or control across nodes
-// (its WebSocket clients are on the other node).
-func needsClusterPresence(t *testing.T) {
-	t.Helper()
-	if sharedEngine != nil && sharedEngine.peer != nil && os.Getenv("HERALD_TEST_CLUSTER_PRESENCE") != "1" {
-		t.Skip("presence and control across nodes are not on main yet; HERALD_TEST_CLUSTER_PRESENCE=1 runs it")
 	}
 }
 

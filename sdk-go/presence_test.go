@@ -18,7 +18,6 @@ import (
 
 func TestPresenceAndStats(t *testing.T) {
 	e := needEngine(t)
-	needsClusterPresence(t)
 	c := e.client(t)
 	ctx := testCtx(t)
 	topic := uniqueTopic(t, "pres")
@@ -189,7 +188,6 @@ func (cc *countCalls) option() herald.Option {
 
 func TestPresencePagesThroughManyMembers(t *testing.T) {
 	e := needEngine(t)
-	needsClusterPresence(t)
 	var calls countCalls
 	c := e.client(t, calls.option())
 	ctx := testCtx(t)

@@ -68,7 +68,6 @@ func (es *eventStream) expect(kind herald.EventKind, topic, connID string) heral
 
 func TestWatchPresenceSnapshotThenLive(t *testing.T) {
 	e := needEngine(t)
-	needsClusterPresence(t)
 	c := e.client(t)
 	root := watchRoot(t)
 	a, b := root+":a", root+":b"
@@ -109,7 +108,6 @@ func TestWatchPresenceSnapshotThenLive(t *testing.T) {
 
 func TestWatchPresenceConnections(t *testing.T) {
 	e := needEngine(t)
-	needsClusterPresence(t)
 	c := e.client(t)
 	root := watchRoot(t)
 	es := startWatch(t, c, []string{root + ":>"}, herald.WithConnectionEvents(true))
@@ -176,7 +174,6 @@ func TestWatchPresencePermanentErrorEnds(t *testing.T) {
 // waiting for events or has just had some.
 func TestWatchPresenceCancelEndsQuietly(t *testing.T) {
 	e := needEngine(t)
-	needsClusterPresence(t)
 	c := e.client(t)
 	root := watchRoot(t)
 	dialMember(t, e, "quiet", root+":a")

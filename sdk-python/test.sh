@@ -14,8 +14,6 @@
 #   HERALD_BIN  engine binary (see above)
 #   HERALD_NATS_SERVER  nats-server binary for the cluster run (default: installed
 #               by ../scripts/install-nats-server into ../.tools/bin)
-#   HERALD_TEST_CLUSTER_PRESENCE=1  also run the tests that need presence and
-#               control across nodes in the cluster run
 #   Extra arguments are passed to pytest.
 set -euo pipefail
 

@@ -6,8 +6,7 @@
 #
 # Then the cluster tests (tests/cluster): real nats-server processes
 # ($HERALD_NATS_SERVER, installed by scripts/install-nats-server when unset) and
-# several engine nodes joined to them. HERALD_TEST_CLUSTER_PRESENCE=1 runs the
-# tests of presence and control across nodes too.
+# several engine nodes joined to them.
 #
 # Extra arguments are passed to both pytest runs.
 #

@@ -11,8 +11,7 @@ other, so that every message a test sees has crossed NATS. Every topic keeps
 history there (a ``>`` rule), so that Publish answers with the cluster-wide
 sequence the tests check (topics without history answer 0 in a cluster: their
 sequence is per node). Tests marked ``node_local`` check what only one node can
-know and are skipped in that run; tests marked ``cluster_presence`` need presence
-and control across nodes and run there only with HERALD_TEST_CLUSTER_PRESENCE=1.
+know and are skipped in that run.
 Engines a test starts for itself (``new_engine``) are single nodes either way.
 """
 
@@ -52,29 +51,16 @@ def pytest_configure(config: pytest.Config) -> None:
         "node_local(reason): checks what only the node itself knows; skipped in the "
         "cluster run (HERALD_TEST_CLUSTER=1)",
     )
-    config.addinivalue_line(
-        "markers",
-        "cluster_presence: needs presence or control across nodes (a connection on the "
-        "other node); in the cluster run only with HERALD_TEST_CLUSTER_PRESENCE=1",
-    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not CLUSTER:
         return
-    presence = os.environ.get("HERALD_TEST_CLUSTER_PRESENCE") == "1"
     for item in items:
         marker = item.get_closest_marker("node_local")
         if marker is not None:
             reason = marker.args[0] if marker.args else "node-local"
             item.add_marker(pytest.mark.skip(reason=f"node-local in a cluster: {reason}"))
-        elif not presence and item.get_closest_marker("cluster_presence") is not None:
-            item.add_marker(
-                pytest.mark.skip(
-                    reason="presence and control across nodes are not on main yet; "
-                    "HERALD_TEST_CLUSTER_PRESENCE=1 runs it"
-                )
-            )
 
 
 def herald_bin() -> Path:
@@ -296,24 +282,19 @@ class ClusterEngine(Engine):
         self.peer.start()
         super().start()
         # Node A learns of node B from B's next heartbeat; until then presence and
-        # control on A would not see B's connections. Info lists the nodes A knows
-        # (InfoResponse.nodes, field 14, unknown to stubs that predate it; an
-        # engine without it lists none, and there is nothing to wait for).
+        # control on A would not see B's connections. Info lists the nodes A knows.
         deadline = time.monotonic() + STARTUP_TIMEOUT
-        while 0 < self.known_nodes() < 2:
+        while self.known_nodes() < 2:
             if time.monotonic() > deadline:
                 pytest.fail("node A did not hear of node B", pytrace=False)
             time.sleep(0.05)
 
     def known_nodes(self) -> int:
-        from google.protobuf.unknown_fields import UnknownFieldSet
-
         from herald.v1 import herald_pb2, herald_pb2_grpc
 
         with grpc.insecure_channel(self.target) as channel:
             resp = herald_pb2_grpc.HeraldStub(channel).Info(herald_pb2.InfoRequest(), timeout=5)
-        fields = UnknownFieldSet(resp)
-        return len([i for i in range(len(fields)) if fields[i].field_number == 14])
+        return len(resp.nodes)
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> int | None:
         code = super().stop(sig)

@@ -24,7 +24,6 @@ def user() -> str:
     return f"u-{uuid.uuid4().hex[:10]}"
 
 
-@pytest.mark.cluster_presence
 def test_subscribe_connection(client: herald.Client, engine: Engine, topic: str) -> None:
     with WsClient(engine.ws_url()) as ws:
         assert client.subscribe(topic, connection_id=ws.conn_id) == 1
@@ -34,7 +33,6 @@ def test_subscribe_connection(client: herald.Client, engine: Engine, topic: str)
         assert ws.message()["data"] == {"hi": 1}
 
 
-@pytest.mark.cluster_presence
 def test_subscribe_every_connection_of_a_user(
     client: herald.Client, engine: Engine, topic: str
 ) -> None:
@@ -60,7 +58,6 @@ def test_subscribe_errors(client: herald.Client, engine: Engine, topic: str) -> 
         client.subscribe(topic)  # type: ignore[call-overload]
 
 
-@pytest.mark.cluster_presence
 def test_unsubscribe(client: herald.Client, engine: Engine, topic: str) -> None:
     u = user()
     with WsClient(engine.ws_url(user=u)) as ws:
@@ -75,7 +72,6 @@ def test_unsubscribe(client: herald.Client, engine: Engine, topic: str) -> None:
         assert client.unsubscribe(topic, connection_id=ws.conn_id) == 1  # not in it: ignored
 
 
-@pytest.mark.cluster_presence
 def test_disconnect_connection(client: herald.Client, engine: Engine) -> None:
     with WsClient(engine.ws_url()) as ws:
         n = client.disconnect(connection_id=ws.conn_id, code=4100, reason="moved", reconnect=True)
@@ -87,7 +83,6 @@ def test_disconnect_connection(client: herald.Client, engine: Engine) -> None:
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4100
 
 
-@pytest.mark.cluster_presence
 def test_disconnect_user_default_code(client: herald.Client, engine: Engine) -> None:
     u = user()
     with WsClient(engine.ws_url(user=u)) as a, WsClient(engine.ws_url(user=u)) as b:
@@ -110,7 +105,6 @@ def test_limits_and_bad_codes(new_engine: EngineFactory) -> None:
             client.disconnect(connection_id=ws.conn_id, reason="x" * 121)
 
 
-@pytest.mark.cluster_presence
 def test_control_stream(client: herald.Client, engine: Engine, topic: str) -> None:
     u = user()
     with WsClient(engine.ws_url(user=u)) as ws:
@@ -137,7 +131,6 @@ def test_control_stream(client: herald.Client, engine: Engine, topic: str) -> No
         assert ws.next("disconnect")["reason"] == "bye"
 
 
-@pytest.mark.cluster_presence
 async def test_async_subscribe_unsubscribe_disconnect(engine: Engine, topic: str) -> None:
     u = user()
     async with herald.AsyncClient(engine.target) as client:
@@ -155,7 +148,6 @@ async def test_async_subscribe_unsubscribe_disconnect(engine: Engine, topic: str
             assert (frame["code"], frame["reason"], frame["reconnect"]) == (4200, "r", False)
 
 
-@pytest.mark.cluster_presence
 async def test_async_control_stream(engine: Engine, topic: str) -> None:
     async with herald.AsyncClient(engine.target) as client:
         async with await AsyncWsClient.open(engine.ws_url()) as ws:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
 from conftest import REPO_ROOT, Engine
 from wsclient import WsClient
 
@@ -36,7 +35,6 @@ def test_producer_reports_an_unreachable_engine() -> None:
     assert "cannot reach the engine" in out.stderr
 
 
-@pytest.mark.cluster_presence
 def test_watch_presence_example_prints_joins(engine: Engine, topic: str) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-u", str(EXAMPLES / "watch_presence.py"), f"{topic}:>",

@@ -26,7 +26,6 @@ from herald import PresenceEventKind as Kind
 ONCE = herald.RetryPolicy(max_attempts=1)
 
 
-@pytest.mark.cluster_presence
 def test_api_key_and_metadata_work_end_to_end(engine: Engine, topic: str) -> None:
     with (
         herald.Client(engine.target, api_key="k-123", metadata=[("X-Tenant", "t1")]) as client,
@@ -42,7 +41,6 @@ def test_api_key_and_metadata_work_end_to_end(engine: Engine, topic: str) -> Non
         assert client.info().messages_published >= 1
 
 
-@pytest.mark.cluster_presence
 async def test_async_api_key_and_metadata_work_end_to_end(engine: Engine, topic: str) -> None:
     async with (
         herald.AsyncClient(engine.target, api_key="k-9", metadata=[("x-a", "b")]) as client,

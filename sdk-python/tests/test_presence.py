@@ -25,7 +25,6 @@ def client(engine: Engine) -> Iterator[herald.Client]:
         yield c
 
 
-@pytest.mark.cluster_presence
 def test_presence_follows_pages(client: herald.Client, engine: Engine, topic: str) -> None:
     with ExitStack() as stack:
         clients = [
@@ -85,7 +84,6 @@ def test_info(client: herald.Client, engine: Engine, topic: str) -> None:
         assert after.uptime_seconds >= before.uptime_seconds
 
 
-@pytest.mark.cluster_presence
 def test_watch_presence_snapshot_then_live(
     client: herald.Client, engine: Engine, topic: str
 ) -> None:
@@ -108,7 +106,6 @@ def test_watch_presence_snapshot_then_live(
             assert leave.member is not None and leave.member.connection_id == late.conn_id
 
 
-@pytest.mark.cluster_presence
 def test_watch_presence_connections(client: herald.Client, engine: Engine) -> None:
     u = f"u-{uuid.uuid4().hex[:8]}"
     with client.watch_presence(
@@ -190,7 +187,6 @@ def test_watch_presence_reconnects_and_resnapshots(
         assert list(watch) == []
 
 
-@pytest.mark.cluster_presence
 async def test_async_presence_and_stats(engine: Engine, topic: str) -> None:
     async with herald.AsyncClient(engine.target) as client:
         async with (
@@ -206,7 +202,6 @@ async def test_async_presence_and_stats(engine: Engine, topic: str) -> None:
         assert info.node_id
 
 
-@pytest.mark.cluster_presence
 async def test_async_watch_presence(engine: Engine, topic: str) -> None:
     async with herald.AsyncClient(engine.target) as client:
         async with client.watch_presence([topic], include_snapshot=True) as watch:

@@ -118,22 +118,7 @@ def test_every_block_passes_mypy_strict(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-# Blocks that act on the test's WebSocket connections by id or user: in the cluster
-# run those connections are on the other node.
-TARGETS_CONNECTIONS = re.compile(r"connection_id=|user_id=")
-
-
-@pytest.mark.parametrize(
-    "block",
-    [
-        pytest.param(
-            b,
-            id=b.name,
-            marks=[pytest.mark.cluster_presence] if TARGETS_CONNECTIONS.search(b.code) else [],
-        )
-        for b in BLOCKS
-    ],
-)
+@pytest.mark.parametrize("block", BLOCKS, ids=lambda b: b.name)
 def test_block_runs(block: Block, engine: Engine, tmp_path: Path) -> None:
     with ExitStack() as stack:
         for user in ("alice", "mallory"):

@@ -47,18 +47,6 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if os.environ.get("HERALD_TEST_CLUSTER_PRESENCE") == "1":
-        return
-    skip = pytest.mark.skip(
-        reason="cluster-wide presence and control are not on main yet; "
-        "run with HERALD_TEST_CLUSTER_PRESENCE=1 once they are"
-    )
-    for item in items:
-        if "cluster_presence" in item.keywords:
-            item.add_marker(skip)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -112,16 +112,12 @@ def start_cluster(cluster: Cluster, nodes: int, *extra: str) -> list[Node]:
 
 
 def known_nodes(node: Node) -> int:
-    """How many nodes ``node``'s Info lists (InfoResponse.nodes, field 14; read
-    from the unknown fields when the installed SDK's stubs predate it)."""
-    from google.protobuf.unknown_fields import UnknownFieldSet
+    """How many nodes ``node``'s Info lists."""
     from herald.v1 import herald_pb2, herald_pb2_grpc
 
     with grpc.insecure_channel(node.grpc) as channel:
         resp = herald_pb2_grpc.HeraldStub(channel).Info(herald_pb2.InfoRequest(), timeout=2)
-    if "nodes" in resp.DESCRIPTOR.fields_by_name:
-        return len(resp.nodes)
-    return sum(1 for f in UnknownFieldSet(resp) if f.field_number == 14)
+    return len(resp.nodes)
 
 
 def discovered(nodes: list[Node]) -> list[Node]:
