@@ -161,18 +161,28 @@ def test_publish_on_each_node_reaches_every_client_once_in_one_order(
     got = [c.messages(3 * per_node) for c in clients]
     orders = [[(m["data"]["node"], m["data"]["k"]) for m in frames] for frames in got]
     assert sorted(orders[0]) == sorted(results), "every message once"
-    for j, order in enumerate(orders[1:], 1):
-        if order != orders[0]:
-            at = next(k for k, (x, y) in enumerate(zip(order, orders[0], strict=True)) if x != y)
+    # Topics with history: one order on every node (JetStream's). Topics without
+    # history: one order per node, and each publishing node's messages in order
+    # everywhere; messages published at the same moment through different nodes
+    # may interleave differently on different nodes (docs/operations.md).
+    compared = (
+        list(enumerate(orders[1:], 1))
+        if kind == "hist"
+        else [(j + 1, orders[j + 1]) for j in range(0, len(orders), 2)]
+    )
+    for j, order in compared:
+        base = orders[0] if kind == "hist" else orders[j - 1]
+        if order != base:
+            at = next(k for k, (x, y) in enumerate(zip(order, base, strict=True)) if x != y)
             raise AssertionError(
-                f"client {j} (node {j // 2}) and client 0 (node 0) differ from message {at}: "
-                f"{order[at : at + 6]} against {orders[0][at : at + 6]} "
-                f"(seq {got[j][at]['seq']} against {got[0][at]['seq']})"
+                f"client {j} (node {j // 2}) differs from the order it is compared with "
+                f"from message {at}: {order[at : at + 6]} against {base[at : at + 6]}"
             )
-    for i in range(3):
-        assert [k for n, k in orders[0] if n == i] == list(range(per_node)), (
-            "one publisher's messages keep their order"
-        )
+    for order in orders:
+        for i in range(3):
+            assert [k for n, k in order if n == i] == list(range(per_node)), (
+                "one publisher's messages keep their order"
+            )
     for frames in got:
         seqs = [m["seq"] for m in frames]
         assert contiguous(seqs), f"seq contiguous on each connection: {seqs}"
