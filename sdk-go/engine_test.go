@@ -5,6 +5,16 @@ package herald_test
 // `cargo build --release -p herald` at the repository root) on free loopback
 // ports, waits until its health check reports SERVING, and stops it at the end.
 // HERALD_GO_UNIT_ONLY=1 runs only the tests that need no engine.
+//
+// With HERALD_TEST_CLUSTER=1 the shared engine is a two-node cluster instead: a
+// nats-server ($HERALD_NATS_SERVER, else ../.tools/bin/nats-server) with
+// JetStream and two engines joined to it. SDK clients talk to node A, WebSocket
+// clients connect to node B, so every message a test sees has crossed NATS.
+// Every topic keeps history there (a ">" rule), so that Publish answers with the
+// cluster-wide sequence the tests check (topics without history answer 0 in a
+// cluster: their sequence is per node). Tests of what only one node knows call
+// nodeLocal and are skipped in that run; engines a test starts for itself
+// (ownEngine, engineAt) are single nodes either way.
 
 import (
 	"bytes"
@@ -17,6 +27,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,6 +35,7 @@ import (
 	"time"
 
 	herald "github.com/heraldrt/herald/sdk-go"
+	heraldv1 "github.com/heraldrt/herald/sdk-go/gen/herald/v1"
 )
 
 // sharedEngine is the engine started by TestMain; nil with HERALD_GO_UNIT_ONLY=1.
@@ -43,7 +55,12 @@ func runTests(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "herald tests:", err)
 		return 1
 	}
-	e, err := startEngine(bin, "--shutdown-timeout", "5s")
+	var e *engine
+	if os.Getenv("HERALD_TEST_CLUSTER") == "1" {
+		e, err = startCluster(bin)
+	} else {
+		e, err = startEngine(bin, "--shutdown-timeout", "5s")
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "herald tests: starting the engine:", err)
 		return 1
@@ -58,8 +75,140 @@ func runTests(m *testing.M) int {
 	}
 	if code != 0 {
 		fmt.Fprintf(os.Stderr, "--- engine log (last 4 KiB) ---\n%s\n", e.logTail(4096))
+		if e.peer != nil {
+			fmt.Fprintf(os.Stderr, "--- node B log (last 4 KiB) ---\n%s\n", e.peer.logTail(4096))
+		}
 	}
 	return code
+}
+
+// clusterConfig is the config file of both cluster nodes: every topic keeps
+// history (see the file comment).
+const clusterConfig = `
+[[topics]]
+pattern = ">"
+history_size = 10000
+`
+
+// startCluster starts a nats-server and two engines joined to it, and returns
+// node A with its WebSocket address set to node B's.
+func startCluster(bin string) (*engine, error) {
+	dir, err := os.MkdirTemp("", "herald-go-cluster-")
+	if err != nil {
+		return nil, err
+	}
+	nats, err := startNats(dir)
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, err
+	}
+	config := filepath.Join(dir, "cluster.toml")
+	if err := os.WriteFile(config, []byte(clusterConfig), 0o600); err != nil {
+		nats.kill()
+		return nil, err
+	}
+	common := []string{"--shutdown-timeout", "5s", "--nats-url", nats.url(), "--config", config}
+	b, err := startEngine(bin, append(slices.Clone(common), "--node-id", "node-b")...)
+	if err != nil {
+		nats.kill()
+		return nil, fmt.Errorf("node B: %w", err)
+	}
+	a, err := startEngine(bin, append(slices.Clone(common), "--node-id", "node-a")...)
+	if err != nil {
+		_ = b.kill()
+		nats.kill()
+		return nil, fmt.Errorf("node A: %w", err)
+	}
+	a.peer, a.nats, a.wsAddr = b, nats, b.wsAddr
+	// Node A learns of node B from B's next heartbeat; until then presence and
+	// control on A would not see B's connections. Info lists the nodes A knows.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		n, err := knownNodes(a)
+		if err != nil || n >= 2 {
+			if err != nil {
+				_ = a.stop(5 * time.Second)
+				return nil, err
+			}
+			return a, nil
+		}
+		if time.Now().After(deadline) {
+			_ = a.stop(5 * time.Second)
+			return nil, errors.New("node A did not hear of node B")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// knownNodes is how many nodes e's Info lists.
+func knownNodes(e *engine) (int, error) {
+	c, err := herald.NewClient(e.grpcAddr)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := c.Raw().Info(ctx, &heraldv1.InfoRequest{})
+	if err != nil {
+		return 0, err
+	}
+	return len(resp.GetNodes()), nil
+}
+
+// natsServer is one nats-server process with JetStream, its store in a
+// directory removed when it is killed.
+type natsServer struct {
+	dir  string
+	addr string
+	cmd  *exec.Cmd
+	log  *lockedBuffer
+}
+
+func (n *natsServer) url() string { return "nats://" + n.addr }
+
+func natsBinary() string {
+	if bin := os.Getenv("HERALD_NATS_SERVER"); bin != "" {
+		return bin
+	}
+	return filepath.Join("..", ".tools", "bin", "nats-server")
+}
+
+func startNats(dir string) (*natsServer, error) {
+	addr, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	n := &natsServer{dir: dir, addr: addr, log: &lockedBuffer{}}
+	n.cmd = exec.Command(natsBinary(), "-a", host, "-p", port, "-js", "-sd", filepath.Join(dir, "store"))
+	n.cmd.Stdout = n.log
+	n.cmd.Stderr = n.log
+	if err := n.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("nats-server (run scripts/install-nats-server or set HERALD_NATS_SERVER): %w", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			_ = conn.Close()
+			return n, nil
+		}
+		if time.Now().After(deadline) {
+			n.kill()
+			return nil, fmt.Errorf("nats-server not listening on %s: %v\n%s", addr, err, n.log.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (n *natsServer) kill() {
+	_ = n.cmd.Process.Kill()
+	_ = n.cmd.Wait()
+	_ = os.RemoveAll(n.dir)
 }
 
 // engineBinary finds the engine: $HERALD_BIN, or the repository's release build.
@@ -77,6 +226,15 @@ func engineBinary() (string, error) {
 		return "", fmt.Errorf("no engine binary at %s: build it with `cargo build --release -p herald` at the repository root, or set HERALD_BIN (HERALD_GO_UNIT_ONLY=1 runs the tests that need no engine)", abs)
 	}
 	return abs, nil
+}
+
+// nodeLocal skips a test in the cluster run: it checks what only one node
+// knows (reason says what).
+func nodeLocal(t *testing.T, reason string) {
+	t.Helper()
+	if sharedEngine != nil && sharedEngine.peer != nil {
+		t.Skip("node-local in a cluster: " + reason)
+	}
 }
 
 // needEngine returns the shared engine, or skips the test when the run was
@@ -102,6 +260,10 @@ type engine struct {
 	// tls, when set, is how clients reach an engine started with --tls-cert:
 	// the health check, SDK clients and WebSocket clients all use it.
 	tls *tls.Config
+	// peer and nats are set on the shared engine of a cluster run: node B (whose
+	// WebSocket address wsAddr is) and the nats-server, stopped with this node.
+	peer *engine
+	nats *natsServer
 }
 
 // tlsOptions are the SDK options that reach this engine (none for plain text).
@@ -226,8 +388,22 @@ func (e *engine) kill() error {
 }
 
 // stop shuts the engine down with SIGTERM and waits up to timeout, then kills
-// it. It reports an engine that had to be killed.
+// it. It reports an engine that had to be killed. For the shared engine of a
+// cluster run it stops node B and the nats-server too.
 func (e *engine) stop(timeout time.Duration) error {
+	err := e.stopOne(timeout)
+	if e.peer != nil {
+		if perr := e.peer.stopOne(timeout); err == nil {
+			err = perr
+		}
+	}
+	if e.nats != nil {
+		e.nats.kill()
+	}
+	return err
+}
+
+func (e *engine) stopOne(timeout time.Duration) error {
 	select {
 	case <-e.exited:
 		return nil

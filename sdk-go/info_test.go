@@ -8,6 +8,7 @@ import (
 
 func TestInfo(t *testing.T) {
 	e := needEngine(t)
+	nodeLocal(t, "Info counts the connections, topics and deliveries of the node asked; the WebSocket client is on the other node")
 	c := e.client(t)
 	ctx := testCtx(t)
 	topic := uniqueTopic(t, "info")

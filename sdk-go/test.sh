@@ -7,7 +7,12 @@
 #   3. gofmt, go vet for the SDK, examples/go, tests/e2e/heraldctl and the
 #      benchmark driver bench/sdk/go, and builds them,
 #   4. go test -race for the SDK (README.md included: readme_test.go) and the
-#      examples against a real engine.
+#      examples against a real engine,
+#   5. go test -race for the SDK again against a two-node cluster
+#      (HERALD_TEST_CLUSTER=1: a nats-server and two engines, SDK calls to one
+#      node, WebSocket clients to the other; see engine_test.go). The
+#      nats-server is $HERALD_NATS_SERVER, else the one
+#      ../scripts/install-nats-server installs.
 #
 # It does not build the engine: set HERALD_BIN to the engine binary, or build
 # ../target/release/herald first (cargo build --release -p herald).
@@ -62,3 +67,10 @@ step "go test -race"
 go test -race -count=1 -timeout 10m ${GO_TEST_FLAGS:-} ./...
 # shellcheck disable=SC2086
 (cd "$EXAMPLES_DIR" && go test -race -count=1 -timeout 5m ${GO_TEST_FLAGS:-} ./...)
+
+step "go test -race against a two-node cluster"
+if [[ -z "${HERALD_NATS_SERVER:-}" ]]; then
+  HERALD_NATS_SERVER="$("$SDK_DIR/../scripts/install-nats-server")"
+fi
+# shellcheck disable=SC2086
+HERALD_NATS_SERVER="$HERALD_NATS_SERVER" HERALD_TEST_CLUSTER=1 go test -race -count=1 -timeout 10m ${GO_TEST_FLAGS:-} .

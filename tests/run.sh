@@ -4,6 +4,12 @@
 # clients, in one scenario each. Installs what it needs: a virtualenv with the
 # Python SDK and the test tools, and the Go modules.
 #
+# Then the cluster tests (tests/cluster): real nats-server processes
+# ($HERALD_NATS_SERVER, installed by scripts/install-nats-server when unset) and
+# several engine nodes joined to them.
+#
+# Extra arguments are passed to both pytest runs.
+#
 # Uses $HERALD_BIN (default target/release/herald); build it first with
 #   cargo build --release -p herald
 set -euo pipefail
@@ -25,5 +31,12 @@ trap 'rm -rf "$bin"' EXIT
 (cd "$root/examples/go" && go build -o "$bin/ticker" ./ticker)
 export HERALDCTL="$bin/heraldctl" TICKER="$bin/ticker"
 
-cd "$here/e2e"
-"$venv/bin/python" -m pytest -q -p no:cacheprovider "$@"
+if [[ -z "${HERALD_NATS_SERVER:-}" ]]; then
+    HERALD_NATS_SERVER="$("$root/scripts/install-nats-server")"
+fi
+export HERALD_NATS_SERVER
+
+printf '\n== end-to-end (one node)\n'
+(cd "$here/e2e" && "$venv/bin/python" -m pytest -q -p no:cacheprovider "$@")
+printf '\n== end-to-end (cluster over NATS)\n'
+(cd "$here/cluster" && "$venv/bin/python" -m pytest -q -p no:cacheprovider -rs "$@")

@@ -491,12 +491,43 @@ impl Registry {
         ttl: Option<Duration>,
         idempotency_key: Option<&str>,
     ) -> Delivery {
+        self.number_and_fan_out(name, payload, ttl, idempotency_key, true)
+    }
+
+    /// Numbers and fans out a message another node published (a cluster's topic
+    /// without history): as [`Registry::publish`], but counted as delivered
+    /// only — the publishing node counted it as published.
+    pub(crate) fn receive(
+        &self,
+        name: &str,
+        payload: &Payload,
+        ttl: Option<Duration>,
+        idempotency_key: Option<&str>,
+    ) -> Delivery {
+        self.number_and_fan_out(name, payload, ttl, idempotency_key, false)
+    }
+
+    /// Counts a message this node accepted and handed to the cluster.
+    pub(crate) fn count_published(&self) {
+        Counters::add(&self.counters.published, 1);
+    }
+
+    fn number_and_fan_out(
+        &self,
+        name: &str,
+        payload: &Payload,
+        ttl: Option<Duration>,
+        idempotency_key: Option<&str>,
+        count_published: bool,
+    ) -> Delivery {
         loop {
             let topic = self.topic_or_create(name);
             match topic.publish(payload, ttl, idempotency_key, &self.dedup, &self.budget) {
                 Ok(delivery) => {
                     if !delivery.duplicate {
-                        Counters::add(&self.counters.published, 1);
+                        if count_published {
+                            Counters::add(&self.counters.published, 1);
+                        }
                         Counters::add(&self.counters.delivered, delivery.queued);
                     }
                     if let Some(took) = delivery.fan_out {
@@ -512,6 +543,7 @@ impl Registry {
 
     /// Delivers one message numbered elsewhere (see [`Topic::deliver`]): the
     /// cluster's delivery path for topics whose sequence lives in JetStream.
+    /// Counted as delivered only (the publishing node counted it as published).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn deliver(
         &self,
@@ -528,8 +560,11 @@ impl Registry {
             match topic.deliver(seq, epoch, payload, ttl, published, fan_out, &self.budget) {
                 Ok(delivery) => {
                     if !delivery.duplicate && fan_out {
-                        Counters::add(&self.counters.published, 1);
                         Counters::add(&self.counters.delivered, delivery.queued);
+                    }
+                    if let Some(took) = delivery.fan_out {
+                        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+                        self.counters.fan_out_ns.observe(ns);
                     }
                     return delivery;
                 }

@@ -198,7 +198,7 @@ impl Engine {
             cluster.clone(),
             shutdown.clone(),
         )
-        .with_nodes(nodes);
+        .with_nodes(nodes.clone());
         let stop_grpc = CancellationToken::new();
         let grpc_server = grpc_builder
             .max_concurrent_streams(Some(config.grpc_max_streams_per_connection))
@@ -274,6 +274,9 @@ impl Engine {
             AdminListener { addr, stop, task }
         });
 
+        if let Some(nodes) = &nodes.1 {
+            nodes.settle().await;
+        }
         set_health(&health, ServingStatus::Serving).await;
         if let Some(cluster) = &cluster {
             tokio::spawn(follow_cluster(

@@ -3,6 +3,16 @@
 The engine binary is $HERALD_BIN (a relative path is taken from the repository
 root), by default target/release/herald. Build it first with
 ``cargo build --release -p herald`` from the repository root.
+
+With HERALD_TEST_CLUSTER=1 the shared engine is a two-node cluster instead: a
+nats-server ($HERALD_NATS_SERVER, else .tools/bin/nats-server) with JetStream and
+two engines joined to it, gRPC calls going to one node and WebSocket clients to the
+other, so that every message a test sees has crossed NATS. Every topic keeps
+history there (a ``>`` rule), so that Publish answers with the cluster-wide
+sequence the tests check (topics without history answer 0 in a cluster: their
+sequence is per node). Tests marked ``node_local`` check what only one node can
+know and are skipped in that run.
+Engines a test starts for itself (``new_engine``) are single nodes either way.
 """
 
 from __future__ import annotations
@@ -25,6 +35,32 @@ from grpc_health.v1 import health_pb2
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 30.0
+CLUSTER = os.environ.get("HERALD_TEST_CLUSTER") == "1"
+
+# The config of both cluster nodes: every topic keeps history (see the module doc).
+CLUSTER_CONFIG = """
+[[topics]]
+pattern = ">"
+history_size = 10000
+"""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "node_local(reason): checks what only the node itself knows; skipped in the "
+        "cluster run (HERALD_TEST_CLUSTER=1)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not CLUSTER:
+        return
+    for item in items:
+        marker = item.get_closest_marker("node_local")
+        if marker is not None:
+            reason = marker.args[0] if marker.args else "node-local"
+            item.add_marker(pytest.mark.skip(reason=f"node-local in a cluster: {reason}"))
 
 
 def herald_bin() -> Path:
@@ -171,10 +207,108 @@ class EngineFactory:
         )
 
 
+def nats_server_binary() -> Path:
+    if path := os.environ.get("HERALD_NATS_SERVER"):
+        return Path(path)
+    return REPO_ROOT / ".tools/bin/nats-server"
+
+
+class NatsServer:
+    """A nats-server with JetStream on a free loopback port, its store in ``store``."""
+
+    def __init__(self, store: Path) -> None:
+        self.binary = nats_server_binary()
+        if not self.binary.is_file():
+            pytest.fail(
+                f"nats-server {self.binary} not found: run scripts/install-nats-server "
+                "or point HERALD_NATS_SERVER at it",
+                pytrace=False,
+            )
+        self.port = free_port()
+        self.store = store
+        self.log_path = store.parent / "nats-server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(self.binary), "-a", "127.0.0.1", "-p", str(self.port), "-js"]
+            + ["-sd", str(self.store)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"nats-server exited with {self.proc.returncode}", pytrace=False)
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1.0):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        pytest.fail("nats-server did not start", pytrace=False)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
+        proc.kill()
+        proc.wait()
+
+
+class ClusterEngine(Engine):
+    """Node A of a two-node cluster: gRPC calls go to it, WebSocket clients to node
+    B (``peer``), so every message crosses NATS."""
+
+    def __init__(self, log_dir: Path, nats: NatsServer) -> None:
+        config = log_dir / "cluster.toml"
+        config.write_text(CLUSTER_CONFIG)
+        args = ("--nats-url", nats.url, "--config", str(config))
+        super().__init__(log_dir, *args, "--node-id", "node-a")
+        self.peer = Engine(log_dir, *args, "--node-id", "node-b")
+        self.nats = nats
+
+    def ws_url(self, user: str | None = None, info: dict[str, Any] | None = None) -> str:
+        return self.peer.ws_url(user, info)
+
+    def start(self) -> None:
+        self.nats.start()
+        self.peer.start()
+        super().start()
+        # Node A learns of node B from B's next heartbeat; until then presence and
+        # control on A would not see B's connections. Info lists the nodes A knows.
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while self.known_nodes() < 2:
+            if time.monotonic() > deadline:
+                pytest.fail("node A did not hear of node B", pytrace=False)
+            time.sleep(0.05)
+
+    def known_nodes(self) -> int:
+        from herald.v1 import herald_pb2, herald_pb2_grpc
+
+        with grpc.insecure_channel(self.target) as channel:
+            resp = herald_pb2_grpc.HeraldStub(channel).Info(herald_pb2.InfoRequest(), timeout=5)
+        return len(resp.nodes)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> int | None:
+        code = super().stop(sig)
+        self.peer.stop(sig)
+        self.nats.stop()
+        return code
+
+
 @pytest.fixture(scope="session")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    """The engine shared by the whole session."""
-    eng = Engine(tmp_path_factory.mktemp("engine"))
+    """The engine shared by the whole session (a two-node cluster with
+    HERALD_TEST_CLUSTER=1, see the module doc)."""
+    log_dir = tmp_path_factory.mktemp("engine")
+    eng = ClusterEngine(log_dir, NatsServer(log_dir / "nats")) if CLUSTER else Engine(log_dir)
     eng.start()
     yield eng
     eng.stop()

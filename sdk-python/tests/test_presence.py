@@ -65,6 +65,10 @@ def test_watching_an_untracked_topic_is_failed_precondition(new_engine: EngineFa
         assert next(client.watch_presence("room:x")).kind == Kind.SNAPSHOT_END
 
 
+@pytest.mark.node_local(
+    "Info counts the connections, subscriptions and deliveries of the node asked; "
+    "the WebSocket client is on the other node"
+)
 def test_info(client: herald.Client, engine: Engine, topic: str) -> None:
     before = client.info()
     assert before.node_id and before.version

@@ -16,7 +16,7 @@
 //!
 //! **Delivery.** One task per topic with interest reads the subject and hands
 //! each message to the registry: a topic without history is numbered by this
-//! node as it receives it ([`Registry::publish`]); a topic with history keeps
+//! node as it receives it ([`Registry::receive`]); a topic with history keeps
 //! the sequence JetStream gave it ([`Registry::deliver`]). For those the task
 //! first loads the topic's stored messages into the local ring (without sending
 //! them: a subscriber asks for them with `since`), fills any gap it sees from the
@@ -255,7 +255,7 @@ impl Inner {
     fn deliver_numbering(&self, topic: &str, message: &async_nats::Message) {
         let Some(headers) = &message.headers else {
             let payload = Payload::binary(message.payload.clone());
-            self.registry.publish(topic, &payload, None, None);
+            self.registry.receive(topic, &payload, None, None);
             return;
         };
         let content_type = headers
@@ -269,7 +269,7 @@ impl Inner {
         .unwrap_or_else(|_| Payload::binary(message.payload.clone()));
         let ttl = streams::header_u64(headers, streams::TTL_MS).map(Duration::from_millis);
         let key = headers.get(streams::KEY).map(|v| v.as_str());
-        self.registry.publish(topic, &payload, ttl, key);
+        self.registry.receive(topic, &payload, ttl, key);
     }
 
     /// A message of a topic with history, numbered by its stream: delivered in
@@ -400,7 +400,11 @@ impl Broker for NatsBroker {
         Box::pin(async move {
             let inner = &self.inner;
             if let Some(def) = inner.streams.stream_for(&p.topic) {
-                return inner.streams.publish(&def, &p).await;
+                let receipt = inner.streams.publish(&def, &p).await?;
+                if !receipt.duplicate {
+                    inner.registry.count_published();
+                }
+                return Ok(receipt);
             }
             if !inner.cluster.is_connected() {
                 return Err(BrokerError::Unavailable("NATS is not connected".into()));
@@ -423,6 +427,7 @@ impl Broker for NatsBroker {
                 )
                 .await
                 .map_err(|e| BrokerError::Unavailable(format!("publish: {e}")))?;
+            inner.registry.count_published();
             // Numbered by each node as it receives it: no cluster-wide position.
             Ok(Receipt {
                 seq: 0,

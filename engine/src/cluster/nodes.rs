@@ -90,6 +90,8 @@ pub(crate) struct Nodes {
     /// with watchers, or a snapshot request).
     interest: Mutex<Option<Instant>>,
     stop: CancellationToken,
+    /// Set once this node's first heartbeat is out.
+    announced: tokio::sync::watch::Sender<bool>,
 }
 
 /// Counts one cluster-wide watcher of this node while it lives.
@@ -146,6 +148,7 @@ pub(crate) fn spawn(
         watchers: AtomicUsize::new(0),
         interest: Mutex::new(None),
         stop: CancellationToken::new(),
+        announced: tokio::sync::watch::channel(false).0,
     });
     tokio::spawn(Arc::clone(&nodes).run());
     (me, Some(nodes))
@@ -252,10 +255,15 @@ impl Nodes {
                 () = self.stop.cancelled() => break,
                 _ = ticker.tick() => {
                     self.publish(self.me()).await;
+                    self.announced.send_replace(true);
                     self.sweep();
                 }
                 msg = beats.next() => match msg {
-                    Some(msg) => self.heard(&msg.payload),
+                    // A node heard for the first time hears from this one at
+                    // once, so a new node knows the cluster within a round trip.
+                    Some(msg) => if self.heard(&msg.payload) {
+                        self.publish(self.me()).await;
+                    },
                     None => break,
                 },
             }
@@ -281,15 +289,34 @@ impl Nodes {
         }
     }
 
-    /// Takes in one heartbeat.
-    fn heard(&self, payload: &[u8]) {
+    /// Waits until this node has announced itself and heard the nodes already
+    /// there (they answer a newcomer's first heartbeat at once): at most
+    /// `nats_timeout` plus a short window, and not at all while NATS is down.
+    /// The node serves once this returns, so its first presence and control
+    /// answers already cover the whole cluster.
+    pub(crate) async fn settle(&self) {
+        if !self.cluster.is_connected() {
+            return;
+        }
+        let mut announced = self.announced.subscribe();
+        if tokio::time::timeout(self.cluster.timeout(), announced.wait_for(|a| *a))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        tokio::time::sleep(self.heartbeat.min(Duration::from_millis(200))).await;
+    }
+
+    /// Takes in one heartbeat; true when it is from a node not known before.
+    fn heard(&self, payload: &[u8]) -> bool {
         use prost::Message as _;
         let Ok(beat) = Beat::decode(payload) else {
             tracing::debug!("ignored a malformed node heartbeat");
-            return;
+            return false;
         };
         if beat.node_id == self.me.node_id || beat.node_id.is_empty() {
-            return;
+            return false;
         }
         if beat.watchers > 0 {
             self.note_interest();
@@ -312,10 +339,12 @@ impl Nodes {
                 fresh.then_some(Change::Joined(id))
             }
         };
+        let joined = matches!(change, Some(Change::Joined(_)));
         if let Some(change) = change {
             tracing::info!(?change, "cluster nodes changed");
             let _ = self.changes.send(change);
         }
+        joined
     }
 
     /// Drops the nodes not heard from for [`MISSED_BEATS`] heartbeats.

@@ -240,6 +240,27 @@ impl Streams {
         }
     }
 
+    /// [`Streams::read_head`], tried again for a moment when it fails: a stream
+    /// just created in a JetStream cluster answers direct gets only once its
+    /// replicas are up.
+    async fn read_head_patiently(
+        &self,
+        def: &StreamDef,
+        topic: &str,
+    ) -> Result<Option<Head>, BrokerError> {
+        let mut tries = 0;
+        loop {
+            match self.read_head(def, topic).await {
+                Err(e) if tries < 5 && self.cluster.is_connected() => {
+                    tries += 1;
+                    tracing::debug!(%topic, error = %e, "topic head not readable yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(50 * tries)).await;
+                }
+                done => return done,
+            }
+        }
+    }
+
     fn head_lock(&self, topic: &str) -> HeadLock {
         let mut heads = self.heads.lock();
         if let Some(h) = heads.get(topic) {
@@ -272,7 +293,7 @@ impl Streams {
             let current = match head.clone() {
                 Some(h) => h,
                 None => self
-                    .read_head(def, &p.topic)
+                    .read_head_patiently(def, &p.topic)
                     .await?
                     .unwrap_or_else(|| Head {
                         stream_seq: 0,
