@@ -39,6 +39,10 @@ run slow      slow      "${COMMON[@]}" --conns 200 --duration 2 --slow 5 --slow-
 run control   control   "${COMMON[@]}" --conns 200 --duration 2
 run recover   recover   "${COMMON[@]}" --conns 200 --duration 2 --jitter-ms 500
 run history   fanout    "${COMMON[@]}" --targets herald --conns 200 --rates 10 --duration 2 --drain 5 --history-size 100
+# cluster needs nats-server (scripts/test exports HERALD_NATS_SERVER; else install the pinned one).
+export HERALD_NATS_SERVER=${HERALD_NATS_SERVER:-$(scripts/install-nats-server)}
+run cluster   cluster   "${COMMON[@]}" --nodes 3 --conns 300 --single-conns 100 --rate 10 --duration 2 --drain 5 \
+                        --phases fanout,ingest,churn --ingest-duration 1 --churn-rate 50 --churn-duration 1 --linger-wait 7.5
 run hostile   hostile   "${COMMON[@]}" --conns 100 --duration 2 --attack-rate 50 --slow-sockets 10
 # sdk needs the Go driver and a virtualenv with the Python SDK.
 (cd bench/sdk/go && go build -o ../../../target/sdk-bench/herald-sdk-bench-go .)

@@ -4,6 +4,7 @@
 //! (load generator), `naive` (baseline broadcaster) and `floor-writer` (raw TCP).
 //! See docs/benchmarks.md.
 
+mod cluster;
 mod control;
 mod floor;
 mod hostile;
@@ -60,6 +61,8 @@ enum Cmd {
     Recover(recover::RecoverArgs),
     /// Hostile: subscribers' p99 while attackers send every class of bad input (Herald only).
     Hostile(hostile::HostileArgs),
+    /// Cluster: N nodes on one nats-server (publish round-robin, deliver on all) against one node without NATS (Herald only).
+    Cluster(cluster::ClusterArgs),
     /// Redraw the latency chart from a saved fan-out result.
     Plot(plot::PlotArgs),
     /// (internal) a load-generator process.
@@ -104,6 +107,7 @@ fn main() -> ExitCode {
         Cmd::Presence(a) => coordinator(presence::presence(a)),
         Cmd::Hostile(a) => coordinator(hostile::hostile(a)),
         Cmd::Recover(a) => coordinator(recover::recover(a)),
+        Cmd::Cluster(a) => coordinator(cluster::cluster(a)),
         Cmd::Plot(a) => plot::run(a),
         Cmd::Worker(a) => worker::run(a),
         Cmd::Naive(a) => naive::run(a),

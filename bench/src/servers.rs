@@ -1,6 +1,7 @@
 //! The systems under test as child processes: Herald itself, the naive broadcaster
-//! and the floor writer. Starts each on free loopback ports, waits until it listens,
-//! reads its CPU and memory from `/proc`, and stops it.
+//! and the floor writer, plus the nats-server a Herald cluster runs on. Starts each
+//! on free loopback ports, waits until it listens, reads its CPU and memory from
+//! `/proc` (and nats-server's counters from its monitoring endpoint), and stops it.
 
 use crate::util::{BenchError, Result, TICKS_PER_S, cpu_ticks, err, rss_kib};
 use serde_json::Value;
@@ -8,7 +9,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 /// Which system a run measures.
@@ -231,4 +232,119 @@ impl Server {
     pub(crate) async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
+}
+
+/// The nats-server binary: `explicit` (--nats-server or $HERALD_NATS_SERVER), else
+/// `.tools/bin/nats-server` (where scripts/install-nats-server puts it), else
+/// `nats-server` on the PATH.
+pub(crate) fn nats_server_bin(explicit: Option<&Path>) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_path_buf();
+    }
+    let local = PathBuf::from(".tools/bin/nats-server");
+    if local.is_file() {
+        return local;
+    }
+    PathBuf::from("nats-server")
+}
+
+/// A nats-server child process with JetStream on, listening on loopback with its
+/// HTTP monitoring endpoint (`-m`) on a port of its own.
+pub(crate) struct NatsServer {
+    child: Child,
+    /// Its process id.
+    pub(crate) pid: u32,
+    /// Client port address.
+    pub(crate) addr: SocketAddr,
+    /// Monitoring (HTTP) address.
+    pub(crate) monitor: SocketAddr,
+    store: PathBuf,
+}
+
+impl NatsServer {
+    /// Starts `bin` with JetStream storing under `work_dir/nats-store-<port>` and
+    /// its log in `work_dir/nats-server.log`.
+    pub(crate) async fn start(bin: &Path, work_dir: &Path) -> Result<NatsServer> {
+        let addr = free_port()?;
+        let monitor = free_port()?;
+        let store = work_dir.join(format!("nats-store-{}", addr.port()));
+        std::fs::create_dir_all(&store)?;
+        let log = std::fs::File::create(work_dir.join("nats-server.log"))?;
+        let mut child = Command::new(bin)
+            .arg("-a")
+            .arg("127.0.0.1")
+            .arg("-p")
+            .arg(addr.port().to_string())
+            .arg("-m")
+            .arg(monitor.port().to_string())
+            .arg("-js")
+            .arg("-sd")
+            .arg(&store)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| BenchError::Msg(format!("cannot start {}: {e}", bin.display())))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| BenchError::Msg("nats-server has no pid".into()))?;
+        wait_listening(addr, &mut child).await?;
+        wait_listening(monitor, &mut child).await?;
+        Ok(NatsServer {
+            child,
+            pid,
+            addr,
+            monitor,
+            store,
+        })
+    }
+
+    /// `nats://ADDR`.
+    pub(crate) fn url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+
+    /// CPU seconds used so far.
+    pub(crate) fn cpu_s(&self) -> f64 {
+        cpu_ticks(self.pid)
+            .map(|t| t as f64 / TICKS_PER_S)
+            .unwrap_or(0.0)
+    }
+
+    /// A monitoring endpoint's JSON (`/varz`, `/subsz`, `/connz?subs=1`, …).
+    pub(crate) async fn monitor(&self, path: &str) -> Result<Value> {
+        http_get_json(self.monitor, path).await
+    }
+
+    /// Whether the process is still running.
+    pub(crate) fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Stops the server and removes its JetStream store.
+    pub(crate) async fn stop(mut self) {
+        let _ = self.child.kill().await;
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+/// GET `path` from a plain-HTTP server at `addr` and parse the body as JSON.
+pub(crate) async fn http_get_json(addr: SocketAddr, path: &str) -> Result<Value> {
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        let body = buf
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|i| &buf[i + 4..])
+            .ok_or_else(|| BenchError::Msg(format!("no HTTP body from {addr}{path}")))?;
+        Ok::<Value, BenchError>(serde_json::from_slice(body)?)
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| BenchError::Msg(format!("GET {addr}{path} timed out")))?
 }

@@ -75,7 +75,7 @@ pub(crate) struct WorkerArgs {
     /// Topics every connection subscribes to.
     #[arg(long, value_delimiter = ',')]
     pub(crate) topics: Vec<String>,
-    /// Also subscribe each connection to `user:<index>`.
+    /// Also subscribe each connection (churn: each cycle) to `user:<index>`.
     #[arg(long)]
     pub(crate) user_topics: bool,
     /// Connect each connection as user `u<index>` (`?user=u<index>`).
@@ -883,9 +883,14 @@ fn either_ws(s: WebSocketStream<Io>) -> Conn {
     Conn::Ws(Box::new(s))
 }
 
-/// One churn cycle: connect, subscribe, close.
+/// One churn cycle: connect, subscribe (with `--user-topics` also to the cycle's own
+/// `user:<first + idx>`), close.
 async fn churn_cycle(sh: Arc<Shared>, a: Arc<WorkerArgs>, secure: Arc<Secure>, idx: u64) {
     let src = a.src_ips[(idx as usize) % a.src_ips.len()];
+    let mut topics = a.topics.clone();
+    if a.user_topics {
+        topics.push(format!("user:{}", a.first + idx));
+    }
     let t0 = now_ns();
     let path = match secure.path(&a, idx) {
         Ok(path) => path,
@@ -897,7 +902,7 @@ async fn churn_cycle(sh: Arc<Shared>, a: Arc<WorkerArgs>, secure: Arc<Secure>, i
     };
     let r = tokio::time::timeout(
         Duration::from_secs(30),
-        ws_connect_subscribe(src, a.target, &path, &a.topics, None, secure.tls.as_ref()),
+        ws_connect_subscribe(src, a.target, &path, &topics, None, secure.tls.as_ref()),
     )
     .await;
     match r {
