@@ -280,8 +280,9 @@ pub(crate) enum Answer<T> {
 }
 
 /// Asks node `node_id` one request of `kind`, within `nats_timeout`. `Gone` when
-/// the node no longer listens; UNAVAILABLE when NATS is down or the node does not
-/// answer in time; the node's own error when it refused.
+/// the node no longer listens, or sent neither an answer nor a heartbeat for the
+/// whole wait; UNAVAILABLE when NATS is down or a node that still heartbeats does
+/// not answer in time; the node's own error when it refused.
 pub(crate) async fn ask<Q: prost::Message, R: prost::Message + Default>(
     nodes: &Nodes,
     node_id: &str,
@@ -299,9 +300,21 @@ pub(crate) async fn ask<Q: prost::Message, R: prost::Message + Default>(
     let request = async_nats::Request::new()
         .payload(query.encode_to_vec().into())
         .timeout(Some(cluster.timeout()));
+    let asked = tokio::time::Instant::now();
     let msg = match cluster.client().send_request(subject, request).await {
         Ok(msg) => msg,
         Err(e) if e.kind() == RequestErrorKind::NoResponders => return Ok(Answer::Gone),
+        // A node that stayed silent for the whole wait, when that wait is longer
+        // than its heartbeat interval, has died (SIGKILL, a lost host) before
+        // the cluster noticed: counted as gone rather than failing the call.
+        Err(e)
+            if e.kind() == RequestErrorKind::TimedOut
+                && cluster.timeout() > nodes.heartbeat()
+                && !nodes.heard_since(node_id, asked) =>
+        {
+            tracing::debug!(node = node_id, "no answer and no heartbeat: taken as gone");
+            return Ok(Answer::Gone);
+        }
         Err(e) => {
             return Err(Status::unavailable(format!(
                 "node {node_id} did not answer: {e}"

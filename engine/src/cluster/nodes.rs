@@ -203,6 +203,11 @@ impl Nodes {
         node_id == self.me.node_id || self.peers.lock().contains_key(node_id)
     }
 
+    /// Whether a heartbeat of `node_id` arrived after `at`.
+    pub(crate) fn heard_since(&self, node_id: &str, at: Instant) -> bool {
+        self.peers.lock().get(node_id).is_some_and(|p| p.seen > at)
+    }
+
     /// Changes of the table from now on.
     pub(crate) fn changes(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
