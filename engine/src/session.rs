@@ -623,11 +623,7 @@ async fn handle_message(session: &mut Session<'_>, message: Message) {
             if let Some(e) = forbidden {
                 return send_error(conn, id, "forbidden", &e.to_string());
             }
-            if since.is_empty() {
-                subscribe(conn, session.broker, one, id, &topics).await;
-            } else {
-                subscribe_recovering(conn, session.broker, one, id, &topics, &since).await;
-            }
+            subscribe(conn, session.broker, one, id, &topics, &since).await;
         }
         Command::Connect { id, .. } => {
             let message = if session.access.tokens.is_some() {
@@ -651,36 +647,11 @@ async fn handle_message(session: &mut Session<'_>, message: Message) {
     }
 }
 
-/// A subscribe without `since`, through the broker: in a cluster it answers once
-/// the node receives the topics from the other nodes.
+/// A client's subscribe, through the broker (in a cluster it answers once the
+/// node receives the topics from the other nodes). With `since`, the broker
+/// replays what the connection missed (before any live message) and the reply,
+/// which follows the replayed messages, says per topic whether it could.
 async fn subscribe(
-    conn: &Conn,
-    broker: &dyn Broker,
-    one: &[Arc<Entry>],
-    id: Option<u64>,
-    topics: &[String],
-) {
-    match broker.subscribe(one, topics, &HashMap::new()).await {
-        Ok(_) => {
-            conn.reply(Reply::Subscribed {
-                id,
-                topics,
-                server: false,
-                recovered: None,
-                positions: None,
-            });
-        }
-        Err(BrokerError::Subscribe(e)) => {
-            send_error(conn, id, subscribe_error_code(&e), &e.to_string());
-        }
-        Err(e) => send_error(conn, id, "unavailable", &e.to_string()),
-    }
-}
-
-/// A subscribe with `since`: through the broker, which replays what the
-/// connection missed (before any live message) and says per topic whether it
-/// could. The reply follows the replayed messages.
-async fn subscribe_recovering(
     conn: &Conn,
     broker: &dyn Broker,
     one: &[Arc<Entry>],
@@ -690,14 +661,16 @@ async fn subscribe_recovering(
 ) {
     match broker.subscribe(one, topics, since).await {
         Ok(done) => {
-            let recoveries = done.connections.into_iter().next().map(|(_, r)| r);
-            let (recovered, positions) = recovery_maps(recoveries.unwrap_or_default());
+            let maps = (!since.is_empty()).then(|| {
+                let recoveries = done.connections.into_iter().next().map(|(_, r)| r);
+                recovery_maps(recoveries.unwrap_or_default())
+            });
             conn.reply(Reply::Subscribed {
                 id,
                 topics,
                 server: false,
-                recovered: Some(&recovered),
-                positions: Some(&positions),
+                recovered: maps.as_ref().map(|(r, _)| r),
+                positions: maps.as_ref().map(|(_, p)| p),
             });
         }
         Err(BrokerError::Subscribe(e)) => {
