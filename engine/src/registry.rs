@@ -524,16 +524,10 @@ impl Registry {
             let topic = self.topic_or_create(name);
             match topic.publish(payload, ttl, idempotency_key, &self.dedup, &self.budget) {
                 Ok(delivery) => {
-                    if !delivery.duplicate {
-                        if count_published {
-                            Counters::add(&self.counters.published, 1);
-                        }
-                        Counters::add(&self.counters.delivered, delivery.queued);
+                    if count_published && !delivery.duplicate {
+                        Counters::add(&self.counters.published, 1);
                     }
-                    if let Some(took) = delivery.fan_out {
-                        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-                        self.counters.fan_out_ns.observe(ns);
-                    }
+                    self.count_fan_out(&delivery);
                     return delivery;
                 }
                 Err(_removed) => self.forget_topic(&topic),
@@ -559,17 +553,21 @@ impl Registry {
             let topic = self.topic_or_create(name);
             match topic.deliver(seq, epoch, payload, ttl, published, fan_out, &self.budget) {
                 Ok(delivery) => {
-                    if !delivery.duplicate && fan_out {
-                        Counters::add(&self.counters.delivered, delivery.queued);
-                    }
-                    if let Some(took) = delivery.fan_out {
-                        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
-                        self.counters.fan_out_ns.observe(ns);
-                    }
+                    self.count_fan_out(&delivery);
                     return delivery;
                 }
                 Err(_removed) => self.forget_topic(&topic),
             }
+        }
+    }
+
+    /// Counts what one fan-out queued and how long it took (a duplicate, or a
+    /// message only kept, queued nothing).
+    fn count_fan_out(&self, delivery: &Delivery) {
+        Counters::add(&self.counters.delivered, delivery.queued);
+        if let Some(took) = delivery.fan_out {
+            let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+            self.counters.fan_out_ns.observe(ns);
         }
     }
 

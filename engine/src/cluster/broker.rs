@@ -33,7 +33,7 @@ use super::{
     streams::{self, Stored, StreamDef, Streams},
 };
 use crate::{
-    broker::{Broker, BrokerError, BrokerFuture, HistoryQuery, Publication, Receipt},
+    broker::{Broker, BrokerError, BrokerFuture, HistoryQuery, InProcess, Publication, Receipt},
     config::Config,
     history::{Kept, Position, Since},
     protocol::{self, Payload},
@@ -66,6 +66,8 @@ struct Inner {
 #[derive(Debug)]
 pub(crate) struct NatsBroker {
     inner: Arc<Inner>,
+    /// This node's own answers, for what the cluster does not hold.
+    local: InProcess,
 }
 
 /// Where a topic with history stands on this node: its last delivered message.
@@ -85,6 +87,7 @@ impl NatsBroker {
         config: &Config,
         shutdown: CancellationToken,
     ) -> Self {
+        let local = InProcess::new(Arc::clone(&registry));
         let inner = Arc::new(Inner {
             streams: Streams::new(Arc::clone(&cluster), config),
             cluster,
@@ -95,7 +98,7 @@ impl NatsBroker {
             no_epoch: Arc::from(""),
         });
         tokio::spawn(Arc::clone(&inner).upkeep(shutdown));
-        Self { inner }
+        Self { inner, local }
     }
 }
 
@@ -464,27 +467,24 @@ impl Broker for NatsBroker {
         })
     }
 
+    /// Topics with history are read from their stream; the others keep none,
+    /// and this node answers for them as a single node would.
     fn history(&self, q: HistoryQuery) -> BrokerFuture<'_, HistoryPage> {
-        Box::pin(async move {
-            match self.inner.streams.stream_for(&q.topic) {
-                Some(def) => self.inner.history_page(&def, &q).await,
-                None => self
-                    .inner
-                    .registry
-                    .history(&q.topic, q.since.as_ref(), q.limit, q.reverse)
-                    .ok_or_else(|| epoch_changed(q.since.as_ref())),
-            }
-        })
+        match self.inner.streams.stream_for(&q.topic) {
+            Some(def) => Box::pin(async move { self.inner.history_page(&def, &q).await }),
+            None => self.local.history(q),
+        }
     }
 
     fn remove_history<'a>(&'a self, topic: &'a str) -> BrokerFuture<'a, u64> {
-        Box::pin(async move {
-            let local = self.inner.registry.remove_history(topic) as u64;
-            match self.inner.streams.stream_for(topic) {
-                Some(def) => self.inner.streams.purge(&def, topic).await,
-                None => Ok(local),
-            }
-        })
+        match self.inner.streams.stream_for(topic) {
+            Some(def) => Box::pin(async move {
+                // The local ring goes too; the stream is what counts.
+                self.inner.registry.remove_history(topic);
+                self.inner.streams.purge(&def, topic).await
+            }),
+            None => self.local.remove_history(topic),
+        }
     }
 
     fn kind(&self) -> &'static str {
