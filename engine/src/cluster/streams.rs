@@ -71,13 +71,6 @@ pub(crate) struct StreamDef {
     rule: HistoryRule,
 }
 
-impl StreamDef {
-    /// Most messages kept per topic.
-    pub(crate) fn size(&self) -> usize {
-        self.rule.size
-    }
-}
-
 /// The last stored message of a topic, as its publishers know it.
 #[derive(Debug, Clone)]
 struct Head {
